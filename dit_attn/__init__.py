@@ -1,3 +1,26 @@
-"""dit_attn: attention control for diffusion transformers."""
+"""dit_attn: attention control for diffusion transformers.
+
+Attach controls to a diffusers pipeline (or pass our processors to ``set_attn_processor`` yourself)::
+
+    import dit_attn
+    from dit_attn.testing import tiny_pipeline, tiny_call_kwargs
+
+    pipe = tiny_pipeline("sd3")
+    with dit_attn.attach(pipe, dit_attn.PassThrough()):
+        images = pipe(**tiny_call_kwargs("sd3")).images
+"""
+
+from .attach import Attachment, attach
+from .call import AttentionCall, KeySet, SparsePlan, execute
+from .controls.base import Control, PassThrough, Recorder
+from .families import FAMILIES
+from .layout import COND, UNCOND, ForwardState, LayerSite, Layout
+from .processor import DitAttnProcessor, make_processors
 
 __version__ = "0.1.0"
+
+__all__ = [
+    "attach", "Attachment", "Control", "PassThrough", "Recorder", "AttentionCall", "KeySet", "SparsePlan",
+    "execute", "Layout", "LayerSite", "ForwardState", "COND", "UNCOND", "DitAttnProcessor", "make_processors",
+    "FAMILIES",
+]

@@ -1,0 +1,150 @@
+"""``dit_attn.attach``: install processors and hooks on a pipeline or transformer, and restore them exactly.
+
+:class:`Attachment` records every object it replaces (the original processors, the same objects) and everything
+it adds (the forward hook), and ``detach()`` restores them in reverse order, also when a generation raised inside
+``with dit_attn.attach(...):``.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .families import family_of
+from .processor import build_processors
+from .state import HOOK_NAME, ensure_forward_hook, remove_forward_hook
+
+_TRANSFORMER_ATTRS = ("transformer", "transformer_2")  # Wan 2.2 has a second (low-noise) expert
+
+
+def _transformers_of(target) -> tuple[list[torch.nn.Module], object]:
+    if isinstance(target, torch.nn.Module):
+        return [target], None
+    found = [getattr(target, a) for a in _TRANSFORMER_ATTRS if isinstance(getattr(target, a, None), torch.nn.Module)]
+    if not found:
+        raise ValueError(
+            f"dit_attn.attach expects a diffusers pipeline with a `transformer` or a transformer model; "
+            f"got {type(target).__name__}"
+        )
+    return found, target
+
+
+class _Installed:
+    """What was changed on one transformer, to undo it exactly."""
+
+    def __init__(self, transformer: torch.nn.Module):
+        self.transformer = transformer
+        self.original_processors = dict(transformer.attn_processors)
+        self.had_registry = hasattr(transformer, "_diffusers_hook")
+        self.had_forward_attr = "forward" in transformer.__dict__
+        self.forward_attr = transformer.__dict__.get("forward")
+        self.hook = None
+
+
+class Attachment:
+    """Controls attached to a pipeline or transformer. Returned by :func:`attach`; also a context manager.
+
+    ``controls`` is the live list the processors read: append or remove controls, or change their fields,
+    between pipeline calls.
+    """
+
+    def __init__(self, target, controls: list):
+        self.target = target
+        self.controls: list = list(controls)
+        self.pipeline = None
+        self._installed: list[_Installed] = []
+        self.attached = False
+
+    # ------------------------------------------------------------------------------------------------------------
+    def _install(self) -> None:
+        transformers, self.pipeline = _transformers_of(self.target)
+        for transformer in transformers:
+            family_of(transformer)  # ValueError naming the supported families
+            registry = getattr(transformer, "_diffusers_hook", None)
+            if registry is not None and registry.get_hook(HOOK_NAME) is not None:
+                raise RuntimeError(
+                    f"dit_attn is already attached to this {type(transformer).__name__}; call detach() on the "
+                    "existing Attachment (or leave its `with` block) before attaching again"
+                )
+        try:
+            for transformer in transformers:
+                record = _Installed(transformer)
+                self._installed.append(record)
+                record.hook = ensure_forward_hook(transformer, pipeline=self.pipeline)
+                record.hook.controls = self.controls  # share the live list
+                transformer.set_attn_processor(build_processors(transformer, self.controls, record.hook.state))
+            self.attached = True
+            for control in self.controls:
+                control.on_attach(self)
+        except BaseException:
+            self.detach()
+            raise
+
+    def detach(self) -> None:
+        """Restore the original processors (the very same objects) and remove the hooks. Safe to call twice."""
+        if not self._installed:
+            return
+        if self.attached:
+            for control in reversed(self.controls):
+                control.on_detach(self)
+        for record in reversed(self._installed):
+            t = record.transformer
+            t.set_attn_processor(record.original_processors)
+            remove_forward_hook(t)
+            if record.had_forward_attr:
+                t.__dict__["forward"] = record.forward_attr
+            else:
+                t.__dict__.pop("forward", None)
+            if not record.had_registry and not getattr(t, "_diffusers_hook").hooks:
+                del t._diffusers_hook
+        self._installed.clear()
+        self.attached = False
+
+    # ------------------------------------------------------------------------------------------------------------
+    @property
+    def transformers(self) -> list[torch.nn.Module]:
+        return [r.transformer for r in self._installed]
+
+    @property
+    def state(self):
+        """The :class:`~dit_attn.layout.ForwardState` of the (first) transformer."""
+        return self._installed[0].hook.state if self._installed else None
+
+    def __enter__(self) -> "Attachment":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.detach()
+
+    def __repr__(self) -> str:
+        status = "attached" if self.attached else "detached"
+        return f"Attachment({type(self.target).__name__}, controls={self.controls!r}, {status})"
+
+
+def attach(target, *controls) -> Attachment:
+    """Attach dit_attn controls to a diffusers pipeline or transformer.
+
+    Every supported attention module gets a :class:`~dit_attn.processor.DitAttnProcessor`; with no controls the
+    output equals stock. Supported families: SD3/SD3.5, FLUX.1, Wan 2.1/2.2, HunyuanVideo, CogVideoX.
+
+    Args:
+        target: a diffusers pipeline (its ``transformer``, and ``transformer_2`` for Wan 2.2, are used) or a
+            transformer model.
+        *controls: control objects (:class:`dit_attn.Control` subclasses).
+
+    Returns:
+        An :class:`Attachment`; call ``detach()`` or use it as a context manager.
+
+    Raises:
+        ValueError: the model is not a supported family.
+        RuntimeError: dit_attn is already attached to this model.
+
+    Example:
+        >>> import dit_attn
+        >>> from dit_attn.testing import tiny_pipeline, tiny_call_kwargs
+        >>> pipe = tiny_pipeline("wan")
+        >>> with dit_attn.attach(pipe, dit_attn.PassThrough()):
+        ...     video = pipe(**tiny_call_kwargs("wan")).frames
+    """
+    attachment = Attachment(target, list(controls))
+    attachment._install()
+    return attachment

@@ -1,0 +1,213 @@
+"""The attention call that flows through the controls, and :func:`execute`, the one place that knows kernels.
+
+Every processor does the same three things: compute Q/K/V exactly as the stock diffusers processor does, attend,
+and finish exactly as stock does. Only the middle differs between features, so the middle is an
+:class:`AttentionCall` that each active control may edit in ``prepare`` (add a key bias, scale logits, add extra
+key sets, choose a sparse plan) and whose output each control may edit in ``finish``.
+
+:func:`execute` picks the cheapest exact path for what the controls asked for:
+
+* nothing asked → ``diffusers``' ``dispatch_attention_fn`` with the stock arguments, so ``set_attention_backend``
+  keeps working and the output equals stock bit for bit;
+* a key bias or logit scale only → on CPU ``dispatch_attention_fn`` with an additive float mask; on CUDA our
+  Triton kernel's ``key_bias`` with a full block table (no float-mask SDPA);
+* extra key sets (condition caches) or a sparse plan → ``dit_attn.kernels.block_sparse_attention`` with the
+  log-sum-exp, merged exactly with :func:`dit_attn.kernels.merge_attention`.
+
+Tensors in a call use diffusers' dispatch layout ``[batch, tokens, heads, head_dim]``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+
+import torch
+from diffusers.models.attention_dispatch import dispatch_attention_fn
+
+from .layout import Layout
+
+
+@dataclass
+class KeySet:
+    """An extra set of keys/values, disjoint from the call's own, attended in the same softmax (exact LSE merge).
+
+    ``query_mask`` (bool, broadcastable to ``[B, Nq]``) restricts which queries see this set; the others are
+    unchanged (their weight on this set is zero).
+    """
+
+    key: torch.Tensor  # [B, Nk2, H, D]
+    value: torch.Tensor  # [B, Nk2, H, D]
+    key_bias: torch.Tensor | None = None  # broadcastable to [B, H, Nk2]
+    query_mask: torch.Tensor | None = None
+
+
+@dataclass
+class SparsePlan:
+    """A block-sparse plan for :func:`dit_attn.kernels.block_sparse_attention` (see its docstring for shapes)."""
+
+    block_index: torch.Tensor
+    block_count: torch.Tensor
+    block_size_q: int = 128
+    block_size_k: int = 128
+    rect_scale: torch.Tensor | None = None
+    rect_add: torch.Tensor | None = None
+
+
+@dataclass
+class AttentionCall:
+    """One attention computation, as the controls see it.
+
+    ``query``/``key``/``value`` are ``[B, N, H, D]``. ``attn_mask`` is the stock mask the model passed (boolean or
+    additive, SDPA-broadcastable). ``key_bias`` (broadcastable to ``[B, H, Nk]``) is added to the logits of every
+    query for that key. ``logit_scale`` multiplies the logits (on top of ``scale``, default ``D**-0.5``).
+    """
+
+    query: torch.Tensor
+    key: torch.Tensor
+    value: torch.Tensor
+    layout: Layout
+    attn_mask: torch.Tensor | None = None
+    scale: float | None = None
+    logit_scale: float = 1.0
+    key_bias: torch.Tensor | None = None
+    extra_keys: list[KeySet] = field(default_factory=list)
+    sparse: SparsePlan | None = None
+    backend: object = None
+    parallel_config: object = None
+
+    def replace(self, **changes) -> "AttentionCall":
+        """A copy with some fields changed (tensors are shared, not copied)."""
+        return replace(self, **changes)
+
+    def add_key_bias(self, bias: torch.Tensor) -> None:
+        """Add ``bias`` (broadcastable to ``[B, H, Nk]``) to the key bias."""
+        self.key_bias = bias if self.key_bias is None else self.key_bias + bias
+
+    @property
+    def is_plain(self) -> bool:
+        return (
+            self.key_bias is None
+            and self.logit_scale == 1.0
+            and not self.extra_keys
+            and self.sparse is None
+        )
+
+    @property
+    def effective_scale(self) -> float:
+        base = self.scale if self.scale is not None else 1.0 / math.sqrt(self.query.shape[-1])
+        return base * self.logit_scale
+
+
+def _mask_to_bias(mask: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
+    """A stock SDPA mask (bool: True = attend, or additive float) as an additive float tensor."""
+    if mask is None:
+        return None
+    if mask.dtype == torch.bool:
+        return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(~mask, float("-inf"))
+    return mask.to(dtype)
+
+
+def _key_bias_as_mask(call: AttentionCall, dtype: torch.dtype) -> torch.Tensor | None:
+    """Key bias ``[B|1, H|1, Nk]`` plus the stock mask as one additive SDPA mask ``[B|1, H|1, Nq|1, Nk]``."""
+    bias = None
+    if call.key_bias is not None:
+        kb = call.key_bias
+        while kb.dim() < 3:
+            kb = kb.unsqueeze(0)
+        bias = kb.to(dtype).unsqueeze(-2)
+    stock = _mask_to_bias(call.attn_mask, dtype)
+    if stock is None:
+        return bias
+    return stock if bias is None else stock + bias
+
+
+def _use_kernels(call: AttentionCall) -> bool:
+    return call.query.is_cuda
+
+
+def _full_block_table(b: int, h: int, nq: int, nk: int, bq: int, bk: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    n_qb, n_kb = -(-nq // bq), -(-nk // bk)
+    index = torch.arange(n_kb, device=device, dtype=torch.int32).expand(b, h, n_qb, n_kb)
+    count = torch.full((b, h, n_qb), n_kb, device=device, dtype=torch.int32)
+    return index, count
+
+
+def _kernel_attention(call: AttentionCall, key, value, key_bias, sparse: SparsePlan | None, return_lse: bool):
+    """Our kernel (Triton on CUDA, reference on CPU) in [B, N, H, D] layout."""
+    from dit_attn.kernels import block_sparse_attention
+
+    q = call.query.transpose(1, 2)
+    k, v = key.transpose(1, 2), value.transpose(1, 2)
+    b, h, nq, _ = q.shape
+    nk = k.shape[2]
+    if sparse is None:
+        index, count = _full_block_table(b, h, nq, nk, 128, 128, q.device)
+        sparse = SparsePlan(index, count)
+    bias = _mask_to_key_bias(call.attn_mask, key_bias, q.dtype, nk)
+    result = block_sparse_attention(
+        q, k, v, sparse.block_index, sparse.block_count,
+        block_size_q=sparse.block_size_q, block_size_k=sparse.block_size_k,
+        key_bias=bias, scale=call.effective_scale,
+        rect_scale=sparse.rect_scale, rect_add=sparse.rect_add, return_lse=return_lse,
+    )
+    if return_lse:
+        out, lse = result
+        return out.transpose(1, 2), lse  # lse: [B, H, Nq]
+    return result.transpose(1, 2), None
+
+
+def _mask_to_key_bias(mask, key_bias, dtype, nk):
+    """Fold a stock key-padding mask ([B, 1, 1, Nk] bool, as HunyuanVideo passes) into a key bias [B, H|1, Nk]."""
+    if mask is None:
+        return key_bias
+    if mask.dim() == 4 and mask.shape[-2] == 1:
+        m = _mask_to_bias(mask, torch.float32)[:, :, 0, :]  # [B, 1|H, Nk]
+        return m if key_bias is None else key_bias.float() + m
+    raise NotImplementedError(
+        "dit_attn kernels take per-key masks only; this model passed a per-query attention mask of shape "
+        f"{tuple(mask.shape)}"
+    )
+
+
+def execute(call: AttentionCall) -> torch.Tensor:
+    """Run the attention described by ``call`` and return ``[B, Nq, H, D]`` in the query's dtype."""
+    if call.is_plain:
+        return dispatch_attention_fn(
+            call.query, call.key, call.value,
+            attn_mask=call.attn_mask, dropout_p=0.0, is_causal=False, scale=call.scale,
+            backend=call.backend, parallel_config=call.parallel_config,
+        )
+    if not call.extra_keys and call.sparse is None:
+        if _use_kernels(call):
+            out, _ = _kernel_attention(call, call.key, call.value, call.key_bias, None, False)
+            return out
+        return dispatch_attention_fn(
+            call.query, call.key, call.value,
+            attn_mask=_key_bias_as_mask(call, call.query.dtype), dropout_p=0.0, is_causal=False,
+            scale=call.effective_scale, backend=call.backend, parallel_config=call.parallel_config,
+        )
+    return _execute_merged(call)
+
+
+def _execute_merged(call: AttentionCall) -> torch.Tensor:
+    """Own keys (optionally sparse) plus extra key sets, merged through their log-sum-exps."""
+    from dit_attn.kernels import merge_attention
+
+    rect = call.sparse is not None and (call.sparse.rect_scale is not None or call.sparse.rect_add is not None)
+    if rect and call.extra_keys:
+        # The rectification epilogue must act on the merged softmax, not on a part of it.
+        raise NotImplementedError("a rectified sparse plan cannot be combined with extra key sets yet")
+    out, lse = _kernel_attention(call, call.key, call.value, call.key_bias, call.sparse, True)
+    out = out.transpose(1, 2).float()  # [B, H, Nq, D]
+    for extra in call.extra_keys:
+        e_out, e_lse = _kernel_attention(call.replace(attn_mask=None), extra.key, extra.value, extra.key_bias, None, True)
+        e_out = e_out.transpose(1, 2).float()
+        if extra.query_mask is not None:
+            qm = extra.query_mask.to(torch.bool)
+            while qm.dim() < 2:
+                qm = qm.unsqueeze(0)
+            qm = qm[:, None, :]  # [B, 1, Nq]
+            e_lse = e_lse.masked_fill(~qm, float("-inf"))
+        out, lse = merge_attention(out, lse, e_out, e_lse)
+    return out.transpose(1, 2).to(call.query.dtype)

@@ -1,0 +1,97 @@
+"""The control interface.
+
+A control is a small object with plain fields (change them between pipeline calls as you like). Per attention
+call it may
+
+* ``prepare(call) -> call``: edit the :class:`~dit_attn.call.AttentionCall` before it runs (add a key bias, scale
+  the logits, add extra key sets, set a sparse plan) and return it (the same object or a copy);
+* ``finish(call, out) -> out``: edit the attention output ``[B, Nq, H, D]`` (e.g. mix values into some heads).
+
+``applies_to(layout)`` decides whether the control takes part in a call at all (layer filters, step windows).
+
+Some controls also need behaviour around the transformer forward or around the pipeline call (extra batch rows for
+perturbed passes, a condition-cache pass, token reordering, prompt parsing). They override the optional hooks
+``on_attach``/``on_detach`` (called by :func:`dit_attn.attach`), and ``before_forward``/``after_forward`` (called
+by the transformer's forward hook with the :class:`~dit_attn.layout.ForwardState` of that forward).
+
+Example — a control that records what it sees and changes nothing::
+
+    class Recorder(dit_attn.Control):
+        def __init__(self):
+            self.seen = []
+
+        def prepare(self, call):
+            self.seen.append(call.layout)
+            return call
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from ..call import AttentionCall
+from ..layout import ForwardState, Layout
+
+
+class Control:
+    """Base class of all controls. Every method is optional; the defaults change nothing."""
+
+    def applies_to(self, layout: Layout) -> bool:
+        return True
+
+    def prepare(self, call: AttentionCall) -> AttentionCall:
+        return call
+
+    def finish(self, call: AttentionCall, out: torch.Tensor) -> torch.Tensor:
+        return out
+
+    # --- model- and pipeline-level hooks --------------------------------------------------------------------
+    def on_attach(self, attachment) -> None:
+        """Called once by :func:`dit_attn.attach` after the processors are installed."""
+
+    def on_detach(self, attachment) -> None:
+        """Called by :meth:`dit_attn.Attachment.detach` before anything is restored."""
+
+    def before_forward(self, state: ForwardState, args: tuple, kwargs: dict[str, Any]) -> tuple[tuple, dict]:
+        """Called before each transformer forward; may change its arguments (e.g. add batch rows)."""
+        return args, kwargs
+
+    def after_forward(self, state: ForwardState, output: Any) -> Any:
+        """Called after each transformer forward; may change its output (e.g. combine batch rows)."""
+        return output
+
+
+class PassThrough(Control):
+    """A control that receives and returns every attention call unchanged (handy to test the plumbing).
+
+    Example:
+        >>> import dit_attn
+        >>> from dit_attn.testing import tiny_pipeline, tiny_call_kwargs
+        >>> pipe = tiny_pipeline("sd3")
+        >>> with dit_attn.attach(pipe, dit_attn.PassThrough()):
+        ...     image = pipe(**tiny_call_kwargs("sd3")).images
+    """
+
+
+class Recorder(Control):
+    """A control that records the :class:`~dit_attn.layout.Layout` of every call it sees and changes nothing.
+
+    ``keep_tensors=True`` also keeps detached copies of q, k, v (for quality tools and tests).
+    """
+
+    def __init__(self, keep_tensors: bool = False):
+        self.keep_tensors = keep_tensors
+        self.layouts: list[Layout] = []
+        self.tensors: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+
+    def prepare(self, call: AttentionCall) -> AttentionCall:
+        self.layouts.append(call.layout)
+        if self.keep_tensors:
+            self.tensors.append((call.query.detach().clone(), call.key.detach().clone(), call.value.detach().clone()))
+        return call
+
+    def clear(self) -> None:
+        self.layouts.clear()
+        self.tensors.clear()

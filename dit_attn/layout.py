@@ -1,0 +1,188 @@
+"""Where everything sits in one attention call.
+
+A :class:`Layout` is what every control reads: which token ranges of the query and key sequences are text,
+image/video or condition tokens, the token grid after patching, which layer this is, which denoising step, and
+which batch rows are cond / uncond / perturbed. It is built by the processor for every call from three sources:
+
+* the :class:`LayerSite` fixed at attach time (module name, block list, index, kind of attention),
+* the :class:`ForwardState` filled once per transformer forward by a diffusers ``ModelHook``
+  (step index and count, timestep, batch roles, grid, text length), and
+* the shapes of the tensors of the call itself (sequence lengths, heads).
+
+Layouts are immutable; controls never change them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Mapping
+
+import torch
+
+# Batch roles. Controls that add rows (perturbed passes) use "perturbed:<name>".
+COND = "cond"
+UNCOND = "uncond"
+
+
+@dataclass(frozen=True)
+class LayerSite:
+    """Static facts about one attention module of a transformer, fixed when processors are built."""
+
+    module_name: str  # e.g. "transformer_blocks.3.attn"
+    block_list: str  # e.g. "transformer_blocks"
+    block_index: int
+    layer_index: int  # flat index over the block lists in model order (FLUX: 0-18 double, 19-56 single)
+    num_layers: int
+    kind: str  # "joint", "single", "self", "cross"
+
+
+@dataclass
+class ForwardState:
+    """Per-transformer-forward facts, written by :class:`dit_attn.state.ForwardStateHook` before each forward.
+
+    ``grid`` is computed lazily (FLUX needs a look at ``img_ids``) and cached for the forward.
+    """
+
+    family: str | None = None
+    context: str | None = None  # diffusers cache_context name ("cond", "uncond", "cond_uncond") or None
+    step_index: int | None = None
+    num_steps: int | None = None
+    timestep: torch.Tensor | float | None = None
+    batch_roles: tuple[str, ...] | None = None
+    text_len: int | None = None
+    grid_fn: Callable[[], tuple[int, int, int] | None] | None = None
+    _grid: tuple[int, int, int] | None = None
+    _grid_known: bool = False
+    in_forward: bool = False
+    extra: dict = field(default_factory=dict)  # scratch space for model-level control hooks, per forward
+
+    @property
+    def grid(self) -> tuple[int, int, int] | None:
+        if not self._grid_known:
+            self._grid = self.grid_fn() if self.grid_fn is not None else None
+            self._grid_known = True
+        return self._grid
+
+    def reset(self) -> None:
+        self.context = None
+        self.step_index = None
+        self.num_steps = None
+        self.timestep = None
+        self.batch_roles = None
+        self.text_len = None
+        self.grid_fn = None
+        self._grid = None
+        self._grid_known = False
+        self.in_forward = False
+        self.extra = {}
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Everything a control may need to know about one attention call.
+
+    Segments are half-open ``(start, stop)`` token ranges along the sequence axis. Queries and keys have their own
+    segments because cross-attention (Wan ``attn2``) has image queries and text keys.
+
+    Example:
+        >>> layout = Layout(family="sd3", site=None, kind="joint", heads=2, head_dim=8,
+        ...                 query_segments={"image": (0, 16), "text": (16, 20)},
+        ...                 key_segments={"image": (0, 16), "text": (16, 20)}, batch_size=2)
+        >>> layout.key_slice("text")
+        slice(16, 20, None)
+    """
+
+    family: str | None
+    site: LayerSite | None
+    kind: str
+    heads: int
+    head_dim: int
+    query_segments: Mapping[str, tuple[int, int]]
+    key_segments: Mapping[str, tuple[int, int]]
+    batch_size: int
+    state: ForwardState = field(default_factory=ForwardState, compare=False, repr=False)
+
+    # --- layer -------------------------------------------------------------------------------------------------
+    @property
+    def module_name(self) -> str | None:
+        return self.site.module_name if self.site else None
+
+    @property
+    def block_list(self) -> str | None:
+        return self.site.block_list if self.site else None
+
+    @property
+    def block_index(self) -> int | None:
+        return self.site.block_index if self.site else None
+
+    @property
+    def layer_index(self) -> int | None:
+        return self.site.layer_index if self.site else None
+
+    @property
+    def num_layers(self) -> int | None:
+        return self.site.num_layers if self.site else None
+
+    # --- denoising loop ----------------------------------------------------------------------------------------
+    @property
+    def step_index(self) -> int | None:
+        return self.state.step_index
+
+    @property
+    def num_steps(self) -> int | None:
+        return self.state.num_steps
+
+    @property
+    def timestep(self):
+        return self.state.timestep
+
+    @property
+    def progress(self) -> float | None:
+        """Fraction of the denoising loop done before this step: 0 at the first step, (n-1)/n at the last."""
+        if self.state.step_index is None or not self.state.num_steps:
+            return None
+        return self.state.step_index / self.state.num_steps
+
+    @property
+    def grid(self) -> tuple[int, int, int] | None:
+        """(frames, height, width) of the visual tokens after patching (frames = 1 for images)."""
+        return self.state.grid
+
+    @property
+    def batch_roles(self) -> tuple[str, ...]:
+        roles = self.state.batch_roles
+        if roles is None or len(roles) != self.batch_size:
+            return (COND,) * self.batch_size
+        return roles
+
+    def rows(self, role: str) -> list[int]:
+        """Batch rows that have ``role`` (e.g. ``"cond"``)."""
+        return [i for i, r in enumerate(self.batch_roles) if r == role]
+
+    # --- tokens ------------------------------------------------------------------------------------------------
+    def query_slice(self, segment: str) -> slice | None:
+        r = self.query_segments.get(segment)
+        return slice(*r) if r else None
+
+    def key_slice(self, segment: str) -> slice | None:
+        r = self.key_segments.get(segment)
+        return slice(*r) if r else None
+
+    @property
+    def query_len(self) -> int:
+        return max((stop for _, stop in self.query_segments.values()), default=0)
+
+    @property
+    def key_len(self) -> int:
+        return max((stop for _, stop in self.key_segments.values()), default=0)
+
+
+def segments(order: tuple[str, ...], lengths: Mapping[str, int]) -> dict[str, tuple[int, int]]:
+    """Consecutive segments in ``order`` with the given lengths (zero-length ones are left out)."""
+    out, pos = {}, 0
+    for name in order:
+        n = lengths.get(name, 0)
+        if n:
+            out[name] = (pos, pos + n)
+            pos += n
+    return out

@@ -1,0 +1,164 @@
+"""The transformer-level forward hook that tells processors where the denoising loop is.
+
+:class:`ForwardStateHook` is a diffusers ``ModelHook`` registered on the transformer through its ``HookRegistry``.
+Before every forward it fills the shared :class:`~dit_attn.layout.ForwardState`:
+
+* **step index / count**: from diffusers' ``cache_context`` when the pipeline passes them (Wan), else from the
+  scheduler's own step counter, else by matching the timestep against ``scheduler.timesteps`` (CogVideoX's
+  DDIM); never from call counters, so it holds for any step count and any number of forwards per step;
+* **batch roles**: the ``cache_context`` name (``"cond"``/``"uncond"`` for pipelines that run them as separate
+  calls: FLUX true-CFG, Wan, HunyuanVideo), or the family's row order when cond and uncond share a forward
+  (SD3, CogVideoX) and the pipeline does classifier-free guidance;
+* **text length** and a lazy **token grid** from the forward's arguments.
+
+It is *stateful* in diffusers' sense (it holds a ``StateManager``) only so that ``cache_context`` reaches it.
+Controls' ``before_forward``/``after_forward`` run here, in attach order (after: reverse order).
+"""
+
+from __future__ import annotations
+
+import inspect
+import weakref
+from typing import Any
+
+import torch
+from diffusers.hooks import HookRegistry, ModelHook
+from diffusers.hooks.hooks import BaseState, StateManager
+
+from .families import Family, family_of
+from .layout import COND, UNCOND, ForwardState
+
+HOOK_NAME = "dit_attn_forward_state"
+
+
+class _NoState(BaseState):
+    def reset(self, *args, **kwargs) -> None:
+        pass
+
+
+class ForwardStateHook(ModelHook):
+    _is_stateful = True
+
+    def __init__(self, family: Family, controls: list, pipeline=None):
+        super().__init__()
+        self.family = family
+        self.controls = controls
+        self.state = ForwardState(family=family.name)
+        self.context_manager = StateManager(_NoState)  # receives diffusers' cache_context
+        self._pipeline_ref = weakref.ref(pipeline) if pipeline is not None else None
+        self._params: list[str] | None = None
+
+    @property
+    def pipeline(self):
+        return self._pipeline_ref() if self._pipeline_ref is not None else None
+
+    def set_pipeline(self, pipeline) -> None:
+        self._pipeline_ref = weakref.ref(pipeline) if pipeline is not None else None
+
+    def reset_state(self, module):
+        self.state.reset()
+        return module
+
+    # ------------------------------------------------------------------------------------------------------------
+    def _bind(self, module, args, kwargs) -> dict[str, Any]:
+        if self._params is None:
+            self._params = list(inspect.signature(module.forward).parameters)
+        bound = dict(zip(self._params, args))
+        bound.update(kwargs)
+        return bound
+
+    def pre_forward(self, module, *args, **kwargs):
+        state = self.state
+        state.reset()
+        state.family = self.family.name
+        inputs = self._bind(module, args, kwargs)
+        hidden_states = inputs.get("hidden_states")
+        text = inputs.get("encoder_hidden_states")
+        ctx = self.context_manager._context
+        state.context = ctx.name if ctx is not None else None
+        state.timestep = inputs.get("timestep")
+        state.text_len = text.shape[1] if isinstance(text, torch.Tensor) else None
+        batch = hidden_states.shape[0] if isinstance(hidden_states, torch.Tensor) else None
+        state.step_index, state.num_steps = self._step(ctx, state.timestep)
+        state.batch_roles = self._roles(state.context, batch)
+        family, kw = self.family, dict(inputs)
+        state.grid_fn = lambda: family.grid(module, kw, hidden_states)
+        state.in_forward = True
+        for control in self.controls:
+            args, kwargs = control.before_forward(state, args, kwargs)
+        return args, kwargs
+
+    def post_forward(self, module, output):
+        for control in reversed(self.controls):
+            output = control.after_forward(self.state, output)
+        self.state.in_forward = False
+        return output
+
+    # ------------------------------------------------------------------------------------------------------------
+    def _step(self, ctx, timestep) -> tuple[int | None, int | None]:
+        pipe = self.pipeline
+        scheduler = getattr(pipe, "scheduler", None)
+        num_steps = getattr(ctx, "num_inference_steps", None)
+        if num_steps is None and pipe is not None and isinstance(getattr(pipe, "_num_timesteps", None), int):
+            num_steps = pipe._num_timesteps
+        if num_steps is None and scheduler is not None and getattr(scheduler, "timesteps", None) is not None:
+            num_steps = len(scheduler.timesteps) // max(int(getattr(scheduler, "order", 1)), 1)
+        if ctx is not None and ctx.step_index is not None:
+            return ctx.step_index, num_steps
+        if scheduler is None:
+            return None, num_steps
+        if hasattr(scheduler, "_step_index"):
+            # Counters of the FlowMatch family: None until the first ``step()`` (step 0), then the index.
+            index = scheduler._step_index
+            if index is None:
+                index = getattr(scheduler, "_begin_index", None) or 0
+            return int(index), num_steps
+        return self._match_timestep(scheduler, timestep), num_steps
+
+    def _match_timestep(self, scheduler, timestep) -> int | None:
+        timesteps = getattr(scheduler, "timesteps", None)
+        if timesteps is None or not isinstance(timestep, torch.Tensor) or timestep.numel() == 0:
+            return None
+        # One host read per forward (not per attention call): the scheduler's timesteps live on the host side.
+        t = float(timestep.flatten().max()) * self.family.timestep_scale
+        ts = timesteps.detach().float().cpu()
+        return int((ts - t).abs().argmin())
+
+    def _roles(self, context: str | None, batch: int | None) -> tuple[str, ...] | None:
+        if batch is None:
+            return None
+        if context == "cond":
+            return (COND,) * batch
+        if context == "uncond":
+            return (UNCOND,) * batch
+        pipe = self.pipeline
+        cfg = bool(getattr(pipe, "do_classifier_free_guidance", False)) if pipe is not None else False
+        if (context == "cond_uncond" or context is None) and cfg and batch % 2 == 0:
+            first, second = self.family.batched_cfg_order
+            return (first,) * (batch // 2) + (second,) * (batch // 2)
+        return (COND,) * batch
+
+
+def ensure_forward_hook(transformer: torch.nn.Module, controls: list | None = None, pipeline=None) -> ForwardStateHook:
+    """The transformer's dit_attn forward hook, registered if it is not there yet.
+
+    When the hook exists, its control list is replaced in place by ``controls`` (if given).
+    """
+    registry = HookRegistry.check_if_exists_or_initialize(transformer)
+    hook = registry.get_hook(HOOK_NAME)
+    if hook is None:
+        hook = ForwardStateHook(family_of(transformer), list(controls or []), pipeline)
+        registry.register_hook(hook, HOOK_NAME)
+        registry.invalidate_child_registries_cache()
+    else:
+        if controls is not None:
+            hook.controls[:] = controls
+        if pipeline is not None:
+            hook.set_pipeline(pipeline)
+    return hook
+
+
+def remove_forward_hook(transformer: torch.nn.Module) -> None:
+    registry = getattr(transformer, "_diffusers_hook", None)
+    if registry is not None and registry.get_hook(HOOK_NAME) is not None:
+        registry.remove_hook(HOOK_NAME, recurse=False)
