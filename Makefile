@@ -1,0 +1,37 @@
+# One-command set-up on a fresh machine: `make test` and `make demo` create .venv, install everything and run.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# CPU machines get the CPU build of PyTorch (a plain `torch` requirement would pull a multi-GB CUDA build).
+CPU_TORCH := torch==2.13.0
+
+.PHONY: test demo bench install clean
+
+$(BIN)/activate:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+
+$(VENV)/.installed: $(BIN)/activate pyproject.toml
+	@if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi >/dev/null 2>&1; then \
+		echo "GPU found: installing the default torch build"; \
+	else \
+		echo "No GPU: pinning the CPU torch wheel ($(CPU_TORCH))"; \
+		$(BIN)/pip install --quiet "$(CPU_TORCH)"; \
+	fi
+	$(BIN)/pip install --quiet -e ".[test]"
+	@touch $@
+
+install: $(VENV)/.installed
+
+# Triton kernels run on CPU tensors through the Triton interpreter in the tests.
+test: $(VENV)/.installed
+	TRITON_INTERPRET=1 $(BIN)/pytest -q
+
+demo: $(VENV)/.installed
+	$(BIN)/python -m dit_attn.demo
+
+bench: $(VENV)/.installed
+	$(BIN)/python -m dit_attn.bench_overhead
+
+clean:
+	rm -rf $(VENV) .pytest_cache build *.egg-info
