@@ -1,0 +1,225 @@
+"""Foundation acceptance: exact reproduction of stock output, exact restore, layouts, backends, errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from diffusers.models.attention_dispatch import attention_backend
+
+import dit_attn
+from dit_attn.testing import FAMILIES, tiny_call_kwargs, tiny_pipeline
+
+BATCHED_CFG = {"sd3", "cogvideox"}  # cond and uncond rows share one forward; others run separate forwards
+
+
+def _output(result) -> np.ndarray:
+    for name in ("images", "frames"):
+        if hasattr(result, name):
+            return np.asarray(getattr(result, name), dtype=np.float64)
+    raise AssertionError(f"unexpected pipeline output {type(result)}")
+
+
+@pytest.fixture(scope="module", params=FAMILIES)
+def family_pipe(request):
+    return request.param, tiny_pipeline(request.param)
+
+
+def test_attach_without_controls_equals_stock_and_detach_restores(family_pipe):
+    family, pipe = family_pipe
+    kwargs = tiny_call_kwargs(family, steps=2)
+    stock = _output(pipe(**kwargs))
+    originals = dict(pipe.transformer.attn_processors)
+    forward_before = pipe.transformer.__dict__.get("forward")
+
+    attachment = dit_attn.attach(pipe)
+    assert any(isinstance(p, dit_attn.DitAttnProcessor) for p in pipe.transformer.attn_processors.values())
+    attached = _output(pipe(**tiny_call_kwargs(family, steps=2)))
+    attachment.detach()
+
+    assert np.abs(attached - stock).max() <= 1e-6
+    restored = pipe.transformer.attn_processors
+    assert restored.keys() == originals.keys()
+    assert all(restored[name] is originals[name] for name in originals)
+    assert pipe.transformer.__dict__.get("forward") is forward_before
+    again = _output(pipe(**tiny_call_kwargs(family, steps=2)))
+    assert np.abs(again - stock).max() == 0
+
+
+def test_pass_through_control_changes_nothing(family_pipe):
+    family, pipe = family_pipe
+    stock = _output(pipe(**tiny_call_kwargs(family, steps=2)))
+    control = dit_attn.PassThrough()
+    with dit_attn.attach(pipe, control):
+        out = _output(pipe(**tiny_call_kwargs(family, steps=2)))
+    assert np.abs(out - stock).max() <= 1e-6
+
+
+def test_processors_the_diffusers_way(family_pipe):
+    family, pipe = family_pipe
+    stock = _output(pipe(**tiny_call_kwargs(family, steps=2)))
+    originals = dict(pipe.transformer.attn_processors)
+    recorder = dit_attn.Recorder()
+    pipe.transformer.set_attn_processor(dit_attn.make_processors(pipe.transformer, recorder))
+    try:
+        out = _output(pipe(**tiny_call_kwargs(family, steps=2)))
+    finally:
+        pipe.transformer.set_attn_processor(originals)
+        from dit_attn.state import remove_forward_hook
+
+        remove_forward_hook(pipe.transformer)
+    assert np.abs(out - stock).max() <= 1e-6
+    assert recorder.layouts and {layout.step_index for layout in recorder.layouts} == {0, 1}
+
+
+@pytest.mark.parametrize("steps", [2, 5])
+def test_recorder_sees_correct_layout(family_pipe, steps):
+    family, pipe = family_pipe
+    forwards = []  # what the transformer really received, per forward
+
+    def spy(module, args, kwargs):
+        forwards.append({k: kwargs.get(k) for k in ("hidden_states", "encoder_hidden_states")})
+
+    handle = pipe.transformer.register_forward_pre_hook(spy, with_kwargs=True)
+    recorder = dit_attn.Recorder()
+    try:
+        with dit_attn.attach(pipe, recorder):
+            pipe(**tiny_call_kwargs(family, steps=steps))
+    finally:
+        handle.remove()
+
+    layouts = recorder.layouts
+    cfg_forwards = 1 if family in BATCHED_CFG else 2
+    assert len(forwards) == steps * cfg_forwards
+    calls_per_forward = len(layouts) // len(forwards)
+    assert calls_per_forward * len(forwards) == len(layouts)
+    n_layers = layouts[0].num_layers
+    for f, inputs in enumerate(forwards):
+        chunk = layouts[f * calls_per_forward:(f + 1) * calls_per_forward]
+        hs, ehs = inputs["hidden_states"], inputs["encoder_hidden_states"]
+        batch = hs.shape[0]
+        for layout in chunk:
+            assert layout.step_index == f // cfg_forwards
+            assert layout.num_steps == steps
+            assert layout.batch_size == batch
+            if family in BATCHED_CFG:
+                assert layout.batch_roles == ("uncond",) * (batch // 2) + ("cond",) * (batch // 2)
+            else:
+                assert layout.batch_roles == (("cond",) if f % 2 == 0 else ("uncond",)) * batch
+            frames, height, width = layout.grid
+            n_visual = frames * height * width
+            assert layout.query_segments["image"][1] - layout.query_segments["image"][0] == n_visual
+            if "text" in layout.key_segments and layout.kind != "cross":
+                start, stop = layout.key_segments["text"]
+                assert stop - start == ehs.shape[1]
+                assert layout.key_segments == layout.query_segments
+            assert layout.module_name.startswith(layout.block_list + ".")
+            assert 0 <= layout.layer_index < n_layers
+        names = [layout.module_name for layout in chunk]
+        assert len(set(names)) == len(names)  # every module once per forward
+        assert [layout.layer_index for layout in chunk] == sorted(layout.layer_index for layout in chunk)
+    if family == "flux":
+        kinds = {layout.kind for layout in layouts}
+        assert kinds == {"joint", "single"}
+        singles = [layout for layout in layouts if layout.kind == "single"]
+        assert singles[0].layer_index == len(pipe.transformer.transformer_blocks)
+
+
+@pytest.mark.parametrize("backend", ["native", "_native_math"])
+def test_works_under_attention_backends(family_pipe, backend):
+    family, pipe = family_pipe
+    with attention_backend(backend):
+        stock = _output(pipe(**tiny_call_kwargs(family, steps=2)))
+        with dit_attn.attach(pipe, dit_attn.PassThrough()):
+            out = _output(pipe(**tiny_call_kwargs(family, steps=2)))
+    assert np.abs(out - stock).max() <= 1e-6
+
+
+def test_set_attention_backend_reaches_our_processors():
+    pipe = tiny_pipeline("sd3")
+    with dit_attn.attach(pipe):
+        pipe.transformer.set_attention_backend("_native_math")
+        procs = [p for p in pipe.transformer.attn_processors.values() if isinstance(p, dit_attn.DitAttnProcessor)]
+        assert procs and all(str(p._attention_backend.value) == "_native_math" for p in procs)
+        pipe.transformer.reset_attention_backend()
+
+
+def test_attach_errors_and_context_manager():
+    pipe = tiny_pipeline("sd3")
+    with pytest.raises(ValueError, match="supported model families"):
+        dit_attn.attach(torch.nn.Linear(2, 2))
+    with pytest.raises(ValueError, match="pipeline"):
+        dit_attn.attach(object())
+    originals = dict(pipe.transformer.attn_processors)
+    attachment = dit_attn.attach(pipe)
+    with pytest.raises(RuntimeError, match="already attached"):
+        dit_attn.attach(pipe)
+    attachment.detach()
+    attachment.detach()  # idempotent
+
+    class Boom(dit_attn.Control):
+        def prepare(self, call):
+            raise KeyError("boom")
+
+    with pytest.raises(KeyError):
+        with dit_attn.attach(pipe, Boom()):
+            pipe(**tiny_call_kwargs("sd3", steps=2))
+    assert all(pipe.transformer.attn_processors[n] is p for n, p in originals.items())
+    dit_attn.attach(pipe).detach()  # attachable again after the exception
+
+
+def test_controls_list_is_live_between_calls():
+    pipe = tiny_pipeline("flux")
+    recorder = dit_attn.Recorder()
+    with dit_attn.attach(pipe) as attachment:
+        pipe(**tiny_call_kwargs("flux", steps=2))
+        assert not recorder.layouts
+        attachment.controls.append(recorder)
+        pipe(**tiny_call_kwargs("flux", steps=2))
+        assert recorder.layouts
+
+
+class _TextBias(dit_attn.Control):
+    """Adds a constant bias to the text keys (exercises the key-bias path of execute)."""
+
+    def __init__(self, value: float):
+        self.value = value
+
+    def prepare(self, call):
+        text = call.layout.key_slice("text")
+        if text is not None:
+            bias = torch.zeros(call.key.shape[1], dtype=torch.float32)
+            bias[text] = self.value
+            call.add_key_bias(bias)
+        return call
+
+
+def test_key_bias_path_matches_dense_reference():
+    # A key bias on the text keys, through execute(), equals softmax(qk^T*scale + bias) v in fp64.
+    torch.manual_seed(0)
+    b, n, h, d = 2, 11, 3, 8
+    q, k, v = (torch.randn(b, n, h, d) for _ in range(3))
+    layout = dit_attn.Layout(family="sd3", site=None, kind="joint", heads=h, head_dim=d,
+                             query_segments={"image": (0, 7), "text": (7, 11)},
+                             key_segments={"image": (0, 7), "text": (7, 11)}, batch_size=b)
+    call = dit_attn.AttentionCall(q, k, v, layout)
+    call = _TextBias(0.7).prepare(call)
+    out = dit_attn.execute(call)
+    bias = torch.zeros(n, dtype=torch.float64)
+    bias[7:] = 0.7
+    logits = torch.einsum("bqhd,bkhd->bhqk", q.double(), k.double()) / d ** 0.5 + bias
+    ref = torch.einsum("bhqk,bkhd->bqhd", logits.softmax(-1), v.double())
+    assert (out.double() - ref).abs().max() < 1e-5
+    plain = dit_attn.execute(dit_attn.AttentionCall(q, k, v, layout))
+    assert (plain - out).abs().max() > 1e-3  # the bias really acted
+
+
+def test_key_bias_changes_pipeline_output():
+    pipe = tiny_pipeline("flux")
+    stock = _output(pipe(**tiny_call_kwargs("flux", steps=2)))
+    with dit_attn.attach(pipe, _TextBias(0.0)):
+        zero = _output(pipe(**tiny_call_kwargs("flux", steps=2)))
+    with dit_attn.attach(pipe, _TextBias(3.0)):
+        biased = _output(pipe(**tiny_call_kwargs("flux", steps=2)))
+    assert np.abs(zero - stock).max() <= 1e-5
+    assert np.abs(biased - stock).max() > 1e-4

@@ -1,0 +1,119 @@
+"""Every family adapter against the stock processor, at transformer level, with fresh random inputs.
+
+Covers what the tiny pipelines do not reach: the Wan I2V image context, HunyuanVideo's padded text mask,
+CogVideoX RoPE, SD3.5 dual attention, batch > 1.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from diffusers import (
+    CogVideoXTransformer3DModel,
+    FluxTransformer2DModel,
+    HunyuanVideoTransformer3DModel,
+    SD3Transformer2DModel,
+    WanTransformer3DModel,
+)
+from diffusers.models.embeddings import get_3d_rotary_pos_embed
+
+import dit_attn
+from dit_attn.families import FAMILIES, family_of
+
+
+def _sd3(g):
+    m = SD3Transformer2DModel(sample_size=8, patch_size=2, in_channels=4, num_layers=2, attention_head_dim=8,
+                              num_attention_heads=2, joint_attention_dim=16, caption_projection_dim=16,
+                              pooled_projection_dim=8, out_channels=4, qk_norm="rms_norm", dual_attention_layers=(0,))
+    kw = dict(hidden_states=torch.randn(3, 4, 8, 6, generator=g), encoder_hidden_states=torch.randn(3, 5, 16, generator=g),
+              pooled_projections=torch.randn(3, 8, generator=g), timestep=torch.tensor([500.0] * 3))
+    return m, kw, (1, 4, 3)
+
+
+def _flux(g):
+    m = FluxTransformer2DModel(patch_size=1, in_channels=16, num_layers=1, num_single_layers=2, attention_head_dim=8,
+                               num_attention_heads=2, joint_attention_dim=16, pooled_projection_dim=8,
+                               axes_dims_rope=(2, 2, 4))
+    img_ids = torch.zeros(12, 3)
+    img_ids[:, 1], img_ids[:, 2] = torch.arange(12) // 4, torch.arange(12) % 4
+    kw = dict(hidden_states=torch.randn(2, 12, 16, generator=g), encoder_hidden_states=torch.randn(2, 5, 16, generator=g),
+              pooled_projections=torch.randn(2, 8, generator=g), timestep=torch.tensor([0.5, 0.5]), img_ids=img_ids,
+              txt_ids=torch.zeros(5, 3))
+    return m, kw, (1, 3, 4)
+
+
+def _wan(g, i2v=False):
+    extra = dict(image_dim=12, added_kv_proj_dim=16) if i2v else {}
+    m = WanTransformer3DModel(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=8, in_channels=4,
+                              out_channels=4, text_dim=16, freq_dim=16, ffn_dim=32, num_layers=2, rope_max_seq_len=32,
+                              **extra)
+    # With an image context the stock processor assumes 512 text tokens.
+    kw = dict(hidden_states=torch.randn(2, 4, 3, 8, 6, generator=g),
+              encoder_hidden_states=torch.randn(2, 512 if i2v else 7, 16, generator=g), timestep=torch.tensor([500, 500]))
+    if i2v:
+        kw["encoder_hidden_states_image"] = torch.randn(2, 5, 12, generator=g)
+    return m, kw, (3, 4, 3)
+
+
+def _hunyuan(g):
+    m = HunyuanVideoTransformer3DModel(in_channels=4, out_channels=4, num_attention_heads=2, attention_head_dim=8,
+                                       num_layers=1, num_single_layers=2, num_refiner_layers=1, patch_size=2,
+                                       patch_size_t=1, text_embed_dim=16, pooled_projection_dim=8, rope_axes_dim=(2, 2, 4))
+    kw = dict(hidden_states=torch.randn(2, 4, 3, 8, 8, generator=g), encoder_hidden_states=torch.randn(2, 6, 16, generator=g),
+              encoder_attention_mask=torch.tensor([[1, 1, 1, 1, 0, 0], [1, 1, 1, 1, 1, 1]]),
+              pooled_projections=torch.randn(2, 8, generator=g), timestep=torch.tensor([500, 500]),
+              guidance=torch.tensor([3000.0, 3000.0]))
+    return m, kw, (3, 4, 4)
+
+
+def _cogvideox(g):
+    m = CogVideoXTransformer3DModel(num_attention_heads=2, attention_head_dim=16, in_channels=4, out_channels=4,
+                                    time_embed_dim=8, text_embed_dim=16, num_layers=2, sample_width=8, sample_height=8,
+                                    sample_frames=9, patch_size=2, temporal_compression_ratio=4, max_text_seq_length=6,
+                                    use_rotary_positional_embeddings=True)
+    cos, sin = get_3d_rotary_pos_embed(embed_dim=16, crops_coords=((0, 0), (4, 4)), grid_size=(4, 4), temporal_size=3)
+    kw = dict(hidden_states=torch.randn(2, 3, 4, 8, 8, generator=g), encoder_hidden_states=torch.randn(2, 6, 16, generator=g),
+              timestep=torch.tensor([500, 500]), image_rotary_emb=(cos, sin))
+    return m, kw, (3, 4, 4)
+
+
+CASES = {"sd3": _sd3, "flux": _flux, "wan": _wan, "wan_i2v": lambda g: _wan(g, True), "hunyuan_video": _hunyuan,
+         "cogvideox": _cogvideox}
+
+
+def _run(model, kwargs):
+    with torch.no_grad():
+        return model(**kwargs, return_dict=False)[0]
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_transformer_matches_stock(case):
+    seed = int(torch.randint(0, 2**31 - 1, ()))
+    g = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    model, kwargs, grid = CASES[case](g)
+    stock = _run(model, kwargs)
+    recorder = dit_attn.Recorder()
+    with dit_attn.attach(model, recorder, dit_attn.PassThrough()):
+        ours = _run(model, kwargs)
+    assert (ours - stock).abs().max() <= 1e-6, f"seed {seed}"
+    assert recorder.layouts and all(layout.grid == grid for layout in recorder.layouts)
+    assert all(layout.batch_size == kwargs["hidden_states"].shape[0] for layout in recorder.layouts)
+    if case == "wan_i2v":
+        kinds = [layout.kind for layout in recorder.layouts]
+        assert kinds.count("cross_image") == kinds.count("cross") == 2
+        image_ctx = [layout for layout in recorder.layouts if layout.kind == "cross_image"]
+        assert image_ctx[0].key_segments == {"image_context": (0, 5)}
+    if case == "hunyuan_video":
+        # the refiner keeps its stock processor
+        procs = model.attn_processors
+        assert not any(isinstance(p, dit_attn.DitAttnProcessor) for n, p in procs.items() if "token_refiner" in n)
+
+
+def test_every_family_has_a_case():
+    assert set(FAMILIES) <= set(CASES)
+
+
+def test_family_of_rejects_other_models():
+    with pytest.raises(ValueError, match="supported model families: sd3"):
+        family_of(torch.nn.Linear(1, 1))
