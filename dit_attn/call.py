@@ -60,7 +60,8 @@ class AttentionCall:
 
     ``query``/``key``/``value`` are ``[B, N, H, D]``. ``attn_mask`` is the stock mask the model passed (boolean or
     additive, SDPA-broadcastable). ``key_bias`` (broadcastable to ``[B, H, Nk]``) is added to the logits of every
-    query for that key. ``logit_scale`` multiplies the logits (on top of ``scale``, default ``D**-0.5``).
+    query for that key, or only of the query rows in ``key_bias_rows`` (e.g. image rows, leaving text rows
+    exactly stock: the call is then split along the queries). ``logit_scale`` multiplies the logits (on top of ``scale``, default ``D**-0.5``).
     """
 
     query: torch.Tensor
@@ -71,6 +72,7 @@ class AttentionCall:
     scale: float | None = None
     logit_scale: float = 1.0
     key_bias: torch.Tensor | None = None
+    key_bias_rows: slice | None = None  # query rows the key bias applies to (None: all rows)
     extra_keys: list[KeySet] = field(default_factory=list)
     sparse: SparsePlan | None = None
     backend: object = None
@@ -170,8 +172,28 @@ def _mask_to_key_bias(mask, key_bias, dtype, nk):
     )
 
 
+def _split_rows(call: AttentionCall) -> torch.Tensor:
+    """Key bias for some query rows only: the biased rows and the others are two calls on the same keys."""
+    rows, n = call.key_bias_rows, call.query.shape[1]
+    start, stop, _ = rows.indices(n)
+    mask = call.attn_mask
+    parts = []
+    for lo, hi, biased in ((0, start, False), (start, stop, True), (stop, n, False)):
+        if hi <= lo:
+            continue
+        part_mask = mask[..., lo:hi, :] if mask is not None and mask.dim() == 4 and mask.shape[-2] == n else mask
+        part = call.replace(query=call.query[:, lo:hi], attn_mask=part_mask, key_bias_rows=None,
+                            key_bias=call.key_bias if biased else None)
+        parts.append(execute(part))
+    return torch.cat(parts, dim=1)
+
+
 def execute(call: AttentionCall) -> torch.Tensor:
     """Run the attention described by ``call`` and return ``[B, Nq, H, D]`` in the query's dtype."""
+    if call.key_bias is not None and call.key_bias_rows is not None:
+        if call.sparse is not None:
+            raise NotImplementedError("row-restricted key bias with a sparse plan is not supported yet")
+        return _split_rows(call)
     if call.is_plain:
         return dispatch_attention_fn(
             call.query, call.key, call.value,

@@ -223,3 +223,19 @@ def test_key_bias_changes_pipeline_output():
         biased = _output(pipe(**tiny_call_kwargs("flux", steps=2)))
     assert np.abs(zero - stock).max() <= 1e-5
     assert np.abs(biased - stock).max() > 1e-4
+
+
+def test_key_bias_on_some_rows_only():
+    g = torch.Generator().manual_seed(int(torch.randint(0, 2**31 - 1, ())))
+    b, n, h, d = 2, 13, 2, 8
+    q, k, v = (torch.randn(b, n, h, d, generator=g) for _ in range(3))
+    segs = {"image": (0, 9), "text": (9, 13)}
+    layout = dit_attn.Layout(family="sd3", site=None, kind="joint", heads=h, head_dim=d, query_segments=segs,
+                             key_segments=segs, batch_size=b)
+    bias = torch.zeros(b, 1, n)
+    bias[0, :, 9:], bias[1, :, 9:] = 1.5, -2.0  # per batch row, as CFG branches need
+    out = dit_attn.execute(dit_attn.AttentionCall(q, k, v, layout, key_bias=bias, key_bias_rows=slice(0, 9)))
+    logits = torch.einsum("bqhd,bkhd->bhqk", q.double(), k.double()) / d ** 0.5
+    logits[:, :, :9] += bias.double()[:, :, None, :]
+    ref = torch.einsum("bhqk,bkhd->bqhd", logits.softmax(-1), v.double())
+    assert (out.double() - ref).abs().max() < 1e-5
