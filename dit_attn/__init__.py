@@ -13,6 +13,7 @@ Attach controls to a diffusers pipeline (or pass our processors to ``set_attn_pr
 from .attach import Attachment, attach
 from .call import AttentionCall, KeySet, SparsePlan, execute
 from .controls.base import Control, PassThrough, Recorder
+from .controls.entropy import EntropyScale
 from .families import FAMILIES
 from .layout import COND, UNCOND, ForwardState, LayerSite, Layout
 from .processor import DitAttnProcessor, make_processors
@@ -20,7 +21,7 @@ from .processor import DitAttnProcessor, make_processors
 __version__ = "0.1.0"
 
 __all__ = [
-    "attach", "Attachment", "Control", "PassThrough", "Recorder", "AttentionCall", "KeySet", "SparsePlan",
+    "attach", "Attachment", "Control", "EntropyScale", "PassThrough", "Recorder", "AttentionCall", "KeySet", "SparsePlan",
     "execute", "Layout", "LayerSite", "ForwardState", "COND", "UNCOND", "DitAttnProcessor", "make_processors",
     "FAMILIES",
 ]

@@ -9,7 +9,8 @@ key sets, choose a sparse plan) and whose output each control may edit in ``fini
 
 * nothing asked → ``diffusers``' ``dispatch_attention_fn`` with the stock arguments, so ``set_attention_backend``
   keeps working and the output equals stock bit for bit;
-* a key bias or logit scale only → on CPU ``dispatch_attention_fn`` with an additive float mask; on CUDA our
+* a logit scale only → ``dispatch_attention_fn`` with that ``scale`` (every backend takes it);
+* a key bias → on CPU ``dispatch_attention_fn`` with an additive float mask; on CUDA our
   Triton kernel's ``key_bias`` with a full block table (no float-mask SDPA);
 * extra key sets (condition caches) or a sparse plan → ``dit_attn.kernels.block_sparse_attention`` with the
   log-sum-exp, merged exactly with :func:`dit_attn.kernels.merge_attention`.
@@ -194,10 +195,12 @@ def execute(call: AttentionCall) -> torch.Tensor:
         if call.sparse is not None:
             raise NotImplementedError("row-restricted key bias with a sparse plan is not supported yet")
         return _split_rows(call)
-    if call.is_plain:
+    if call.key_bias is None and not call.extra_keys and call.sparse is None:
+        # Stock arguments (a logit scale only changes ``scale``, which every backend takes).
+        scale = call.scale if call.logit_scale == 1.0 else call.effective_scale
         return dispatch_attention_fn(
             call.query, call.key, call.value,
-            attn_mask=call.attn_mask, dropout_p=0.0, is_causal=False, scale=call.scale,
+            attn_mask=call.attn_mask, dropout_p=0.0, is_causal=False, scale=scale,
             backend=call.backend, parallel_config=call.parallel_config,
         )
     if not call.extra_keys and call.sparse is None:
