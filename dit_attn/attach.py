@@ -71,7 +71,7 @@ class Attachment:
                 self._installed.append(record)
                 record.hook = ensure_forward_hook(transformer, pipeline=self.pipeline)
                 record.hook.controls = self.controls  # share the live list
-                transformer.set_attn_processor(build_processors(transformer, self.controls, record.hook.state))
+                transformer.set_attn_processor(build_processors(transformer, self.controls, record.hook.box))
             self.attached = True
             for control in self.controls:
                 control.on_attach(self)

@@ -38,7 +38,8 @@ class LayerSite:
 
 @dataclass
 class ForwardState:
-    """Per-transformer-forward facts, written by :class:`dit_attn.state.ForwardStateHook` before each forward.
+    """Per-transformer-forward facts, written by :class:`dit_attn.state.ForwardStateHook` before each forward
+    (a fresh object per forward, never changed afterwards except for ``extra`` and the lazily computed grid).
 
     ``grid`` is computed lazily (FLUX needs a look at ``img_ids``) and cached for the forward.
     """
@@ -63,18 +64,13 @@ class ForwardState:
             self._grid_known = True
         return self._grid
 
-    def reset(self) -> None:
-        self.context = None
-        self.step_index = None
-        self.num_steps = None
-        self.timestep = None
-        self.batch_roles = None
-        self.text_len = None
-        self.grid_fn = None
-        self._grid = None
-        self._grid_known = False
-        self.in_forward = False
-        self.extra = {}
+
+class StateBox:
+    """Holds the :class:`ForwardState` of the current forward; the hook puts a fresh one in before each forward,
+    so a :class:`Layout` keeps the facts of its own forward (layouts are snapshots)."""
+
+    def __init__(self, family: str | None = None):
+        self.current = ForwardState(family=family)
 
 
 @dataclass(frozen=True)

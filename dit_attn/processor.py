@@ -24,7 +24,7 @@ import torch
 
 from .call import AttentionCall, execute
 from .families import Family, attention_sites, family_of
-from .layout import ForwardState, LayerSite, Layout
+from .layout import LayerSite, Layout, StateBox
 
 
 class DitAttnProcessor:
@@ -35,7 +35,8 @@ class DitAttnProcessor:
         controls: a list of controls; the processor keeps a reference, so controls added to or removed from that
             list (or their fields changed) take effect on the next call.
         site: static facts about the module (name, block, layer); ``None`` when unknown.
-        state: the per-forward state shared with the transformer's forward hook; ``None`` when unknown.
+        state: the :class:`~dit_attn.layout.StateBox` shared with the transformer's forward hook; ``None``
+            when unknown.
 
     ``_attention_backend`` and ``_parallel_config`` are the attributes diffusers' ``set_attention_backend`` and
     context parallelism set on processors; they are passed to ``dispatch_attention_fn``.
@@ -45,7 +46,7 @@ class DitAttnProcessor:
     _parallel_config = None
 
     def __init__(self, family: Family | str, controls: list | None = None, site: LayerSite | None = None,
-                 state: ForwardState | None = None):
+                 state: StateBox | None = None):
         from .families import FAMILIES
 
         if isinstance(family, str):
@@ -55,7 +56,7 @@ class DitAttnProcessor:
         self.family = family
         self.controls = controls if controls is not None else []
         self.site = site
-        self.state = state if state is not None else ForwardState(family=family.name)
+        self.state_box = state if state is not None else StateBox(family.name)
 
     # The parameter names matter: diffusers' attention modules drop every keyword the processor does not name.
     # ``image_rotary_emb`` is passed by name (legacy Attention) or fifth positionally (FluxAttention, WanAttention,
@@ -64,7 +65,7 @@ class DitAttnProcessor:
                  image_rotary_emb=None):
         adapter = self.family.adapter
         projected = adapter.project(attn, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb,
-                                    self.state.text_len)
+                                    self.state_box.current.text_len)
         outs = [self._attend(attn, spec) for spec in projected.calls]
         return adapter.finish(attn, outs, projected)
 
@@ -72,7 +73,7 @@ class DitAttnProcessor:
         layout = Layout(
             family=self.family.name, site=self.site, kind=spec.kind, heads=spec.query.shape[2],
             head_dim=spec.query.shape[3], query_segments=spec.query_segments, key_segments=spec.key_segments,
-            batch_size=spec.query.shape[0], state=self.state,
+            batch_size=spec.query.shape[0], state=self.state_box.current,
         )
         call = AttentionCall(
             spec.query, spec.key, spec.value, layout, attn_mask=spec.attn_mask,
@@ -91,11 +92,11 @@ class DitAttnProcessor:
         return f"DitAttnProcessor({self.family.name}, {where}, controls={self.controls!r})"
 
 
-def build_processors(transformer: torch.nn.Module, controls: list, state: ForwardState | None = None):
+def build_processors(transformer: torch.nn.Module, controls: list, state: StateBox | None = None):
     """``{processor name: processor}`` for every attention module of ``transformer``: ours where we take over,
     the current processor elsewhere (e.g. HunyuanVideo's token refiner), ready for ``set_attn_processor``."""
     family = family_of(transformer)
-    state = state if state is not None else ForwardState(family=family.name)
+    state = state if state is not None else StateBox(family.name)
     sites = list(attention_sites(transformer, family))
     block_lists = list(dict.fromkeys(s[1] for s in sites))
     offsets, total = {}, 0
@@ -113,22 +114,30 @@ def build_processors(transformer: torch.nn.Module, controls: list, state: Forwar
     return processors
 
 
-def make_processors(transformer: torch.nn.Module, *controls) -> dict:
+def make_processors(target, *controls) -> dict:
     """Processors for ``transformer.set_attn_processor(...)``, with ``controls`` active.
 
-    This also registers dit_attn's forward hook on the transformer (once), so that layouts know the denoising step,
-    batch roles and token grid. Prefer :func:`dit_attn.attach`, which also restores everything on ``detach()``.
+    ``target`` is the transformer, or the pipeline (then its ``transformer`` is used and layouts also know the
+    scheduler, so SD3, which sets no ``cache_context``, still reports the step). This also registers dit_attn's
+    forward hook on the transformer (once), which fills the per-forward layout facts. Prefer
+    :func:`dit_attn.attach`, which also restores everything on ``detach()``.
 
     Example:
         >>> import dit_attn
         >>> from dit_attn.testing import tiny_pipeline, tiny_call_kwargs
         >>> pipe = tiny_pipeline("sd3")
         >>> stock = dict(pipe.transformer.attn_processors)
-        >>> pipe.transformer.set_attn_processor(dit_attn.make_processors(pipe.transformer, dit_attn.PassThrough()))
+        >>> pipe.transformer.set_attn_processor(dit_attn.make_processors(pipe, dit_attn.PassThrough()))
         >>> images = pipe(**tiny_call_kwargs("sd3")).images
         >>> pipe.transformer.set_attn_processor(stock)
     """
     from .state import ensure_forward_hook
 
-    hook = ensure_forward_hook(transformer, controls=list(controls))
-    return build_processors(transformer, hook.controls, hook.state)
+    pipeline = None
+    transformer = target
+    if not isinstance(target, torch.nn.Module):
+        pipeline, transformer = target, getattr(target, "transformer", None)
+        if not isinstance(transformer, torch.nn.Module):
+            raise ValueError(f"make_processors expects a transformer or a pipeline with one; got {type(target).__name__}")
+    hook = ensure_forward_hook(transformer, controls=list(controls), pipeline=pipeline)
+    return build_processors(transformer, hook.controls, hook.box)

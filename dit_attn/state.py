@@ -26,7 +26,7 @@ from diffusers.hooks import HookRegistry, ModelHook
 from diffusers.hooks.hooks import BaseState, StateManager
 
 from .families import Family, family_of
-from .layout import COND, UNCOND, ForwardState
+from .layout import COND, UNCOND, ForwardState, StateBox
 
 HOOK_NAME = "dit_attn_forward_state"
 
@@ -43,7 +43,7 @@ class ForwardStateHook(ModelHook):
         super().__init__()
         self.family = family
         self.controls = controls
-        self.state = ForwardState(family=family.name)
+        self.box = StateBox(family.name)
         self.context_manager = StateManager(_NoState)  # receives diffusers' cache_context
         self._pipeline_ref = weakref.ref(pipeline) if pipeline is not None else None
         self._params: list[str] | None = None
@@ -55,8 +55,12 @@ class ForwardStateHook(ModelHook):
     def set_pipeline(self, pipeline) -> None:
         self._pipeline_ref = weakref.ref(pipeline) if pipeline is not None else None
 
+    @property
+    def state(self) -> ForwardState:
+        return self.box.current
+
     def reset_state(self, module):
-        self.state.reset()
+        self.box.current = ForwardState(family=self.family.name)
         return module
 
     # ------------------------------------------------------------------------------------------------------------
@@ -68,9 +72,8 @@ class ForwardStateHook(ModelHook):
         return bound
 
     def pre_forward(self, module, *args, **kwargs):
-        state = self.state
-        state.reset()
-        state.family = self.family.name
+        state = ForwardState(family=self.family.name)
+        self.box.current = state
         inputs = self._bind(module, args, kwargs)
         hidden_states = inputs.get("hidden_states")
         text = inputs.get("encoder_hidden_states")
@@ -132,7 +135,12 @@ class ForwardStateHook(ModelHook):
         if context == "uncond":
             return (UNCOND,) * batch
         pipe = self.pipeline
-        cfg = bool(getattr(pipe, "do_classifier_free_guidance", False)) if pipe is not None else False
+        cfg = False
+        if pipe is not None:
+            # SD3 has a `do_classifier_free_guidance` property; CogVideoX only keeps the guidance scale.
+            flag = getattr(pipe, "do_classifier_free_guidance", None)
+            scale = getattr(pipe, "_guidance_scale", None)
+            cfg = bool(flag) if isinstance(flag, bool) else (isinstance(scale, (int, float)) and scale > 1)
         if (context == "cond_uncond" or context is None) and cfg and batch % 2 == 0:
             first, second = self.family.batched_cfg_order
             return (first,) * (batch // 2) + (second,) * (batch // 2)

@@ -60,7 +60,7 @@ def test_processors_the_diffusers_way(family_pipe):
     stock = _output(pipe(**tiny_call_kwargs(family, steps=2)))
     originals = dict(pipe.transformer.attn_processors)
     recorder = dit_attn.Recorder()
-    pipe.transformer.set_attn_processor(dit_attn.make_processors(pipe.transformer, recorder))
+    pipe.transformer.set_attn_processor(dit_attn.make_processors(pipe, recorder))
     try:
         out = _output(pipe(**tiny_call_kwargs(family, steps=2)))
     finally:
@@ -132,7 +132,10 @@ def test_works_under_attention_backends(family_pipe, backend):
         stock = _output(pipe(**tiny_call_kwargs(family, steps=2)))
         with dit_attn.attach(pipe, dit_attn.PassThrough()):
             out = _output(pipe(**tiny_call_kwargs(family, steps=2)))
-    assert np.abs(out - stock).max() <= 1e-6
+    # SD3's and CogVideoX's stock processors call SDPA directly and ignore the backend; ours honour it, so under
+    # another backend they differ from stock by that kernel's rounding only.
+    bound = 1e-6 if family not in ("sd3", "cogvideox") or backend == "native" else 1e-5
+    assert np.abs(out - stock).max() <= bound
 
 
 def test_set_attention_backend_reaches_our_processors():
