@@ -1,0 +1,216 @@
+"""Tests for dit_attn.testing: tiny offline diffusers pipelines."""
+
+from __future__ import annotations
+
+import doctest
+
+import numpy as np
+import pytest
+import torch
+
+from dit_attn import testing as tt
+from dit_attn.testing import (
+    ALL_FAMILIES, FAMILIES, HEIGHT, NUM_FRAMES, PROMPT, WIDTH, cpu_threads, tiny_call_kwargs, tiny_pipeline,
+    tiny_transformer, tiny_tokenizer,
+)
+
+VIDEO = {"wan", "wan_i2v", "hunyuan_video", "cogvideox"}
+PIPELINE_CLASSES = {
+    "sd3": "StableDiffusion3Pipeline", "flux": "FluxPipeline", "wan": "WanPipeline",
+    "wan_i2v": "WanImageToVideoPipeline", "hunyuan_video": "HunyuanVideoPipeline", "cogvideox": "CogVideoXPipeline",
+}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # Tiny ops on shared CPU cores: more intra-op threads only add spin-waiting.
+    with cpu_threads(1):
+        yield
+
+
+def _output(pipe, family, **kwargs):
+    out = pipe(**tiny_call_kwargs(family, **kwargs))
+    return np.asarray(out.frames if family in VIDEO else out.images)
+
+
+def _expected_shape(family):
+    return (1, NUM_FRAMES, HEIGHT, WIDTH, 3) if family in VIDEO else (1, HEIGHT, WIDTH, 3)
+
+
+def _state(module):
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def _same_state(a, b):
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_families_constant():
+    assert FAMILIES == ("sd3", "flux", "wan", "hunyuan_video", "cogvideox")
+    assert set(ALL_FAMILIES) == set(FAMILIES) | {"wan_i2v"}
+
+
+@pytest.mark.parametrize("family", ALL_FAMILIES)
+def test_runs_deterministic_and_seeded(family):
+    pipe = tiny_pipeline(family, seed=0)
+    assert type(pipe).__name__ == PIPELINE_CLASSES[family]
+    assert all(p.dtype == torch.float32 and p.device.type == "cpu"
+               for m in pipe.components.values() if isinstance(m, torch.nn.Module) for p in m.parameters())
+    assert not any(m.training for m in pipe.components.values() if isinstance(m, torch.nn.Module))
+
+    cfg = _output(pipe, family)
+    assert cfg.shape == _expected_shape(family)
+    assert np.isfinite(cfg).all()
+    no_cfg = _output(pipe, family, guidance=False)
+    assert no_cfg.shape == _expected_shape(family) and np.isfinite(no_cfg).all()
+    assert not np.array_equal(cfg, no_cfg)
+
+    # Same seed: identical weights and output; the call's seed drives the noise.
+    again = tiny_pipeline(family, seed=0)
+    np.testing.assert_array_equal(_output(again, family), cfg)
+    assert not np.array_equal(_output(pipe, family, seed=1), cfg)
+
+    # Different seed: different weights in every module.
+    other = tiny_pipeline(family, seed=1)
+    for name, module in pipe.components.items():
+        if isinstance(module, torch.nn.Module):
+            assert not _same_state(_state(module), _state(other.components[name])), name
+
+    # tiny_transformer is the pipeline's transformer.
+    assert _same_state(_state(tiny_transformer(family, seed=0)), _state(pipe.transformer))
+
+
+@pytest.mark.parametrize("family", ALL_FAMILIES)
+def test_save_load_round_trip(family, tmp_path):
+    from diffusers import DiffusionPipeline
+
+    pipe = tiny_pipeline(family, seed=3)
+    expected = _output(pipe, family)
+    pipe.save_pretrained(tmp_path, safe_serialization=True)
+    assert list(tmp_path.glob("transformer/*.safetensors"))
+    assert not list(tmp_path.rglob("*.bin"))
+    loaded = DiffusionPipeline.from_pretrained(tmp_path)
+    loaded.set_progress_bar_config(disable=True)
+    assert type(loaded) is type(pipe)
+    np.testing.assert_array_equal(_output(loaded, family), expected)
+
+
+@pytest.mark.parametrize("bad", ["sdxl", "", "SD3", "wan2"])
+def test_unknown_family(bad):
+    for fn in (tiny_pipeline, tiny_transformer, tiny_call_kwargs):
+        with pytest.raises(ValueError, match="supported families: sd3, flux, wan, hunyuan_video, cogvideox"):
+            fn(bad)
+
+
+def test_call_kwargs():
+    for family in ALL_FAMILIES:
+        on, off = tiny_call_kwargs(family, steps=3, seed=5), tiny_call_kwargs(family, guidance=False)
+        assert on["num_inference_steps"] == 3 and on["prompt"] == PROMPT and on["output_type"] == "np"
+        assert on["generator"].initial_seed() == 5
+        assert "negative_prompt" in on and "negative_prompt" not in off
+        if family in ("flux", "hunyuan_video"):
+            assert on["true_cfg_scale"] > 1 and off["true_cfg_scale"] == 1
+        else:
+            assert on["guidance_scale"] > 1 and off["guidance_scale"] == 1
+        assert ("num_frames" in on) == (family in VIDEO)
+    assert "image" in tiny_call_kwargs("wan_i2v")
+
+
+def _count_forwards(pipe, family, **kwargs):
+    batches = []
+    handle = pipe.transformer.register_forward_pre_hook(
+        lambda m, args, kw: batches.append(kw.get("hidden_states", args[0] if args else None).shape[0]),
+        with_kwargs=True)
+    try:
+        _output(pipe, family, **kwargs)
+    finally:
+        handle.remove()
+    return batches
+
+
+@pytest.mark.parametrize("family,batched", [("sd3", True), ("cogvideox", True), ("flux", False), ("wan", False),
+                                            ("hunyuan_video", False)])
+def test_cfg_forward_pattern(family, batched):
+    pipe = tiny_pipeline(family)
+    assert _count_forwards(pipe, family, guidance=False) == [1, 1]
+    assert _count_forwards(pipe, family) == ([2, 2] if batched else [1, 1, 1, 1])
+
+
+def test_model_structure():
+    sd3 = tiny_transformer("sd3")
+    assert [b.attn2 is not None for b in sd3.transformer_blocks] == [True, False]
+    assert sd3.transformer_blocks[0].attn.norm_q is not None
+    flux = tiny_transformer("flux")
+    assert len(flux.transformer_blocks) >= 2 and len(flux.single_transformer_blocks) >= 2
+    assert flux.config.guidance_embeds
+    hy = tiny_transformer("hunyuan_video")
+    assert len(hy.transformer_blocks) >= 1 and len(hy.single_transformer_blocks) >= 1
+    assert len(hy.context_embedder.token_refiner.refiner_blocks) >= 1
+    i2v = tiny_transformer("wan_i2v")
+    assert i2v.blocks[0].attn2.add_k_proj is not None and i2v.config.image_dim
+    for family in ALL_FAMILIES:
+        cfg = tiny_transformer(family).config
+        assert cfg.num_attention_heads >= 2 and cfg.attention_head_dim >= 8
+    assert len(tiny_transformer("sd3", num_layers=3).transformer_blocks) == 3
+
+
+def test_overrides():
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    scheduler = FlowMatchEulerDiscreteScheduler(shift=1.0)
+    pipe = tiny_pipeline("sd3", scheduler=scheduler, num_layers=3)
+    assert pipe.scheduler is scheduler and len(pipe.transformer.transformer_blocks) == 3
+    with pytest.raises(ValueError):
+        tiny_pipeline("sd3", transformer=tiny_transformer("sd3"), num_layers=3)
+
+
+def test_global_rng_untouched():
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    tiny_pipeline("flux")
+    assert torch.equal(torch.rand(3), expected)
+
+
+def test_tokenizers():
+    t5 = tiny_tokenizer("t5", 32)
+    out = t5([PROMPT, "a zebra"], padding="max_length", max_length=12, truncation=True, return_tensors="pt",
+             return_offsets_mapping=True, return_attention_mask=True)
+    assert out.input_ids.shape == (2, 12) and out.offset_mapping.shape == (2, 12, 2)
+    ids = out.input_ids[0].tolist()
+    assert ids[7] == tt.EOS_ID and ids[8:] == [tt.PAD_ID] * 4 and tt.UNK_ID not in ids[:7]
+    assert out.input_ids[1].tolist()[:3] == [tt.VOCAB["a"], tt.UNK_ID, tt.EOS_ID]
+    assert t5.convert_ids_to_tokens(ids[:7]) == PROMPT.split()
+    assert tuple(out.offset_mapping[0, 2].tolist()) == (6, 12)  # "circle"
+    clip = tiny_tokenizer("clip", 16)
+    ids = clip(PROMPT.upper(), padding="max_length", max_length=clip.model_max_length, truncation=True).input_ids
+    assert len(ids) == 16 and ids[0] == tt.CLIP_BOS_ID and ids[8] == tt.CLIP_EOS_ID
+    long = clip(" ".join(["red"] * 40), padding="max_length", max_length=16, truncation=True).input_ids
+    assert len(long) == 16 and long[-1] == tt.CLIP_EOS_ID
+
+
+def test_hunyuan_template_crop():
+    # The pipeline computes crop_start = len(tokens(template)) - 2; check that it lands exactly on the prompt.
+    tok = tiny_tokenizer("llama")
+    template = tiny_call_kwargs("hunyuan_video")["prompt_template"]["template"]
+    crop = len(tok(template).input_ids) - 2
+    ids = tok(template.format(PROMPT)).input_ids
+    prompt_ids = tok(PROMPT, add_special_tokens=False).input_ids
+    assert ids[crop:crop + len(prompt_ids)] == prompt_ids
+    assert tok.convert_ids_to_tokens(ids[crop + len(prompt_ids)]) == "<|eot_id|>"
+
+
+@pytest.mark.parametrize("family", ["sd3", "hunyuan_video"])
+def test_prompt_matters(family):
+    pipe = tiny_pipeline(family)
+    kwargs = tiny_call_kwargs(family, guidance=False)
+    a = _output(pipe, family, guidance=False)
+    kwargs["prompt"] = "a green triangle below a yellow star"
+    out = pipe(**kwargs)
+    b = np.asarray(out.frames if family in VIDEO else out.images)
+    assert not np.array_equal(a, b)
+
+
+def test_docstring_examples():
+    result = doctest.testmod(tt, optionflags=doctest.ELLIPSIS)
+    assert result.attempted >= 3 and result.failed == 0
