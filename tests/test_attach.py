@@ -242,3 +242,13 @@ def test_key_bias_on_some_rows_only():
     logits[:, :, :9] += bias.double()[:, :, None, :]
     ref = torch.einsum("bhqk,bkhd->bqhd", logits.softmax(-1), v.double())
     assert (out.double() - ref).abs().max() < 1e-5
+
+
+def test_wan_i2v_pipeline_equals_stock():
+    pipe = tiny_pipeline("wan_i2v")
+    stock = _output(pipe(**tiny_call_kwargs("wan_i2v", steps=2)))
+    recorder = dit_attn.Recorder()
+    with dit_attn.attach(pipe, recorder):
+        out = _output(pipe(**tiny_call_kwargs("wan_i2v", steps=2)))
+    assert np.abs(out - stock).max() <= 1e-6
+    assert "cross_image" in {layout.kind for layout in recorder.layouts}
