@@ -1,1 +1,56 @@
-"""dit_attn.kernels"""
+"""dit_attn.kernels: block-sparse attention with key bias, LSE and a rectification epilogue (Triton), block
+statistics for sparse-attention prediction, and an exact merge of partial attention results.
+
+Public functions dispatch on the device: CUDA tensors run the Triton kernels, CPU tensors the plain-PyTorch
+references (``DIT_ATTN_KERNEL_IMPL=triton`` with ``TRITON_INTERPRET=1`` runs the Triton kernels on CPU through
+the interpreter; ``DIT_ATTN_KERNEL_IMPL=reference`` forces the references). ``DIT_ATTN_AUTOTUNE=0`` disables
+GPU autotuning in favour of a fixed per-(head dim, dtype) config table.
+
+* :func:`block_sparse_attention`, :func:`block_stats` (``torch.library`` custom ops, compile-safe)
+* :func:`merge_attention` (plain torch)
+* references: :func:`block_sparse_attention_reference`, :func:`block_stats_reference`,
+  :func:`merge_attention_reference`
+* direct Triton launchers: :func:`block_sparse_attention_triton`, :func:`block_stats_triton` (triton is imported
+  on first call, so importing this package never needs triton)
+"""
+
+from .merge import merge_attention
+from .ops import block_sparse_attention, block_stats
+from .reference import (
+    BlockStats,
+    block_counts,
+    block_sparse_attention_reference,
+    block_stats_reference,
+    lut_to_block_mask,
+    merge_attention_reference,
+)
+
+
+def block_sparse_attention_triton(*args, **kwargs):
+    """Run the Triton block-sparse attention kernel directly; see
+    :func:`dit_attn.kernels.block_sparse.block_sparse_attention_triton` (accepts ``out=``/``lse=`` buffers)."""
+    from .block_sparse import block_sparse_attention_triton as _impl
+
+    return _impl(*args, **kwargs)
+
+
+def block_stats_triton(*args, **kwargs):
+    """Run the Triton block-statistics kernel directly; see :func:`dit_attn.kernels.block_stats_kernel.block_stats_triton`."""
+    from .block_stats_kernel import block_stats_triton as _impl
+
+    return _impl(*args, **kwargs)
+
+
+__all__ = [
+    "BlockStats",
+    "block_counts",
+    "block_sparse_attention",
+    "block_sparse_attention_reference",
+    "block_sparse_attention_triton",
+    "block_stats",
+    "block_stats_reference",
+    "block_stats_triton",
+    "lut_to_block_mask",
+    "merge_attention",
+    "merge_attention_reference",
+]
