@@ -12,6 +12,7 @@ Attach controls to a diffusers pipeline (or pass our processors to ``set_attn_pr
 
 from .attach import Attachment, attach
 from .call import AttentionCall, KeySet, SparsePlan, execute
+from .controls import available_controls, controls_from_config
 from .controls.base import Control, PassThrough, Recorder
 from .controls.entropy import EntropyScale
 from .families import FAMILIES
@@ -23,5 +24,5 @@ __version__ = "0.1.0"
 __all__ = [
     "attach", "Attachment", "Control", "EntropyScale", "PassThrough", "Recorder", "AttentionCall", "KeySet", "SparsePlan",
     "execute", "Layout", "LayerSite", "ForwardState", "COND", "UNCOND", "DitAttnProcessor", "make_processors",
-    "FAMILIES",
+    "FAMILIES", "controls_from_config", "available_controls",
 ]

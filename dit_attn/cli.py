@@ -1,0 +1,186 @@
+"""``dit-attn``: the command line.
+
+Examples::
+
+    dit-attn generate "a red circle above a blue square" --model tiny:sd3 --seed 3 --out red.png
+    dit-attn generate "a (red:1.6) circle" --control emphasis --control entropy:train_tokens=64
+    dit-attn generate "a cat" --config controls.yaml --model ./my-saved-pipeline
+    dit-attn batch jobs.jsonl --out outputs/batch
+    accelerate launch -m dit_attn.cli batch jobs.jsonl --out outputs/batch      # data parallel
+    dit-attn bench --out bench/report
+
+Controls come from ``--control NAME[:field=value,...]`` flags (repeatable) or a YAML/JSON ``--config`` file
+(``{controls: {name: {field: value}}}``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+
+def _parse_value(text: str):
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def parse_control_flag(flag: str) -> dict:
+    """``"entropy:train_tokens=64"`` → ``{"entropy": {"train_tokens": 64}}``."""
+    name, _, rest = flag.partition(":")
+    if not name:
+        raise argparse.ArgumentTypeError(f"--control needs a name, e.g. 'entropy' or 'entropy:train_tokens=64'")
+    fields = {}
+    for part in filter(None, rest.split(",")):
+        key, eq, value = part.partition("=")
+        if not eq or not key:
+            raise argparse.ArgumentTypeError(f"--control {flag!r}: expected field=value pairs after ':'")
+        fields[key] = _parse_value(value)
+    return {name: fields}
+
+
+def _load_config(path: str) -> dict:
+    with open(path, encoding="utf-8") as f:
+        if path.endswith((".yaml", ".yml")):
+            import yaml
+
+            data = yaml.safe_load(f)
+        else:
+            data = json.load(f)
+    if not isinstance(data, dict):
+        raise SystemExit(f"{path}: expected an object with a 'controls' mapping")
+    return data
+
+
+def _generate(args) -> int:
+    from dit_attn.pipelines.batch import Generator, Item, save_image, save_video
+
+    controls = {}
+    if args.config:
+        controls.update(_load_config(args.config).get("controls") or {})
+    for flag in args.control or []:
+        controls.update(flag)
+    params = {"model": args.model, "prompt": args.prompt, "negative_prompt": args.negative_prompt,
+              "steps": args.steps, "guidance": args.guidance, "width": args.width, "height": args.height,
+              "num_frames": args.num_frames, "fps": args.fps, "controls": controls}
+    import dit_attn
+
+    dit_attn.controls_from_config(controls)  # validate before loading any model
+    item = Item("generate", 0, args.seed, params, "command line")
+    kind, media = Generator(device=args.device)(item)
+    out = args.out or ("output.mp4" if kind == "video" else "output.png")
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    if kind == "video":
+        files = save_video(media, out, args.fps)
+        print("saved " + ", ".join(os.path.join(os.path.dirname(out), f) for f in files))
+    else:
+        save_image(media, out, item)
+        print(f"saved {out}")
+    return 0
+
+
+def _batch(args) -> int:
+    from dit_attn.pipelines.batch import Generator, JobFileError, run_batch
+
+    process_index, num_processes, device = 0, 1, args.device
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1:  # started by `accelerate launch` (or torchrun)
+        from accelerate import PartialState
+
+        state = PartialState()
+        process_index, num_processes = state.process_index, state.num_processes
+        if num_processes == 1:
+            # accelerate sets up no process group without GPUs; the launcher's ranks still split the work.
+            process_index, num_processes = int(os.environ.get("RANK", "0")), world
+        elif state.device.type != "cpu" and device is None:
+            device = str(state.device)
+    try:
+        summary = run_batch(args.jobs, args.out, base_seed=args.base_seed, process_index=process_index,
+                            num_processes=num_processes, generate=Generator(device=device),
+                            progress=not args.quiet)
+    except JobFileError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"[process {process_index + 1}/{num_processes}] {summary}")
+    for item_id, reason in summary.failures:
+        print(f"  failed {item_id}: {reason}", file=sys.stderr)
+    return 1 if summary.failed else 0
+
+
+def _bench(args) -> int:
+    from dit_attn import bench_overhead
+
+    os.makedirs(args.out, exist_ok=True)
+    bench_overhead.main(["--json", os.path.join(args.out, "overhead.json"), "--repeats", str(args.repeats)])
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            from dit_attn.kernels import bench as kernel_bench
+
+            kernel_bench.main(["--out", args.out])
+        else:
+            print("kernel throughput benchmarks need a CUDA GPU: skipped on this machine "
+                  "(run `python -m dit_attn.kernels.bench` on a GPU)")
+    except ImportError as e:
+        print(f"kernel benchmark unavailable: {e}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dit-attn", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    gen = sub.add_parser("generate", help="generate one image or video with controls",
+                         description="Generate one image or video. Example: dit-attn generate 'a red circle' "
+                                     "--model tiny:sd3 --control entropy:train_tokens=64 --out red.png")
+    gen.add_argument("prompt")
+    gen.add_argument("--negative-prompt", default=None)
+    gen.add_argument("--model", default="tiny:sd3", help="tiny:<family>, a local folder, or a hub id")
+    gen.add_argument("--seed", type=int, default=0)
+    gen.add_argument("--steps", type=int, default=4)
+    gen.add_argument("--guidance", type=float, default=None)
+    gen.add_argument("--width", type=int, default=None)
+    gen.add_argument("--height", type=int, default=None)
+    gen.add_argument("--num-frames", type=int, default=None)
+    gen.add_argument("--fps", type=int, default=8)
+    gen.add_argument("--control", action="append", type=parse_control_flag,
+                     help="NAME[:field=value,...], repeatable (e.g. entropy:train_tokens=64)")
+    gen.add_argument("--config", help="YAML/JSON file with {controls: {name: {field: value}}}")
+    gen.add_argument("--device", default=None)
+    gen.add_argument("--out", default=None, help="output file (.png for images, .mp4 for videos)")
+    gen.set_defaults(func=_generate)
+
+    batch = sub.add_parser("batch", help="run a JSONL/YAML jobs file (resumable; data parallel with accelerate)",
+                           description="Run a jobs file. Example: dit-attn batch jobs.jsonl --out outputs/batch; "
+                                       "accelerate launch -m dit_attn.cli batch jobs.jsonl --out outputs/batch")
+    batch.add_argument("jobs")
+    batch.add_argument("--out", default="outputs/batch")
+    batch.add_argument("--base-seed", type=int, default=0)
+    batch.add_argument("--device", default=None)
+    batch.add_argument("--quiet", action="store_true")
+    batch.set_defaults(func=_batch)
+
+    bench = sub.add_parser("bench", help="run the benchmarks available on this machine",
+                           description="Example: dit-attn bench --out bench/report")
+    bench.add_argument("--out", default="bench/report")
+    bench.add_argument("--repeats", type=int, default=5)
+    bench.set_defaults(func=_bench)
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

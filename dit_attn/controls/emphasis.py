@@ -1,0 +1,234 @@
+"""Prompt emphasis: ``(word:1.5)`` applied in the attention logits.
+
+In ``mode="attention"`` (default) the weight ``w`` of a text token becomes ``log w`` added to the logits of that
+text key, which is exactly "multiply the attention probabilities of that key by ``w`` and renormalise"
+(``w = 0`` removes the key). By default only image/video query rows get the bias, so text rows stay stock. The
+embedding modes scale the text-encoder output instead, as mainstream tools do, for comparison:
+
+* ``"embedding-a1111"``: ``z ← z·w``, then rescale so the mean of ``z`` is unchanged;
+* ``"embedding-comfy"``: ``z ← z_empty + w·(z − z_empty)``, ``z_empty`` = the encoding of the empty prompt.
+
+How prompts reach the processors: on attach the control wraps the pipeline's ``encode_prompt`` (restored on
+detach) so that the text encoders only ever see the clean prompt; it keeps the per-token weights of each encoded
+prompt, keyed by the embeddings tensor the pipeline got back. The transformer's forward hook then finds the
+weights of the ``encoder_hidden_states`` it receives (separate cond/uncond calls: FLUX true-CFG, Wan,
+HunyuanVideo) or, for batched CFG (SD3, CogVideoX), gives cond rows the prompt's weights and uncond rows the
+negative prompt's.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import math
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import torch
+
+from ..call import AttentionCall
+from ..layout import COND, UNCOND, ForwardState, Layout
+from .base import Control
+
+_POSITIVE_ARGS = ("prompt", "prompt_2", "prompt_3")
+_NEGATIVE_ARGS = ("negative_prompt", "negative_prompt_2", "negative_prompt_3")
+MODES = ("attention", "embedding-a1111", "embedding-comfy")
+QUERIES = ("image", "all")
+
+
+def _as_list(p):
+    return [p] if isinstance(p, str) else list(p)
+
+
+@dataclass
+class Emphasis(Control):
+    """Prompt emphasis syntax (``(word:1.5)``, ``(word)``, ``[word]``) for every supported pipeline.
+
+    Args:
+        mode: ``"attention"`` (logit bias, default), ``"embedding-a1111"`` or ``"embedding-comfy"``.
+        queries: ``"image"`` (only image/video query rows get the bias) or ``"all"``.
+        layers: restrict to these layers: flat layer indices (ints) or block-list names (e.g.
+            ``"single_transformer_blocks"``); ``None`` = all layers.
+        schedule: maps denoising progress in [0, 1) to a multiplier of ``log w`` (e.g. ``lambda p: 1 - p``).
+
+    Example:
+        >>> import dit_attn
+        >>> from dit_attn.testing import tiny_pipeline, tiny_call_kwargs
+        >>> pipe = tiny_pipeline("flux")
+        >>> kwargs = tiny_call_kwargs("flux")
+        >>> kwargs["prompt"] = "a (red:1.5) circle above a [blue] square"
+        >>> with dit_attn.attach(pipe, dit_attn.Emphasis()):
+        ...     image = pipe(**kwargs).images[0]
+    """
+
+    mode: str = "attention"
+    queries: str = "image"
+    layers: Sequence[int | str] | None = None
+    schedule: Callable[[float], float] | None = None
+    _by_embeds: dict = field(default_factory=dict, init=False, repr=False)
+    _last: dict = field(default_factory=dict, init=False, repr=False)
+    _restore: list = field(default_factory=list, init=False, repr=False)
+
+    def __post_init__(self):
+        if self.mode not in MODES:
+            raise ValueError(f"Emphasis.mode must be one of {MODES}, got {self.mode!r}")
+        if self.queries not in QUERIES:
+            raise ValueError(f"Emphasis.queries must be one of {QUERIES}, got {self.queries!r}")
+        if self.layers is not None:
+            bad = [x for x in self.layers if not isinstance(x, (int, str)) or isinstance(x, bool)]
+            if bad:
+                raise ValueError(f"Emphasis.layers takes layer indices (int) or block-list names (str); got {bad}")
+
+    # --- pipeline level: strip the syntax before the text encoders, keep the weights ------------------------
+    def on_attach(self, attachment) -> None:
+        pipe = attachment.pipeline
+        if pipe is None or not hasattr(pipe, "encode_prompt"):
+            return  # attached to a bare transformer: nothing to parse (weights can be set with set_weights)
+        original = pipe.encode_prompt
+        signature = inspect.signature(original)
+
+        @functools.wraps(original)
+        def encode_prompt(*args, **kwargs):
+            bound = signature.bind_partial(*args, **kwargs)
+            weights = {}
+            for names, role in ((_POSITIVE_ARGS, COND), (_NEGATIVE_ARGS, UNCOND)):
+                for name in names:
+                    value = bound.arguments.get(name)
+                    if value is None:
+                        continue
+                    parsed = [self._parse(p) for p in _as_list(value)]
+                    clean = [p.text for p in parsed]
+                    bound.arguments[name] = clean[0] if isinstance(value, str) else clean
+                    if name == names[0]:
+                        weights[role] = parsed
+            max_len = bound.arguments.get("max_sequence_length")
+            result = original(*bound.args, **bound.kwargs)
+            self._record(pipe, result, weights, max_len, bound)
+            return result
+
+        pipe.encode_prompt = encode_prompt
+        self._restore.append(pipe)
+
+    def on_detach(self, attachment) -> None:
+        for pipe in self._restore:
+            pipe.__dict__.pop("encode_prompt", None)
+        self._restore.clear()
+        self._by_embeds.clear()
+        self._last.clear()
+
+    @staticmethod
+    def _parse(text):
+        from ..prompt import parse_emphasis
+
+        return parse_emphasis(text)
+
+    def _token_weights(self, pipe, parsed, max_len, repeat: int) -> torch.Tensor:
+        from ..prompt import pipeline_text_weights
+
+        rows = [pipeline_text_weights(pipe, p, max_sequence_length=max_len) for p in parsed]
+        w = torch.stack(rows)  # [n_prompts, T]
+        return w.repeat_interleave(repeat, dim=0)
+
+    def _record(self, pipe, result, weights, max_len, bound) -> None:
+        repeat = bound.arguments.get("num_images_per_prompt") or bound.arguments.get("num_videos_per_prompt") or 1
+        tensors = [r for r in (result if isinstance(result, tuple) else (result,)) if isinstance(r, torch.Tensor)]
+        # encode_prompt returns sequence embeddings first; with a negative prompt argument, the negative ones are
+        # the next 3-D tensor of the same sequence length.
+        seq = [t for t in tensors if t.dim() == 3]
+        for role, embeds in zip((COND, UNCOND), seq[:2] if UNCOND in weights else seq[:1]):
+            parsed = weights.get(role)
+            if parsed is None:
+                continue
+            w = self._token_weights(pipe, parsed, max_len, repeat)
+            if w.shape[1] != embeds.shape[1]:
+                raise RuntimeError(
+                    f"Emphasis: {w.shape[1]} token weights for a text sequence of {embeds.shape[1]} tokens "
+                    f"({type(pipe).__name__}); please report this")
+            if self.mode != "attention":
+                self._reweight_embeddings(pipe, embeds, w, bound)
+            self._by_embeds[embeds.data_ptr()] = w
+            self._last[role] = w
+
+    def _reweight_embeddings(self, pipe, embeds: torch.Tensor, w: torch.Tensor, bound) -> None:
+        w = w.to(embeds.device, embeds.dtype)[..., None]
+        if self.mode == "embedding-a1111":
+            mean = embeds.mean(dim=(1, 2), keepdim=True)
+            scaled = embeds * w
+            embeds.copy_(scaled * (mean / scaled.mean(dim=(1, 2), keepdim=True)))
+        else:  # embedding-comfy: lerp from the empty-prompt encoding
+            empty = self._empty_embeds(pipe, embeds, bound)
+            embeds.copy_(empty + w * (embeds - empty))
+
+    def _empty_embeds(self, pipe, like: torch.Tensor, bound) -> torch.Tensor:
+        args = dict(bound.arguments)
+        for name in _POSITIVE_ARGS + _NEGATIVE_ARGS:
+            if name in args and args[name] is not None:
+                args[name] = ""
+        for name in ("num_images_per_prompt", "num_videos_per_prompt"):
+            if name in args:
+                args[name] = 1
+        original = inspect.unwrap(pipe.encode_prompt)
+        with torch.no_grad():
+            result = original(**args)
+        tensors = result if isinstance(result, tuple) else (result,)
+        empty = next(t for t in tensors if isinstance(t, torch.Tensor) and t.dim() == 3)
+        return empty[:1].to(like.dtype)
+
+    def set_weights(self, cond: torch.Tensor, uncond: torch.Tensor | None = None) -> None:
+        """Give token weights directly (``[batch or 1, text_len]``), e.g. when attached to a bare transformer."""
+        self._last = {COND: cond} if uncond is None else {COND: cond, UNCOND: uncond}
+
+    # --- per forward: pick the weights of this forward's text ------------------------------------------------
+    def before_forward(self, state: ForwardState, args, kwargs):
+        state.extra.pop(id(self), None)
+        if self.mode != "attention":
+            return args, kwargs
+        text = kwargs.get("encoder_hidden_states")
+        roles = state.batch_roles or ()
+        weights = None
+        if isinstance(text, torch.Tensor) and text.data_ptr() in self._by_embeds:
+            weights = self._by_embeds[text.data_ptr()]
+        elif self._last:
+            rows, seen = [], {}
+            for role in roles:
+                source = self._last.get(role, self._last.get(COND))
+                i = seen.get(role, 0)
+                seen[role] = i + 1
+                rows.append(source[i % source.shape[0]] if source is not None else None)
+            if rows and all(r is not None for r in rows):
+                weights = torch.stack(rows)
+        if weights is not None and bool((weights != 1).any()):
+            state.extra[id(self)] = weights
+        return args, kwargs
+
+    # --- per attention call ------------------------------------------------------------------------------
+    def applies_to(self, layout: Layout) -> bool:
+        if self.mode != "attention" or "text" not in layout.key_segments or id(self) not in layout.state.extra:
+            return False
+        if self.layers is None:
+            return True
+        return layout.layer_index in self.layers or layout.block_list in self.layers
+
+    def bias(self, layout: Layout, num_keys: int, device) -> torch.Tensor:
+        """The key bias ``[B, 1, Nk]``: ``log w`` (times the schedule) on the text keys, 0 elsewhere."""
+        weights = layout.state.extra[id(self)].to(device=device, dtype=torch.float32)
+        start, stop = layout.key_segments["text"]
+        if weights.shape[1] != stop - start:
+            raise RuntimeError(f"Emphasis: {weights.shape[1]} token weights for {stop - start} text keys in "
+                               f"{layout.module_name}")
+        log_w = torch.log(weights)  # w = 0 → -inf: the key is removed
+        if self.schedule is not None and layout.progress is not None:
+            log_w = log_w * float(self.schedule(layout.progress))
+        if weights.shape[0] != layout.batch_size:
+            log_w = log_w.expand(layout.batch_size, -1) if weights.shape[0] == 1 else log_w.repeat(
+                math.ceil(layout.batch_size / weights.shape[0]), 1)[: layout.batch_size]
+        bias = torch.zeros(layout.batch_size, 1, num_keys, device=device)
+        bias[:, 0, start:stop] = log_w
+        return bias
+
+    def prepare(self, call: AttentionCall) -> AttentionCall:
+        layout = call.layout
+        call.add_key_bias(self.bias(layout, call.key.shape[1], call.key.device))
+        if self.queries == "image" and "text" in layout.query_segments:
+            call.key_bias_rows = layout.query_slice("image")
+        return call

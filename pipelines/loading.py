@@ -1,0 +1,57 @@
+"""Loading pipelines by name and building their call arguments.
+
+``model`` is ``"tiny:<family>"`` (the offline tiny random-weight pipelines of :mod:`dit_attn.testing`), a local
+folder saved with ``save_pretrained``, or a hub id. Weights load from safetensors only and remote code is never
+trusted.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+from typing import Any
+
+import torch
+
+TINY_PREFIX = "tiny:"
+
+
+def load_pipeline(model: str, torch_dtype: torch.dtype | None = None):
+    """A diffusers pipeline for ``model`` (see module docstring)."""
+    if not isinstance(model, str) or not model:
+        raise ValueError(f"model must be 'tiny:<family>', a local folder or a hub id; got {model!r}")
+    if model.startswith(TINY_PREFIX):
+        from dit_attn.testing import ALL_FAMILIES, tiny_pipeline
+
+        family = model[len(TINY_PREFIX):]
+        if family not in ALL_FAMILIES:
+            raise ValueError(f"unknown tiny model {model!r}; choose one of "
+                             f"{', '.join(TINY_PREFIX + f for f in ALL_FAMILIES)}")
+        return tiny_pipeline(family)
+    from diffusers import DiffusionPipeline
+
+    kwargs: dict[str, Any] = {"use_safetensors": True}
+    if torch_dtype is not None:
+        kwargs["torch_dtype"] = torch_dtype
+    if not os.path.isdir(model) and os.path.sep in model and not model.count("/") == 1:
+        raise ValueError(f"model folder {model!r} does not exist")
+    return DiffusionPipeline.from_pretrained(model, **kwargs)
+
+
+def call_kwargs(pipe, params: dict, generator: torch.Generator) -> dict:
+    """Keyword arguments for ``pipe(...)`` from job parameters, keeping only what the pipeline accepts."""
+    accepted = set(inspect.signature(pipe.__call__).parameters)
+    model = params.get("model", "")
+    kwargs: dict[str, Any] = {}
+    if model.startswith(TINY_PREFIX):
+        from dit_attn.testing import tiny_call_kwargs
+
+        kwargs.update(tiny_call_kwargs(model[len(TINY_PREFIX):], steps=params.get("steps") or 2))
+    kwargs.update({"prompt": params["prompt"], "generator": generator, "output_type": "pil"})
+    if params.get("negative_prompt") is not None:
+        kwargs["negative_prompt"] = params["negative_prompt"]
+    for src, dst in (("steps", "num_inference_steps"), ("guidance", "guidance_scale"), ("width", "width"),
+                     ("height", "height"), ("num_frames", "num_frames")):
+        if params.get(src) is not None:
+            kwargs[dst] = params[src]
+    return {k: v for k, v in kwargs.items() if k in accepted}
