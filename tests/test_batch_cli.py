@@ -126,11 +126,15 @@ def test_resume_after_kill_9(tmp_path):
 def test_two_processes_make_the_same_files_as_one(tmp_path):
     jobs = _jobs(tmp_path)
     one, two = tmp_path / "one", tmp_path / "two"
-    assert cli_main(["batch", jobs, "--out", str(one), "--quiet"]) == 0
+    # One thread per process in both runs: float reductions (hence pixels) depend on the thread count.
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    single = subprocess.run(_cli("batch", jobs, "--out", str(one), "--quiet"), capture_output=True, text=True,
+                            env=env)
+    assert single.returncode == 0, single.stderr[-2000:]
     launch = [os.path.join(BIN, "accelerate"), "launch", "--multi_gpu", "--num_processes", "2",
-              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-              "-m", "dit_attn.cli", "batch", jobs, "--out", str(two), "--quiet"]
-    result = subprocess.run(launch, capture_output=True, text=True, timeout=600)
+              "--num_machines", "1", "--num_cpu_threads_per_process", "1", "--mixed_precision", "no",
+              "--dynamo_backend", "no", "-m", "dit_attn.cli", "batch", jobs, "--out", str(two), "--quiet"]
+    result = subprocess.run(launch, capture_output=True, text=True, timeout=600, env=env)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "[process 1/2]" in result.stdout and "[process 2/2]" in result.stdout
     assert _pngs(one) == _pngs(two) and len(_pngs(one)) == 5
