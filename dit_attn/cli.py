@@ -6,6 +6,7 @@ Examples::
     dit-attn generate "a (red:1.6) circle" --control emphasis --control entropy:train_tokens=64
     dit-attn generate "a cat" --config controls.yaml --model ./my-saved-pipeline
     dit-attn batch jobs.jsonl --out outputs/batch
+    dit-attn ui                                                   # http://127.0.0.1:7860
     accelerate launch -m dit_attn.cli batch jobs.jsonl --out outputs/batch      # data parallel
     dit-attn bench --out bench/report
 
@@ -130,6 +131,13 @@ def _bench(args) -> int:
     return 0
 
 
+def _ui(args) -> int:
+    from dit_attn.ui.app import TINY_MODELS, launch
+
+    launch(host=args.host, port=args.port, models=(args.model or []) + TINY_MODELS)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dit-attn", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -164,6 +172,13 @@ def build_parser() -> argparse.ArgumentParser:
     batch.add_argument("--device", default=None)
     batch.add_argument("--quiet", action="store_true")
     batch.set_defaults(func=_batch)
+
+    ui = sub.add_parser("ui", help="the Gradio app (binds 127.0.0.1 unless --host says otherwise)",
+                        description="Example: dit-attn ui --port 7860 --model ./my-saved-pipeline")
+    ui.add_argument("--host", default="127.0.0.1")
+    ui.add_argument("--port", type=int, default=None)
+    ui.add_argument("--model", action="append", help="extra model choices (local folders or hub ids), repeatable")
+    ui.set_defaults(func=_ui)
 
     bench = sub.add_parser("bench", help="run the benchmarks available on this machine",
                            description="Example: dit-attn bench --out bench/report")
