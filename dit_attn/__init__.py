@@ -14,6 +14,7 @@ from .attach import Attachment, attach
 from .call import AttentionCall, KeySet, SparsePlan, execute
 from .controls import available_controls, controls_from_config
 from .controls.base import Control, PassThrough, Recorder
+from .controls.emphasis import Emphasis
 from .controls.entropy import EntropyScale
 from .families import FAMILIES
 from .layout import COND, UNCOND, ForwardState, LayerSite, Layout
@@ -22,7 +23,7 @@ from .processor import DitAttnProcessor, make_processors
 __version__ = "0.1.0"
 
 __all__ = [
-    "attach", "Attachment", "Control", "EntropyScale", "PassThrough", "Recorder", "AttentionCall", "KeySet", "SparsePlan",
+    "attach", "Attachment", "Control", "EntropyScale", "Emphasis", "PassThrough", "Recorder", "AttentionCall", "KeySet", "SparsePlan",
     "execute", "Layout", "LayerSite", "ForwardState", "COND", "UNCOND", "DitAttnProcessor", "make_processors",
     "FAMILIES", "controls_from_config", "available_controls",
 ]

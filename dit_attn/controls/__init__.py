@@ -12,6 +12,7 @@ import importlib
 # name in configs -> (module, class). Modules are imported lazily so a missing optional control never breaks others.
 REGISTRY = {
     "entropy": ("dit_attn.controls.entropy", "EntropyScale"),
+    "emphasis": ("dit_attn.controls.emphasis", "Emphasis"),
     "softpag": ("dit_attn.controls.head_guidance", "SoftPAG"),
     "sparse": ("dit_attn.controls.sparse", "RectifiedSparse"),
 }

@@ -101,9 +101,10 @@ class Emphasis(Control):
                     bound.arguments[name] = clean[0] if isinstance(value, str) else clean
                     if name == names[0]:
                         weights[role] = parsed
-            max_len = bound.arguments.get("max_sequence_length")
             result = original(*bound.args, **bound.kwargs)
-            self._record(pipe, result, weights, max_len, bound)
+            full = signature.bind_partial(*bound.args, **bound.kwargs)
+            full.apply_defaults()  # the pipeline's own defaults (max_sequence_length, prompt_template...)
+            self._record(pipe, result, weights, full)
             return result
 
         pipe.encode_prompt = encode_prompt
@@ -122,14 +123,15 @@ class Emphasis(Control):
 
         return parse_emphasis(text)
 
-    def _token_weights(self, pipe, parsed, max_len, repeat: int) -> torch.Tensor:
+    def _token_weights(self, pipe, parsed, args: dict, repeat: int) -> torch.Tensor:
         from ..prompt import pipeline_text_weights
 
-        rows = [pipeline_text_weights(pipe, p, max_sequence_length=max_len) for p in parsed]
+        rows = [pipeline_text_weights(pipe, p, max_sequence_length=args.get("max_sequence_length"),
+                                      prompt_template=args.get("prompt_template")) for p in parsed]
         w = torch.stack(rows)  # [n_prompts, T]
         return w.repeat_interleave(repeat, dim=0)
 
-    def _record(self, pipe, result, weights, max_len, bound) -> None:
+    def _record(self, pipe, result, weights, bound) -> None:
         repeat = bound.arguments.get("num_images_per_prompt") or bound.arguments.get("num_videos_per_prompt") or 1
         tensors = [r for r in (result if isinstance(result, tuple) else (result,)) if isinstance(r, torch.Tensor)]
         # encode_prompt returns sequence embeddings first; with a negative prompt argument, the negative ones are
@@ -139,7 +141,7 @@ class Emphasis(Control):
             parsed = weights.get(role)
             if parsed is None:
                 continue
-            w = self._token_weights(pipe, parsed, max_len, repeat)
+            w = self._token_weights(pipe, parsed, bound.arguments, repeat)
             if w.shape[1] != embeds.shape[1]:
                 raise RuntimeError(
                     f"Emphasis: {w.shape[1]} token weights for a text sequence of {embeds.shape[1]} tokens "
