@@ -92,7 +92,12 @@ def test_save_load_round_trip(family, tmp_path):
     loaded = DiffusionPipeline.from_pretrained(tmp_path)
     loaded.set_progress_bar_config(disable=True)
     assert type(loaded) is type(pipe)
-    np.testing.assert_array_equal(_output(loaded, family), expected)
+    # The weights come back bit for bit; the outputs agree to rounding only (memory-mapped safetensors are
+    # aligned differently, and some CPUs pick other SIMD paths for them).
+    for name, module in pipe.components.items():
+        if isinstance(module, torch.nn.Module):
+            assert _same_state(_state(module), _state(loaded.components[name])), name
+    np.testing.assert_allclose(_output(loaded, family), expected, rtol=0, atol=1e-5)
 
 
 @pytest.mark.parametrize("bad", ["sdxl", "", "SD3", "wan2"])
