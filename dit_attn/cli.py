@@ -112,22 +112,9 @@ def _batch(args) -> int:
 
 
 def _bench(args) -> int:
-    from dit_attn import bench_overhead
+    from dit_attn.bench_report import run_report
 
-    os.makedirs(args.out, exist_ok=True)
-    bench_overhead.main(["--json", os.path.join(args.out, "overhead.json"), "--repeats", str(args.repeats)])
-    try:
-        import torch
-
-        if torch.cuda.is_available():
-            from dit_attn.kernels import bench as kernel_bench
-
-            kernel_bench.main(["--out", args.out])
-        else:
-            print("kernel throughput benchmarks need a CUDA GPU: skipped on this machine "
-                  "(run `python -m dit_attn.kernels.bench` on a GPU)")
-    except ImportError as e:
-        print(f"kernel benchmark unavailable: {e}")
+    run_report(args.out, quick=args.quick, only=args.only.split(",") if args.only else None)
     return 0
 
 
@@ -181,9 +168,11 @@ def build_parser() -> argparse.ArgumentParser:
     ui.set_defaults(func=_ui)
 
     bench = sub.add_parser("bench", help="run the benchmarks available on this machine",
-                           description="Example: dit-attn bench --out bench/report")
+                           description="Runs every benchmark this machine can run and writes one report (markdown + "
+                                      "plots) naming the machine. Example: dit-attn bench --out bench/report --quick")
     bench.add_argument("--out", default="bench/report")
-    bench.add_argument("--repeats", type=int, default=5)
+    bench.add_argument("--quick", action="store_true", help="fewer repeats and shapes (a smoke run)")
+    bench.add_argument("--only", default=None, help="comma list of sections (see python -m dit_attn.bench_report -h)")
     bench.set_defaults(func=_bench)
     return parser
 
