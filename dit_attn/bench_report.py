@@ -105,9 +105,20 @@ def _kernels(out: Path, quick: bool) -> str:
             + "\n\n![kernels](kernels/bench_tflops.png)")
 
 
+def _emphasis(out: Path, quick: bool) -> str:
+    from . import bench_emphasis
+
+    rows = bench_emphasis.main(["--json", str(out / "emphasis.json")])
+    lines = ["| shape | plain ms | emphasis ms | ratio |", "|---|---|---|---|"]
+    lines += [f"| {r['label']} | {r['plain_ms']:.3f} | {r['emphasis_ms']:.3f} | {r['ratio']:.3f} |" for r in rows]
+    return ("Prompt emphasis (`log w` key bias on image rows through our kernel) vs plain attention, bf16. "
+            "Target ≤ 1.05.\n\n" + "\n".join(lines))
+
+
 SECTIONS: list[Section] = [
     Section("overhead", "Processor overhead (attached, no controls, vs stock)", _overhead),
     Section("kernels", "Block-sparse attention kernels vs SDPA (cuDNN, flash)", _kernels, needs_gpu=True),
+    Section("emphasis", "Cost of prompt emphasis in the attention logits", _emphasis, needs_gpu=True),
 ]
 
 

@@ -30,3 +30,12 @@ def test_report_on_cpu(tmp_path):
 def test_unknown_section_is_refused(tmp_path):
     with pytest.raises(ValueError, match="available: " + SECTIONS[0].name):
         run_report(tmp_path, only=["nope"])
+
+
+def test_emphasis_benchmark_smoke_on_cpu(tmp_path, capsys):
+    from dit_attn import bench_emphasis
+
+    rows = bench_emphasis.main(["--shapes", "small", "--json", str(tmp_path / "e.json")])
+    assert "NOT GPU NUMBERS" in capsys.readouterr().out or torch.cuda.is_available()
+    assert rows[0]["plain_ms"] > 0 and rows[0]["emphasis_ms"] > 0
+    assert json.loads((tmp_path / "e.json").read_text())["results"][0]["shape"] == "small"
