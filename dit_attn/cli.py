@@ -119,9 +119,9 @@ def _bench(args) -> int:
 
 
 def _ui(args) -> int:
-    from dit_attn.ui.app import TINY_MODELS, launch
+    from dit_attn.ui.app import default_models, launch
 
-    launch(host=args.host, port=args.port, models=(args.model or []) + TINY_MODELS)
+    launch(host=args.host, port=args.port, models=(args.model or []) + default_models())
     return 0
 
 

@@ -5,20 +5,28 @@ from __future__ import annotations
 import os
 import shutil
 
+import numpy as np
 import pytest
 
 gr = pytest.importorskip("gradio", reason="install the test extras: pip install -e '.[test]'")
 
-from dit_attn.ui.app import App, build_app  # noqa: E402
+from dit_attn.ui.app import App, build_app, emphasis_preview, ui_controls  # noqa: E402
 
-ARGS = dict(model="tiny:sd3", prompt="a red circle", negative_prompt="", seed=5, randomize_seed=False, steps=2,
-            guidance=5.0, width=64, height=48, entropy=True, train_tokens=64, compare=True)
+ARGS = dict(model="tiny:sd3", prompt="a (red:1.5) circle", negative_prompt="", seed=5, randomize_seed=False, steps=2,
+            guidance=5.0, width=64, height=48, compare=True)
+CONTROLS = {"entropy": {"train_tokens": 64}, "emphasis": {}}
 
 
 def test_infer_direct():
-    image, slider, video, seed = App().infer(**ARGS)
+    image, slider, video, seed = App().infer(**ARGS, controls=CONTROLS)
     assert seed == 5 and video is None
     assert image.size == (64, 48) and slider[1] is image and slider[0].size == image.size
+    assert np.abs(np.asarray(slider[0], float) - np.asarray(image, float)).max() > 0  # the controls acted
+
+
+def test_randomized_seed_is_returned():
+    _, _, _, seed = App().infer(**{**ARGS, "randomize_seed": True, "compare": False})
+    assert isinstance(seed, int) and 0 <= seed
 
 
 @pytest.mark.parametrize("change, message", [
@@ -26,10 +34,26 @@ def test_infer_direct():
     ({"steps": 0}, "Steps must be between"),
     ({"model": "../../etc/passwd"}, "Unknown model"),
     ({"model": "/tmp"}, "Unknown model"),
+    ({"prompt": "a (red:1.5 circle"}, "Prompt:"),
 ])
 def test_invalid_input_gives_clear_error(change, message):
     with pytest.raises(gr.Error, match=message):
         App().infer(**{**ARGS, **change})
+
+
+def test_bad_control_fields_give_clear_errors():
+    with pytest.raises(gr.Error, match="Train tokens must be between"):
+        ui_controls(entropy=True, train_tokens=1)
+    with pytest.raises(gr.Error, match="has no field"):
+        App().infer(**ARGS, controls={"entropy": {"nope": 1}})
+    assert ui_controls(emphasis=True, entropy=True, train_tokens=64) == {
+        "emphasis": {"mode": "attention", "queries": "image"}, "entropy": {"train_tokens": 64}}
+
+
+def test_emphasis_preview():
+    assert "`red` × 1.5" in emphasis_preview("a (red:1.5) circle")
+    assert "column" in emphasis_preview("a (red circle")
+    assert "No weighted words" in emphasis_preview("a red circle")
 
 
 @pytest.fixture(scope="module")
@@ -45,11 +69,13 @@ def test_gradio_client_generate_and_error(served):
     from gradio_client import Client
 
     client = Client(served, verbose=False)
-    image, slider, video, seed = client.predict(*ARGS.values(), api_name="/infer")
+    fields = {k: v for k, v in ARGS.items() if k not in ("negative_prompt", "randomize_seed")}
+    fields.update(negative="", randomize=False, entropy=True, train_tokens=64)
+    image, slider, video, seed = client.predict(**fields, api_name="/infer")
     assert seed == 5 and os.path.exists(image if isinstance(image, str) else image["path"])
     assert slider is not None
     with pytest.raises(Exception, match="Enter a prompt"):
-        client.predict(*{**ARGS, "prompt": ""}.values(), api_name="/infer")
+        client.predict(**{**fields, "prompt": ""}, api_name="/infer")
     client.close()
 
 

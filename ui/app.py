@@ -3,13 +3,18 @@
     dit-attn ui                      # http://127.0.0.1:7860, bound to localhost
     dit-attn ui --host 0.0.0.0       # only when you mean to expose it
 
-The handler :func:`infer` is a plain function (tested directly, through ``gradio_client`` and in a real browser).
+The handler :meth:`App.infer` is a plain function (tested directly, through ``gradio_client`` and in a real
+browser). Each accordion of the page fills one entry of a controls config (``{"emphasis": {...}, "softpag":
+{...}}``), turned into control objects by :func:`dit_attn.controls_from_config`, the same path the CLI and the
+batch jobs take. Accordions of controls that are not in this build are not shown.
+
 Nothing typed into the app is used as a file path: models are picked from the list given at launch, or typed as a
-hub id (``owner/name``), never as a path.
+hub id (``owner/name``), never as a path; uploaded files (head sets) are read from Gradio's upload folder only.
 """
 
 from __future__ import annotations
 
+import json
 import random
 import re
 
@@ -18,13 +23,39 @@ import numpy as np
 MAX_SEED = int(np.iinfo(np.int32).max)
 TINY_MODELS = ["tiny:sd3", "tiny:flux", "tiny:wan", "tiny:hunyuan_video", "tiny:cogvideox"]
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+VIDEO_FPS = 8
+
+
+def default_models() -> list[str]:
+    """The bundled ShapesWorld models that are installed (first), then the tiny offline ones."""
+    try:
+        from dit_attn.pipelines import shapes_models
+    except ImportError:
+        return list(TINY_MODELS)
+    return [f"shapes:{kind}" for kind in shapes_models()] + list(TINY_MODELS)
+
+
+def emphasis_preview(prompt: str) -> str:
+    """Markdown listing the weighted fragments of ``prompt`` (or the syntax error), for the live preview."""
+    from dit_attn.prompt import PromptSyntaxError, parse_emphasis
+
+    if not prompt:
+        return ""
+    try:
+        parsed = parse_emphasis(prompt)
+    except PromptSyntaxError as e:
+        return f"⚠️ {e}"
+    if not parsed.spans:
+        return "No weighted words (write `(word:1.5)`, `(word)` = ×1.1, `[word]` = ÷1.1)."
+    parts = [f"`{parsed.text[s.start:s.end]}` × {s.weight:.3g}" for s in parsed.spans]
+    return "Weights: " + ", ".join(parts)
 
 
 class App:
     """Pipelines cached per model; the choices offered in the model picker."""
 
     def __init__(self, models: list[str] | None = None):
-        self.models = list(models or TINY_MODELS)
+        self.models = list(models or default_models())
         self._pipes: dict = {}
 
     def pipeline(self, model: str):
@@ -43,90 +74,231 @@ class App:
             self._pipes[model] = pipe
         return self._pipes[model]
 
-    def infer(self, model, prompt, negative_prompt, seed, randomize_seed, steps, guidance, width, height,
-              entropy, train_tokens, compare, progress=None):
-        """Generate; returns (image, (stock, controlled) for the slider, video path, seed used)."""
+    def infer(self, model, prompt, negative_prompt, seed, randomize_seed, steps, guidance, width, height, compare,
+              controls: dict | None = None, progress=None):
+        """Generate; returns (image, (stock, controlled) for the slider, video path, seed used).
+
+        ``controls`` is a controls config (``{"entropy": {"train_tokens": 4608}}``); bad fields give a
+        ``gr.Error`` naming them.
+        """
         import gradio as gr
         import torch
 
         import dit_attn
         from dit_attn.pipelines.loading import call_kwargs
+        from dit_attn.prompt import PromptSyntaxError, parse_emphasis
 
         if not isinstance(prompt, str) or not prompt.strip():
             raise gr.Error("Enter a prompt.")
         for name, value, low, high in (("Steps", steps, 1, 200), ("Width", width, 16, 2048),
-                                       ("Height", height, 16, 2048), ("Train tokens", train_tokens, 2, 10**7)):
+                                       ("Height", height, 16, 2048)):
             if value is None or not low <= value <= high:
                 raise gr.Error(f"{name} must be between {low} and {high}; got {value}.")
         if guidance is not None and not 0 <= guidance <= 30:
             raise gr.Error(f"Guidance must be between 0 and 30; got {guidance}.")
+        controls = dict(controls or {})
+        if "emphasis" in controls or "emphasis" in dit_attn.available_controls():
+            for label, text in (("Prompt", prompt), ("Negative prompt", negative_prompt or "")):
+                try:
+                    parse_emphasis(text)
+                except PromptSyntaxError as e:
+                    raise gr.Error(f"{label}: {e}") from None
+        if "emphasis" not in controls:
+            from dit_attn.prompt import strip_emphasis
+
+            prompt, negative_prompt = strip_emphasis(prompt), strip_emphasis(negative_prompt or "")
+        try:
+            active = dit_attn.controls_from_config(controls)
+        except ValueError as e:
+            raise gr.Error(str(e)) from None
         if randomize_seed:
             seed = random.randint(0, MAX_SEED)
         seed = int(seed)
         pipe = self.pipeline(model)
         params = {"model": model, "prompt": prompt, "negative_prompt": negative_prompt or None,
                   "steps": int(steps), "guidance": guidance, "width": int(width), "height": int(height)}
-        controls = [dit_attn.EntropyScale(train_tokens=int(train_tokens))] if entropy else []
 
-        def run(active):
+        def run(with_controls):
             kwargs = call_kwargs(pipe, params, torch.Generator("cpu").manual_seed(seed))
-            with dit_attn.attach(pipe, *active):
-                return pipe(**kwargs)
+            try:
+                with dit_attn.attach(pipe, *with_controls):
+                    return pipe(**kwargs)
+            except (ValueError, RuntimeError) as e:
+                raise gr.Error(f"Generation failed: {e}") from None
 
-        result = run(controls)
+        result = run(active)
         if hasattr(result, "frames"):
-            from diffusers.utils import export_to_video
-
             import tempfile
 
+            from diffusers.utils import export_to_video
+
             path = tempfile.NamedTemporaryFile(suffix=".mp4", delete=False).name
-            export_to_video(result.frames[0], path, fps=8)
+            export_to_video(result.frames[0], path, fps=VIDEO_FPS)
             return None, None, path, seed
         image = result.images[0]
-        slider = (run([]).images[0], image) if compare else None
+        stock = run([]) if compare else None
+        slider = (stock.images[0], image) if compare else None
         return image, slider, None, seed
+
+
+def ui_controls(emphasis=False, emphasis_mode="attention", emphasis_queries="image", entropy=False,
+                train_tokens=4608, pag=False, pag_heads="", pag_strength=1.0, pag_scale=3.0,
+                pag_scope="all", pag_start=0.0, pag_stop=1.0, pag_mode="batched", sparse=False, sparsity=0.8,
+                sparse_tau=0.3) -> dict:
+    """The controls config from the accordions' fields (a plain function, tested directly)."""
+    import gradio as gr
+
+    config: dict = {}
+    if emphasis:
+        config["emphasis"] = {"mode": emphasis_mode, "queries": emphasis_queries}
+    if entropy:
+        if train_tokens is None or not 2 <= train_tokens <= 10**7:
+            raise gr.Error(f"Train tokens must be between 2 and 10000000; got {train_tokens}.")
+        config["entropy"] = {"train_tokens": int(train_tokens)}
+    if pag:
+        heads = (pag_heads or "").strip()
+        if not heads:
+            raise gr.Error("Head guidance: give a head spec (e.g. 'transformer_blocks.1:0,1'), a preset or a "
+                           "head-set JSON file.")
+        if not 0 <= pag_start < pag_stop <= 1:
+            raise gr.Error(f"Head guidance: the step window must satisfy 0 <= start < stop <= 1; got "
+                           f"({pag_start}, {pag_stop}).")
+        config["softpag"] = {"heads": heads, "strength": float(pag_strength), "scale": float(pag_scale),
+                             "scope": pag_scope, "steps": [float(pag_start), float(pag_stop)], "mode": pag_mode}
+    if sparse:
+        config["sparse"] = {"sparsity": float(sparsity), "tau": float(sparse_tau)}
+    return config
+
+
+def _read_head_file(upload) -> str:
+    """The head-set JSON text of an uploaded file (Gradio's upload folder only; never unpickled)."""
+    import gradio as gr
+
+    path = upload if isinstance(upload, str) else getattr(upload, "name", None)
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read(1_000_000)
+        json.loads(text)
+    except (OSError, TypeError, ValueError) as e:
+        raise gr.Error(f"Head-set file: expected a JSON file saved by dit_attn.HeadSet; {e}") from None
+    return text
+
+
+def load_head_file(upload):
+    """(head spec text, heatmap image or None) from an uploaded head-set or head-search result JSON."""
+    import gradio as gr
+
+    if not upload:
+        return gr.update(), None
+    data = json.loads(_read_head_file(upload))
+    from dit_attn.heads import HeadSet
+
+    try:
+        heads = HeadSet.from_dict(data["heads"] if isinstance(data, dict) and "heads" in data else data)
+    except (ValueError, KeyError, TypeError) as e:
+        raise gr.Error(f"Head-set file: {e}") from None
+    image = None
+    if isinstance(data, dict) and data.get("scores"):
+        from dit_attn.head_search import heatmap_image
+
+        image = heatmap_image(data)
+    return heads.spec(), image
 
 
 def build_app(models: list[str] | None = None):
     """The Gradio Blocks app (not launched)."""
     import gradio as gr
 
+    import dit_attn
+
     app = App(models)
+    available = dit_attn.available_controls()
     with gr.Blocks(title="dit_attn") as demo:
         gr.Markdown("# dit_attn\nAttention controls for diffusion transformers. Same seed with and without.")
         with gr.Row():
             prompt = gr.Textbox(label="Prompt", show_label=False, placeholder="Enter your prompt", scale=4,
-                                value="a red circle above a blue square")
+                                value="a red circle above a blue square",
+                                info="Emphasis: (word:1.5), (word) = ×1.1, [word] = ÷1.1")
             run = gr.Button("Run", variant="primary", scale=0)
+        preview = gr.Markdown("")
         result = gr.Image(label="Result", type="pil")
         comparison = gr.ImageSlider(label="Stock vs dit_attn", type="pil")
         video = gr.Video(label="Video")
         with gr.Accordion("Advanced Settings", open=False):
             model = gr.Dropdown(app.models, value=app.models[0], label="Model", allow_custom_value=True)
-            negative = gr.Textbox(label="Negative prompt")
+            negative = gr.Textbox("", label="Negative prompt")
             seed = gr.Slider(0, MAX_SEED, value=0, step=1, label="Seed")
             randomize = gr.Checkbox(True, label="Randomize seed")
             steps = gr.Slider(1, 100, value=4, step=1, label="Steps")
             guidance = gr.Slider(0.0, 20.0, value=5.0, step=0.1, label="Guidance")
             width = gr.Slider(16, 2048, value=64, step=16, label="Width")
-            height = gr.Slider(16, 2048, value=48, step=16, label="Height")
+            height = gr.Slider(16, 2048, value=64, step=16, label="Height")
             compare = gr.Checkbox(True, label="Compare with stock (same seed)")
+        with gr.Accordion("Prompt emphasis", open=False, visible="emphasis" in available):
+            emphasis = gr.Checkbox(True, label="Apply (word:w) weights in the attention logits")
+            emphasis_mode = gr.Radio(["attention", "embedding-a1111", "embedding-comfy"], value="attention",
+                                     label="Mode")
+            emphasis_queries = gr.Radio(["image", "all"], value="image", label="Query rows that get the bias")
         with gr.Accordion("Entropy scaling", open=False):
             entropy = gr.Checkbox(False, label="Scale logits by sqrt(log N / log N_train)")
             train_tokens = gr.Number(4608, label="Training tokens per attention call", precision=0)
+        with gr.Accordion("Head guidance (SoftPAG / HeadHunter)", open=False, visible="softpag" in available):
+            pag = gr.Checkbox(False, label="Perturbation guidance on chosen heads")
+            presets = _preset_names() if "softpag" in available else []
+            pag_preset = gr.Dropdown([""] + presets, value="", label="Preset (fills the head spec)")
+            pag_heads = gr.Textbox("", label="Heads", placeholder="transformer_blocks.1:0,1; transformer_blocks.2:*")
+            pag_file = gr.File(None, label="Head-set or search-result JSON", file_types=[".json"], type="filepath")
+            heatmap = gr.Image(label="Per-head scores of a loaded search result", type="pil", visible=True)
+            pag_strength = gr.Slider(0.0, 1.0, value=1.0, step=0.05, label="Strength u (0 = off, 1 = PAG)")
+            pag_scale = gr.Slider(0.0, 10.0, value=3.0, step=0.1, label="Guidance scale s")
+            pag_scope = gr.Radio(["all", "image"], value="all", label="Identity scope")
+            pag_start = gr.Slider(0.0, 1.0, value=0.0, step=0.01, label="Start (fraction of steps)")
+            pag_stop = gr.Slider(0.0, 1.0, value=1.0, step=0.01, label="Stop (fraction of steps)")
+            pag_mode = gr.Radio(["batched", "uncond"], value="batched", label="Mode")
+            pag_preset.change(_preset_spec, inputs=pag_preset, outputs=pag_heads)
+            pag_file.change(load_head_file, inputs=pag_file, outputs=[pag_heads, heatmap])
+        with gr.Accordion("Rectified sparse attention", open=False, visible="sparse" in available):
+            sparse = gr.Checkbox(False, label="Block-sparse attention with rectification")
+            sparsity = gr.Slider(0.0, 0.95, value=0.8, step=0.05, label="Sparsity")
+            sparse_tau = gr.Slider(0.0, 1.0, value=0.3, step=0.05, label="tau (cumulative mass)")
 
-        def infer(model, prompt, negative, seed, randomize, steps, guidance, width, height, entropy, train_tokens,
-                  compare, progress=gr.Progress(track_tqdm=True)):
-            return app.infer(model, prompt, negative, seed, randomize, steps, guidance, width, height, entropy,
-                             train_tokens, compare, progress)
+        prompt.change(emphasis_preview, inputs=prompt, outputs=preview)
+
+        def infer(model, prompt, negative, seed, randomize, steps, guidance, width, height, compare, emphasis,
+                  emphasis_mode, emphasis_queries, entropy, train_tokens, pag, pag_heads, pag_strength,
+                  pag_scale, pag_scope, pag_start, pag_stop, pag_mode, sparse, sparsity, sparse_tau,
+                  progress=gr.Progress(track_tqdm=True)):
+            controls = ui_controls(emphasis, emphasis_mode, emphasis_queries, entropy, train_tokens, pag,
+                                   pag_heads, pag_strength, pag_scale, pag_scope, pag_start, pag_stop,
+                                   pag_mode, sparse, sparsity, sparse_tau)
+            return app.infer(model, prompt, negative, seed, randomize, steps, guidance, width, height, compare,
+                             controls, progress)
 
         gr.on(triggers=[run.click, prompt.submit], fn=infer,
-              inputs=[model, prompt, negative, seed, randomize, steps, guidance, width, height, entropy,
-                      train_tokens, compare],
-              outputs=[result, comparison, video, seed], api_name="infer", concurrency_limit=1)
+              inputs=[model, prompt, negative, seed, randomize, steps, guidance, width, height, compare, emphasis,
+                      emphasis_mode, emphasis_queries, entropy, train_tokens, pag, pag_heads, pag_strength, pag_scale, pag_scope, pag_start, pag_stop, pag_mode, sparse, sparsity,
+                      sparse_tau],
+              outputs=[result, comparison, video, seed], api_name="infer", concurrency_limit=1,
+              concurrency_id="gpu_queue")
     demo.queue()
     demo.dit_attn_app = app
     return demo
+
+
+def _preset_names() -> list[str]:
+    try:
+        from dit_attn.heads import PRESETS
+    except ImportError:
+        return []
+    return sorted(PRESETS)
+
+
+def _preset_spec(name: str) -> str:
+    if not name:
+        return ""
+    from dit_attn.heads import PRESETS
+
+    return str(PRESETS[name].spec if hasattr(PRESETS[name], "spec") else PRESETS[name])
 
 
 def launch(host: str = "127.0.0.1", port: int | None = None, models: list[str] | None = None, **kwargs):
