@@ -276,8 +276,8 @@ def build_app(models: list[str] | None = None):
 
         gr.on(triggers=[run.click, prompt.submit], fn=infer,
               inputs=[model, prompt, negative, seed, randomize, steps, guidance, width, height, compare, emphasis,
-                      emphasis_mode, emphasis_queries, entropy, train_tokens, pag, pag_heads, pag_strength, pag_scale, pag_scope, pag_start, pag_stop, pag_mode, sparse, sparsity,
-                      sparse_tau],
+                      emphasis_mode, emphasis_queries, entropy, train_tokens, pag, pag_heads, pag_strength,
+                      pag_scale, pag_scope, pag_start, pag_stop, pag_mode, sparse, sparsity, sparse_tau],
               outputs=[result, comparison, video, seed], api_name="infer", concurrency_limit=1,
               concurrency_id="gpu_queue")
     demo.queue()
