@@ -9,6 +9,8 @@ Examples::
     dit-attn ui                                                   # http://127.0.0.1:7860
     accelerate launch -m dit_attn.cli batch jobs.jsonl --out outputs/batch      # data parallel
     dit-attn bench --out bench/report
+    dit-attn heads search --model tiny:sd3 --rounds 2 --top-k 3 --out heads/
+    dit-attn train-conditions --help
 
 Controls come from ``--control NAME[:field=value,...]`` flags (repeatable) or a YAML/JSON ``--config`` file
 (``{controls: {name: {field: value}}}``).
@@ -17,9 +19,13 @@ Controls come from ``--control NAME[:field=value,...]`` flags (repeatable) or a 
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import sys
+
+
+_FEATURE_CLIS = ("dit_attn.head_search", "dit_attn.conditions.train")
 
 
 def _parse_value(text: str):
@@ -174,6 +180,15 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--quick", action="store_true", help="fewer repeats and shapes (a smoke run)")
     bench.add_argument("--only", default=None, help="comma list of sections (see python -m dit_attn.bench_report -h)")
     bench.set_defaults(func=_bench)
+
+    # Subcommands owned by the features' own modules (`heads search`, `train-conditions`): each module has an
+    # ``add_cli(subparsers)`` that adds its parser with ``func`` set. A feature not in this build adds nothing.
+    for module in _FEATURE_CLIS:
+        try:
+            add_cli = importlib.import_module(module).add_cli
+        except (ImportError, AttributeError):
+            continue
+        add_cli(sub)
     return parser
 
 
