@@ -10,7 +10,7 @@ import pytest
 
 gr = pytest.importorskip("gradio", reason="install the test extras: pip install -e '.[test]'")
 
-from dit_attn.ui.app import App, build_app, emphasis_preview, ui_controls  # noqa: E402
+from dit_attn.ui.app import App, build_app, emphasis_preview, model_defaults, ui_controls  # noqa: E402
 
 ARGS = dict(model="tiny:sd3", prompt="a (red:1.5) circle", negative_prompt="", seed=5, randomize_seed=False, steps=2,
             guidance=5.0, width=64, height=48, compare=True)
@@ -48,6 +48,12 @@ def test_bad_control_fields_give_clear_errors():
         App().infer(**ARGS, controls={"entropy": {"nope": 1}})
     assert ui_controls(emphasis=True, entropy=True, train_tokens=64) == {
         "emphasis": {"mode": "attention", "queries": "image"}, "entropy": {"train_tokens": 64}}
+
+
+def test_model_defaults():
+    assert model_defaults("tiny:sd3") == {"steps": 4, "guidance": 5.0, "width": 64, "height": 48}
+    assert model_defaults("tiny:flux")["guidance"] == 3.5  # FLUX: the distilled guidance embedding
+    assert model_defaults("owner/unknown") == {} and model_defaults("tiny:nope") == {}
 
 
 def test_emphasis_preview():

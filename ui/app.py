@@ -51,6 +51,29 @@ def emphasis_preview(prompt: str) -> str:
     return "Weights: " + ", ".join(parts)
 
 
+def model_defaults(model: str) -> dict:
+    """Default steps / guidance / size for a model of the picker ({} when unknown: fields are left alone)."""
+    if model.startswith("tiny:"):
+        from dit_attn.testing import ALL_FAMILIES, tiny_call_kwargs
+
+        family = model[len("tiny:"):]
+        if family not in ALL_FAMILIES:
+            return {}
+        kw = tiny_call_kwargs(family)
+        # "Guidance" is the pipeline's guidance_scale: CFG for SD3/Wan/CogVideoX, the distilled guidance
+        # embedding for FLUX and HunyuanVideo (their convention).
+        return {"steps": 4, "guidance": kw["guidance_scale"], "width": kw["width"], "height": kw["height"]}
+    if model.startswith("shapes:"):
+        try:
+            from dit_attn.pipelines import shapes_call_kwargs
+        except ImportError:
+            return {}
+        kw = shapes_call_kwargs(model[len("shapes:"):])
+        return {"steps": kw.get("num_inference_steps"), "guidance": kw.get("guidance_scale"),
+                "width": kw.get("width"), "height": kw.get("height")}
+    return {}
+
+
 class App:
     """Pipelines cached per model; the choices offered in the model picker."""
 
@@ -263,6 +286,14 @@ def build_app(models: list[str] | None = None):
             sparse_tau = gr.Slider(0.0, 1.0, value=0.3, step=0.05, label="tau (cumulative mass)")
 
         prompt.change(emphasis_preview, inputs=prompt, outputs=preview)
+
+        def on_model(name):
+            found = model_defaults(name or "")
+            return tuple(gr.update(value=found[k]) if found.get(k) is not None else gr.update()
+                         for k in ("steps", "guidance", "width", "height"))
+
+        model.change(on_model, inputs=model, outputs=[steps, guidance, width, height])
+        demo.load(on_model, inputs=model, outputs=[steps, guidance, width, height])
 
         def infer(model, prompt, negative, seed, randomize, steps, guidance, width, height, compare, emphasis,
                   emphasis_mode, emphasis_queries, entropy, train_tokens, pag, pag_heads, pag_strength,
