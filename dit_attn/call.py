@@ -45,7 +45,14 @@ class KeySet:
 
 @dataclass
 class SparsePlan:
-    """A block-sparse plan for :func:`dit_attn.kernels.block_sparse_attention` (see its docstring for shapes)."""
+    """A block-sparse plan for :func:`dit_attn.kernels.block_sparse_attention` (see its docstring for shapes).
+
+    ``query_rows`` (a slice of the call's query rows, or None for all) restricts the plan to those rows: the LUT
+    and rectification describe the query blocks of ``query[:, query_rows]``, and the other rows run dense over
+    all keys (with the call's key bias and mask). ``output_order`` (int64 ``[Nq]``, or None) is applied last:
+    :func:`execute` returns ``out[:, output_order]``, so a control that permuted the call's tokens (e.g. into
+    Gilbert order) gets its output back in the original order without a ``finish`` step.
+    """
 
     block_index: torch.Tensor
     block_count: torch.Tensor
@@ -53,6 +60,8 @@ class SparsePlan:
     block_size_k: int = 128
     rect_scale: torch.Tensor | None = None
     rect_add: torch.Tensor | None = None
+    query_rows: slice | None = None
+    output_order: torch.Tensor | None = None
 
 
 @dataclass
@@ -189,8 +198,34 @@ def _split_rows(call: AttentionCall) -> torch.Tensor:
     return torch.cat(parts, dim=1)
 
 
+def _split_sparse_rows(call: AttentionCall) -> torch.Tensor:
+    """A sparse plan for some query rows only: those rows run the plan, the others run dense on the same keys."""
+    plan, n = call.sparse, call.query.shape[1]
+    start, stop, _ = plan.query_rows.indices(n)
+    mask = call.attn_mask
+    parts = []
+    for lo, hi, sparse in ((0, start, False), (start, stop, True), (stop, n, False)):
+        if hi <= lo:
+            continue
+        part_mask = mask[..., lo:hi, :] if mask is not None and mask.dim() == 4 and mask.shape[-2] == n else mask
+        extra = [replace(e, query_mask=e.query_mask[..., lo:hi])
+                 if e.query_mask is not None and e.query_mask.dim() and e.query_mask.shape[-1] == n else e
+                 for e in call.extra_keys]
+        part = call.replace(query=call.query[:, lo:hi], attn_mask=part_mask, extra_keys=extra,
+                            sparse=replace(plan, query_rows=None) if sparse else None)
+        parts.append(execute(part))
+    return torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
+
+
 def execute(call: AttentionCall) -> torch.Tensor:
     """Run the attention described by ``call`` and return ``[B, Nq, H, D]`` in the query's dtype."""
+    if call.sparse is not None and call.sparse.output_order is not None:
+        out = execute(call.replace(sparse=replace(call.sparse, output_order=None)))
+        return out.index_select(1, call.sparse.output_order)
+    if call.sparse is not None and call.sparse.query_rows is not None:
+        if call.key_bias_rows is not None:
+            raise NotImplementedError("a row-restricted sparse plan cannot be combined with key_bias_rows yet")
+        return _split_sparse_rows(call)
     if call.key_bias is not None and call.key_bias_rows is not None:
         if call.sparse is not None:
             raise NotImplementedError("row-restricted key bias with a sparse plan is not supported yet")

@@ -1,0 +1,337 @@
+"""The attention math of multi-condition control: fast exact paths (dense attention + log-sum-exp merges) and the
+dense boolean-masked oracle built from the token-group table (``shared/specs/pka.md`` §1-§5).
+
+Token groups: ``T`` text, ``X`` image (the call's own ``[T; X]`` tokens), ``SP_c`` spatial conditions, ``SJ_k``
+subject conditions (their K/V come from the condition cache). Query rows of a denoising call are ``T`` and ``X``:
+
+==========  ==========  ==================================  ====================================
+query       T, X        SP_c                                SJ_k
+==========  ==========  ==================================  ====================================
+T           full        off (``text_sees_conditions``)      off (``text_sees_conditions``)
+X           full        pka: only ``SP_c[a_c(i)]``;         pka: all of ``SJ_k`` iff ``M_k[i]``;
+                        cached-full: all                    cached-full: all
+==========  ==========  ==================================  ====================================
+
+Condition rows attend only within their own condition (the cache-write pass, a stock forward of the condition
+alone). ``combine="joint"`` (ours, recommended) takes **one** softmax per query over every key it sees;
+``combine="sum"`` is the paper's literal reading, separate branches summed:
+``out_i = Attn(q_i, [T, X]) + Σ_c V_c[a_c(i)] + Σ_k M_k[i]·Attn(q_i, SJ_k)``.
+
+Tensors are in diffusers' dispatch layout ``[B, N, H, D]``; log-sum-exps are ``[B, H, N]`` fp32.
+
+Example::
+
+    >>> import torch
+    >>> from dit_attn.conditions.attention import SpatialKV, SubjectKV, condition_attention, dense_oracle
+    >>> B, T, N, H, D = 2, 3, 8, 2, 4
+    >>> q, k, v = (torch.randn(B, T + N, H, D, dtype=torch.float64) for _ in range(3))
+    >>> sp = SpatialKV(torch.randn(B, 8, H, D, dtype=torch.float64), torch.randn(B, 8, H, D, dtype=torch.float64),
+    ...                torch.arange(8))
+    >>> sj = SubjectKV(torch.randn(B, 5, H, D, dtype=torch.float64), torch.randn(B, 5, H, D, dtype=torch.float64),
+    ...                torch.rand(B, N) > 0.5)
+    >>> fast = condition_attention(q, k, v, text_len=T, spatial=[sp], subjects=[sj], mode="pka")
+    >>> torch.allclose(fast, dense_oracle(q, k, v, text_len=T, spatial=[sp], subjects=[sj], mode="pka"))
+    True
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from dit_attn.kernels import merge_attention
+
+MODES = ("concat", "cached-full", "pka")
+COMBINES = ("joint", "sum")
+
+
+@dataclass
+class SpatialKV:
+    """Cached keys/values ``[B|1, n, H, D]`` of one spatial condition and its alignment ``index`` ``[N]`` (long):
+    image token ``i`` sees condition token ``index[i]`` (PAA)."""
+
+    key: torch.Tensor
+    value: torch.Tensor
+    index: torch.Tensor
+
+
+@dataclass
+class SubjectKV:
+    """Cached keys/values ``[B|1, n, H, D]`` of one subject condition and its KSA row mask ``[B|1, N]`` (bool;
+    ``None`` = every image row sees the subject, as at the first step)."""
+
+    key: torch.Tensor
+    value: torch.Tensor
+    mask: torch.Tensor | None = None
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# attention with log-sum-exp
+# ---------------------------------------------------------------------------------------------------------------
+def _needs_grad(*tensors) -> bool:
+    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+
+
+def attention_lse(q, k, v, scale: float, key_bias: torch.Tensor | None = None, row_mask: torch.Tensor | None = None):
+    """Softmax attention with its log-sum-exp: ``q`` ``[B, Nq, H, D]``, ``k``/``v`` ``[B, Nk, H, D]`` (batch 1
+    broadcasts). Returns ``out`` ``[B, H, Nq, D]`` and ``lse`` ``[B, H, Nq]``, both fp32 (fp64 stays fp64).
+
+    ``row_mask`` ``[B|1, Nq]`` (bool) drops whole query rows (``lse = -inf``, ``out = 0``): on CUDA the rows of
+    query blocks without any kept row are skipped by the block-sparse kernel's LUT (no host sync).
+
+    Paths: autograd needed → plain math (differentiable, materialises the logits: training of tiny/medium
+    models); CUDA → ``dit_attn.kernels.block_sparse_attention`` (Triton, flash-style); CPU → torch's flash CPU op
+    (which returns the LSE), or math when there is a key bias.
+    """
+    bq = max(q.shape[0], k.shape[0])
+    qh = q.transpose(1, 2).expand(bq, -1, -1, -1)
+    kh = k.transpose(1, 2).expand(bq, -1, -1, -1)
+    vh = v.transpose(1, 2).expand(bq, -1, -1, -1)
+    acc = torch.float64 if q.dtype == torch.float64 else torch.float32
+    if _needs_grad(q, k, v) or (key_bias is not None and not q.is_cuda):
+        logits = torch.matmul(qh.to(acc), kh.to(acc).transpose(-1, -2)) * scale
+        if key_bias is not None:
+            logits = logits + _bias4(key_bias).to(acc)
+        lse = torch.logsumexp(logits, dim=-1)
+        safe = torch.where(torch.isfinite(lse), lse, torch.zeros_like(lse))
+        out = torch.matmul(torch.exp(logits - safe.unsqueeze(-1)), vh.to(acc))
+    elif q.is_cuda:
+        out, lse = _kernel(qh, kh, vh, scale, key_bias, row_mask)
+        out = out.float()
+    else:
+        out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
+            qh.contiguous(), kh.contiguous(), vh.contiguous(), 0.0, False, scale=scale)
+        out, lse = out.to(acc), lse.to(acc)
+    if row_mask is not None:
+        keep = row_mask.to(torch.bool)[:, None, :]
+        lse = lse.masked_fill(~keep, float("-inf"))
+    return out, lse
+
+
+def _bias4(key_bias: torch.Tensor) -> torch.Tensor:
+    kb = key_bias
+    while kb.dim() < 3:
+        kb = kb.unsqueeze(0)
+    return kb.unsqueeze(-2)  # [B|1, H|1, 1, Nk]
+
+
+def _kernel(qh, kh, vh, scale, key_bias, row_mask, block: int = 128):
+    from dit_attn.kernels import block_sparse_attention
+
+    b, h, nq, _ = qh.shape
+    n_qb, n_kb = -(-nq // block), -(-kh.shape[2] // block)
+    index = torch.arange(n_kb, device=qh.device, dtype=torch.int32).expand(b, h, n_qb, n_kb)
+    if row_mask is None:
+        count = torch.full((b, h, n_qb), n_kb, device=qh.device, dtype=torch.int32)
+    else:  # query blocks with no kept row do no work at all
+        rows = row_mask.to(torch.bool).expand(b, nq)
+        pad = n_qb * block - nq
+        rows = torch.nn.functional.pad(rows, (0, pad)).view(b, n_qb, block).any(-1)
+        count = (rows.to(torch.int32) * n_kb)[:, None, :].expand(b, h, n_qb).contiguous()
+    return block_sparse_attention(qh, kh, vh, index, count, block_size_q=block, block_size_k=block,
+                                  key_bias=key_bias, scale=scale, return_lse=True)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the fast path
+# ---------------------------------------------------------------------------------------------------------------
+def _heads(t: torch.Tensor, batch: int) -> torch.Tensor:
+    return t.transpose(1, 2).expand(batch, -1, -1, -1)  # [B, H, n, D]
+
+
+def paa_merge(out, lse, q_img, spatial: list[SpatialKV], scale: float):
+    """Fold the aligned token of every spatial condition into ``(out, lse)`` of the image rows, exactly
+    (spec §4.2): one extra logit ``s_c,i = scale·q_i·K_c[a_c(i)]`` per condition, O(N·C·D).
+
+    ``out`` ``[B, H, N, D]`` and ``lse`` ``[B, H, N]`` (fp32) over the keys already seen; ``q_img`` ``[B, N, H, D]``.
+    """
+    if not spatial:
+        return out, lse
+    b = out.shape[0]
+    qh = q_img.transpose(1, 2).to(out.dtype)
+    logits, values = [lse], []
+    for sp in spatial:
+        kc = _heads(sp.key, b).index_select(2, sp.index).to(out.dtype)  # [B, H, N, D]
+        vc = _heads(sp.value, b).index_select(2, sp.index).to(out.dtype)
+        logits.append((qh * kc).sum(-1) * scale)
+        values.append(vc)
+    stacked = torch.stack(logits)  # [1 + C, B, H, N]
+    lse_new = torch.logsumexp(stacked, dim=0)
+    w = torch.exp(stacked - lse_new)
+    merged = w[0].unsqueeze(-1) * out
+    for c, vc in enumerate(values):
+        merged = merged + w[c + 1].unsqueeze(-1) * vc
+    return merged, lse_new
+
+
+def _cat_conditions(kvs, batch):
+    keys = torch.cat([kv.key.expand(batch, -1, -1, -1) for kv in kvs], dim=1)
+    values = torch.cat([kv.value.expand(batch, -1, -1, -1) for kv in kvs], dim=1)
+    return keys, values
+
+
+def condition_attention(q, k, v, *, text_len: int, spatial=(), subjects=(), mode: str = "pka",
+                        combine: str = "joint", scale: float | None = None, key_bias: torch.Tensor | None = None,
+                        text_sees_conditions: bool = False, return_lse: bool = False):
+    """Attention of a denoising call's ``[T; X]`` queries over their own keys plus the cached condition keys.
+
+    Args:
+        q, k, v: ``[B, T + N, H, D]``, text first (FLUX order).
+        text_len: ``T``.
+        spatial: :class:`SpatialKV` per spatial condition; subjects: :class:`SubjectKV` per subject.
+        mode: ``"pka"`` (PAA + KSA) or ``"cached-full"`` (image rows see every condition token).
+        combine: ``"joint"`` (one softmax, exact LSE merge) or ``"sum"`` (separate branches summed; pka only).
+        scale: logit scale (default ``D**-0.5``); key_bias: optional bias on the call's own keys ``[B|1, H|1, T+N]``.
+        text_sees_conditions: text rows also see every condition token (OminiControl's choice; off by default).
+
+    Returns ``out`` ``[B, T + N, H, D]`` in ``q``'s dtype (and the merged ``lse`` ``[B, H, T + N]`` if asked; not
+    defined for ``combine="sum"``, which returns ``None`` for it). Merges run in fp32 (fp64 inputs in fp64).
+    """
+    if mode not in ("pka", "cached-full"):
+        raise ValueError(f"condition_attention handles mode 'pka' or 'cached-full', got {mode!r} "
+                         "('concat' concatenates tokens before the forward)")
+    if combine not in COMBINES:
+        raise ValueError(f"combine must be one of {COMBINES}, got {combine!r}")
+    scale = scale if scale is not None else q.shape[-1] ** -0.5
+    b = q.shape[0]
+    out, lse = attention_lse(q, k, v, scale, key_bias)
+    conds = list(spatial) + list(subjects)
+    if not conds:
+        result = out.transpose(1, 2).to(q.dtype)
+        return (result, lse) if return_lse else result
+    t = text_len
+    q_img = q[:, t:]
+    o_txt, l_txt, o_img, l_img = out[:, :, :t], lse[:, :, :t], out[:, :, t:], lse[:, :, t:]
+    if mode == "cached-full":
+        ck, cv = _cat_conditions(conds, b)
+        o_c, l_c = attention_lse(q_img, ck, cv, scale)
+        o_img, l_img = merge_attention(o_img, l_img, o_c, l_c)
+    elif combine == "joint":
+        o_img, l_img = paa_merge(o_img, l_img, q_img, list(spatial), scale)
+        for sj in subjects:
+            o_s, l_s = attention_lse(q_img, sj.key.expand(b, -1, -1, -1), sj.value.expand(b, -1, -1, -1), scale,
+                                     row_mask=sj.mask)
+            o_img, l_img = merge_attention(o_img, l_img, o_s, l_s)
+    else:  # the paper's literal reading: branches computed apart and summed
+        for sp in spatial:
+            o_img = o_img + _heads(sp.value, b).index_select(2, sp.index).to(o_img.dtype)
+        for sj in subjects:
+            o_s, l_s = attention_lse(q_img, sj.key.expand(b, -1, -1, -1), sj.value.expand(b, -1, -1, -1), scale,
+                                     row_mask=sj.mask)
+            o_img = o_img + torch.where(torch.isfinite(l_s).unsqueeze(-1), o_s, torch.zeros_like(o_s))
+        l_img = None
+    if text_sees_conditions and t:
+        ck, cv = _cat_conditions(conds, b)
+        o_c, l_c = attention_lse(q[:, :t], ck, cv, scale)
+        o_txt, l_txt = merge_attention(o_txt, l_txt, o_c, l_c)
+    merged = torch.cat([o_txt, o_img], dim=2).transpose(1, 2).to(q.dtype)
+    if not return_lse:
+        return merged
+    return merged, (None if l_img is None else torch.cat([l_txt, l_img], dim=2))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the oracle: one dense boolean mask over all token groups, from the table
+# ---------------------------------------------------------------------------------------------------------------
+def group_mask(batch: int, text_len: int, n_img: int, spatial_lens, spatial_index, subject_lens, subject_masks,
+               mode: str, text_sees_conditions: bool = False, device=None) -> torch.Tensor:
+    """The token-group table as a dense boolean mask ``[B, L, L]`` (True = attend) over the token order
+    ``[T, X, SP_1 .. SP_C, SJ_1 .. SJ_K]``, ``L`` their total length. For the tests (it is O(L²))."""
+    n_sp = sum(spatial_lens)
+    total = text_len + n_img + n_sp + sum(subject_lens)
+    m = torch.zeros(batch, total, total, dtype=torch.bool, device=device)
+    tx = text_len + n_img
+    if mode == "concat":
+        return m.fill_(True)
+    m[:, :tx, :tx] = True
+    start = tx
+    groups = []
+    for c, n in enumerate(spatial_lens):
+        groups.append(("sp", c, start, n))
+        start += n
+    for k, n in enumerate(subject_lens):
+        groups.append(("sj", k, start, n))
+        start += n
+    img = slice(text_len, tx)
+    for kind, idx, s, n in groups:
+        m[:, s:s + n, s:s + n] = True  # conditions attend within themselves only
+        if text_sees_conditions:
+            m[:, :text_len, s:s + n] = True
+        if mode == "cached-full":
+            m[:, img, s:s + n] = True
+        elif kind == "sp":
+            sel = torch.zeros(n_img, n, dtype=torch.bool, device=device)
+            sel[torch.arange(n_img, device=device), spatial_index[idx].to(device)] = True
+            m[:, img, s:s + n] = sel
+        else:
+            mask = subject_masks[idx]
+            rows = torch.ones(batch, n_img, dtype=torch.bool, device=device) if mask is None else \
+                mask.to(device=device, dtype=torch.bool).expand(batch, n_img)
+            m[:, img, s:s + n] = rows[:, :, None].expand(batch, n_img, n)
+    return m
+
+
+def masked_softmax_attention(q, k, v, mask, scale):
+    """Dense attention ``[B, N, H, D]`` with a boolean mask ``[B, Nq, Nk]`` (True = attend), in q's dtype."""
+    logits = torch.einsum("bqhd,bkhd->bhqk", q, k) * scale
+    logits = logits.masked_fill(~mask[:, None], float("-inf"))
+    return torch.einsum("bhqk,bkhd->bqhd", torch.softmax(logits, dim=-1), v)
+
+
+def dense_oracle(q, k, v, *, text_len: int, spatial=(), subjects=(), mode: str = "pka", combine: str = "joint",
+                 scale: float | None = None, text_sees_conditions: bool = False):
+    """The reference for :func:`condition_attention`: every group's tokens in one sequence and one dense masked
+    softmax from :func:`group_mask` (``combine="sum"``: each branch is its own masked softmax, summed).
+    Returns the ``[T; X]`` rows ``[B, T + N, H, D]``."""
+    scale = scale if scale is not None else q.shape[-1] ** -0.5
+    b, tx = q.shape[0], q.shape[1]
+    n_img = tx - text_len
+    conds = list(spatial) + list(subjects)
+    keys = torch.cat([k] + [c.key.expand(b, -1, -1, -1).to(k.dtype) for c in conds], dim=1)
+    values = torch.cat([v] + [c.value.expand(b, -1, -1, -1).to(v.dtype) for c in conds], dim=1)
+    sp_lens, sj_lens = [s.key.shape[1] for s in spatial], [s.key.shape[1] for s in subjects]
+    args = (b, text_len, n_img, sp_lens, [s.index for s in spatial], sj_lens, [s.mask for s in subjects])
+    if combine == "joint" or mode != "pka":
+        mask = group_mask(*args, mode=mode, text_sees_conditions=text_sees_conditions, device=q.device)
+        return masked_softmax_attention(q, keys, values, mask[:, :tx], scale)
+    # Sum of branches: image rows take [T, X] alone, then each condition's own masked softmax is added (a spatial
+    # branch has one aligned key, so it adds exactly V_c[a_c(i)]); text rows are as in the joint reading.
+    full = group_mask(*args, mode="pka", text_sees_conditions=text_sees_conditions, device=q.device)[:, :tx]
+    base = full.clone()
+    base[:, text_len:, tx:] = False
+    out = masked_softmax_attention(q, keys, values, base, scale)
+    start = tx
+    for n in sp_lens + sj_lens:
+        branch = torch.zeros_like(full)
+        branch[:, text_len:, start:start + n] = full[:, text_len:, start:start + n]
+        has = branch.any(-1)  # rows outside a KSA mask have no key in this branch: they add 0
+        part = masked_softmax_attention(q, keys, values, branch | ~has[..., None], scale)
+        out = out + torch.where(has[:, :, None, None], part, torch.zeros_like(part))
+        start += n
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# KSA mask
+# ---------------------------------------------------------------------------------------------------------------
+def keyword_scores(q_img: torch.Tensor, k_text: torch.Tensor, keyword_weights: torch.Tensor) -> torch.Tensor:
+    """``Σ_{t ∈ keyword} q_i·k_t`` (raw logits, after RoPE/QK-norm) averaged over heads: ``[B, N]`` fp32.
+
+    ``q_img`` ``[B, N, H, D]``, ``k_text`` ``[B, T, H, D]``, ``keyword_weights`` ``[B|1, T]`` (1 on keyword tokens,
+    0 elsewhere; per row, so a batch of prompts works).
+    """
+    w = keyword_weights.to(device=k_text.device, dtype=torch.float32)
+    k_kw = torch.einsum("bthd,bt->bhd", k_text.float(), w.expand(k_text.shape[0], -1))
+    return torch.einsum("bnhd,bhd->bn", q_img.float(), k_kw) / q_img.shape[2]
+
+
+def keyword_mask(scores: torch.Tensor, epsilon: float) -> torch.Tensor:
+    """``M = minmax(scores) ≥ epsilon`` per sample over the image tokens (spec §5). A constant row (max = min)
+    normalises to 1 everywhere, i.e. a full mask; ``epsilon > 1`` gives an empty mask."""
+    lo = scores.amin(dim=-1, keepdim=True)
+    hi = scores.amax(dim=-1, keepdim=True)
+    span = hi - lo
+    norm = torch.where(span > 0, (scores - lo) / torch.where(span > 0, span, torch.ones_like(span)),
+                       torch.ones_like(scores))
+    return norm >= epsilon

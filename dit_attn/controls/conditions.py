@@ -1,0 +1,435 @@
+"""Multi-condition control for FLUX-architecture models: position-aligned and keyword-scoped attention (PKA).
+
+``MultiCondition(spatial=[...], subjects=[(image, keyword), ...], mode="pka")`` conditions generation on any
+number of spatial maps (edges, depth, masks: aligned with the output) and subject references (each tied to a
+keyword of the prompt). Math and our choices where the paper is silent: ``shared/specs/pka.md``;
+``docs/multi_condition.md``.
+
+How it runs, per pipeline call:
+
+1. the pipeline's ``check_inputs`` is wrapped (restored on detach) to read the prompt, locate each subject's
+   keyword tokens (tokenizer offsets) and reset the cache;
+2. at the first transformer forward every condition is VAE-encoded and packed like the image, and runs once
+   through the stock transformer alone (**write pass**: timestep 0, zero-length text, the prompt's pooled
+   embedding, its own LoRA adapter if named); our processors store each layer's keys/values (after QK-norm
+   and RoPE) in the :class:`~dit_attn.conditions.cache.ConditionCache`;
+3. every denoising forward is the stock forward on ``[text; image]``; our processors add the cached keys:
+   ``"pka"``: each image query sees the aligned token of every spatial condition (PAA) and, only inside the
+   keyword mask ``M_k`` computed at the previous step (all rows at the first step), subject ``k``'s tokens
+   (KSA); ``"cached-full"``: image queries see every condition token; one softmax via exact LSE merges.
+   ``"concat"`` instead appends the condition tokens to the image tokens (one full joint attention, at the
+   denoising timestep, no cache): the concatenate-and-attend baseline.
+
+``execute()`` has no per-query gathered keys (PAA), so this control installs a subclass of the generic
+processor whose attention step calls :func:`dit_attn.conditions.attention.condition_attention` (dense attention
+with LSE, then merges); every other control still prepares and finishes the call as usual.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import torch
+
+from ..call import AttentionCall, execute
+from ..conditions.adapters import adapter_scope
+from ..conditions.attention import COMBINES, MODES, SpatialKV, SubjectKV, condition_attention, keyword_mask, \
+    keyword_scores
+from ..conditions.cache import ConditionCache
+from ..conditions.tokens import ConditionTokens, aligned_index, check_aspect, encode_image, spatial_ids, subject_ids
+from ..layout import COND, ForwardState, Layout
+from ..processor import DitAttnProcessor
+from .base import Control
+
+_FORWARD_PARAMS = ("hidden_states", "encoder_hidden_states", "pooled_projections", "timestep", "img_ids", "txt_ids",
+                   "guidance")
+
+
+@dataclass
+class SpatialCondition:
+    """A spatial condition: ``image`` (PIL, or a tensor in [-1, 1] ``[3, H, W]`` / ``[B, 3, H, W]``, or
+    pre-encoded :class:`~dit_attn.conditions.tokens.ConditionTokens`) with the output's aspect ratio, encoded at
+    ``scale`` x the output resolution (0.5: a quarter of the tokens, aligned by nearest centres), with LoRA
+    ``adapter`` (a name loaded on the transformer) active in its write pass."""
+
+    image: Any
+    scale: float = 1.0
+    adapter: str | None = None
+
+
+@dataclass
+class SubjectCondition:
+    """A subject reference ``image`` tied to ``keyword`` (one or more words of the prompt). ``size``: pixel
+    ``(height, width)`` it is encoded at (default: the output's); ``adapter``: its LoRA, as for spatial."""
+
+    image: Any
+    keyword: str
+    size: tuple[int, int] | None = None
+    adapter: str | None = None
+
+
+@dataclass
+class _Prepared:
+    kind: str  # "spatial" | "subject"
+    index: int  # within its kind
+    tokens: ConditionTokens
+    adapter: str | None
+    align: torch.Tensor | None = None  # spatial: [N] aligned condition token of each image token
+
+
+@dataclass(eq=False)
+class MultiCondition(Control):
+    """Spatial and subject conditions for FLUX-architecture pipelines (PKA: arXiv 2602.06850).
+
+    Args:
+        spatial: spatial conditions: images (PIL or tensors in [-1, 1]) or :class:`SpatialCondition`.
+        subjects: ``(image, keyword)`` pairs or :class:`SubjectCondition`; each keyword must occur in the prompt.
+        mode: ``"pka"`` (default), ``"cached-full"`` or ``"concat"`` (baselines, same token layout).
+        epsilon: KSA threshold on the min-max-normalised keyword scores.
+        combine: ``"joint"`` (one softmax over all keys a query sees; default) or ``"sum"`` (the paper's literal
+            "separate branches summed": ``Attn([T, X]) + Σ V_c[a_c(i)] + Σ M_k·Attn(SJ_k)``; pka only).
+        text_sees_conditions: text queries also attend to every condition token (off: the table's default).
+        cache: keep the write pass's keys/values for the whole call (``False``: redo it every forward, as in
+            training, where the adapters change).
+        cache_dtype: store the cache in this dtype (e.g. ``torch.bfloat16``); ``None``: the model's.
+        ksa_same_forward: take the KSA mask from the same forward's logits instead of the previous step's
+            (training: there is no previous step).
+
+    Example:
+        >>> import torch, dit_attn
+        >>> from dit_attn.testing import tiny_pipeline, tiny_call_kwargs
+        >>> pipe = tiny_pipeline("flux")
+        >>> kwargs = tiny_call_kwargs("flux")          # prompt "a red circle above a blue square", 48 x 64
+        >>> edges = torch.rand(3, 48, 64) * 2 - 1      # any image with the output's aspect ratio
+        >>> sprite = torch.rand(3, 32, 32) * 2 - 1
+        >>> control = dit_attn.MultiCondition(spatial=[edges], subjects=[(sprite, "circle")], mode="pka")
+        >>> with dit_attn.attach(pipe, control):
+        ...     image = pipe(**kwargs).images[0]
+        >>> control.cache_report()["conditions"]
+        2
+    """
+
+    spatial: Sequence[Any] = ()
+    subjects: Sequence[Any] = ()
+    mode: str = "pka"
+    epsilon: float = 0.2
+    combine: str = "joint"
+    text_sees_conditions: bool = False
+    cache: bool = True
+    cache_dtype: torch.dtype | None = None
+    ksa_same_forward: bool = False
+    _kv: ConditionCache = field(default=None, init=False, repr=False)
+    _state: dict = field(default_factory=dict, init=False, repr=False)
+
+    def __post_init__(self):
+        if self.mode not in MODES:
+            raise ValueError(f"MultiCondition.mode must be one of {MODES}, got {self.mode!r}")
+        if self.combine not in COMBINES:
+            raise ValueError(f"MultiCondition.combine must be one of {COMBINES}, got {self.combine!r}")
+        if self.combine == "sum" and self.mode != "pka":
+            raise ValueError("MultiCondition.combine='sum' (separate branches summed) is a reading of pka only")
+        if not isinstance(self.epsilon, (int, float)) or self.epsilon < 0:
+            raise ValueError(f"MultiCondition.epsilon must be a number >= 0, got {self.epsilon!r}")
+        self.spatial = [s if isinstance(s, SpatialCondition) else SpatialCondition(s) for s in self.spatial]
+        subjects = []
+        for s in self.subjects:
+            if isinstance(s, SubjectCondition):
+                subjects.append(s)
+            elif isinstance(s, (tuple, list)) and len(s) == 2 and isinstance(s[1], str):
+                subjects.append(SubjectCondition(s[0], s[1]))
+            else:
+                raise TypeError("MultiCondition.subjects takes (image, keyword) pairs or SubjectCondition; got "
+                                f"{type(s).__name__}")
+        self.subjects = subjects
+        for s in self.spatial:
+            if not (isinstance(s.scale, (int, float)) and s.scale > 0):
+                raise ValueError(f"SpatialCondition.scale must be a positive number, got {s.scale!r}")
+        self._kv = ConditionCache(self.cache_dtype)
+        self._reset()
+
+    # --- bookkeeping ----------------------------------------------------------------------------------------
+    def _reset(self) -> None:
+        self._kv.clear()
+        self._state.update(cache_key=None, encoded={}, writing=None, keywords=None, prompts=None, max_len=None,
+                           masks_prev={}, masks_cur={}, mask_step=None, forwards=0)
+
+    def reset(self) -> None:
+        """Forget the condition cache, encodings and KSA masks (a pipeline call does this by itself; call it
+        between forwards when driving a bare transformer with new inputs)."""
+        self._reset()
+
+    @property
+    def conditions(self) -> int:
+        return len(self.spatial) + len(self.subjects)
+
+    def cache_report(self) -> dict:
+        """Size of the condition cache: ``{"layers", "conditions", "tokens", "bytes", "bytes_per_condition"}``."""
+        return self._kv.report()
+
+    def set_keyword_weights(self, weights: Sequence[torch.Tensor]) -> None:
+        """Give each subject's keyword tokens directly (``[B|1, text_len]``, 1 on keyword tokens), e.g. when
+        attached to a bare transformer or when the pipeline got ``prompt_embeds`` only."""
+        if len(weights) != len(self.subjects):
+            raise ValueError(f"{len(weights)} keyword weight rows for {len(self.subjects)} subjects")
+        self._state["keywords_given"] = [torch.as_tensor(w, dtype=torch.float32) for w in weights]
+
+    def keyword_masks(self, layer: int) -> list[torch.Tensor | None]:
+        """The KSA masks (``[B, N]`` bool, ``None`` = unmasked) the next denoising forward uses at ``layer``."""
+        return [self._state["masks_cur"].get(layer, {}).get(k) for k in range(len(self.subjects))]
+
+    # --- attach / detach ------------------------------------------------------------------------------------
+    def on_attach(self, attachment) -> None:
+        from ..families import family_of
+        from ..state import ensure_forward_hook
+
+        for transformer in attachment.transformers:
+            family = family_of(transformer).name
+            if family != "flux":
+                raise ValueError(f"MultiCondition supports FLUX-architecture transformers (FluxTransformer2DModel); "
+                                 f"got the {family!r} family ({type(transformer).__name__})")
+        transformer = attachment.transformers[0]
+        self._state.update(transformer=transformer, hook=ensure_forward_hook(transformer))
+        procs = {name: ConditionProcessor(p, self) if isinstance(p, DitAttnProcessor) else p
+                 for name, p in transformer.attn_processors.items()}
+        transformer.set_attn_processor(procs)  # attach's detach() restores the stock processors
+        pipe = attachment.pipeline
+        self._state["pipe"] = pipe
+        if pipe is not None and hasattr(pipe, "check_inputs"):
+            original = pipe.check_inputs
+            signature = inspect.signature(original)
+
+            @functools.wraps(original)
+            def check_inputs(*args, **kwargs):
+                result = original(*args, **kwargs)
+                bound = signature.bind_partial(*args, **kwargs)
+                self._begin_call(pipe, bound.arguments)
+                return result
+
+            pipe.check_inputs = check_inputs
+            self._state["restore"] = pipe
+
+    def on_detach(self, attachment) -> None:
+        pipe = self._state.pop("restore", None)
+        if pipe is not None:
+            pipe.__dict__.pop("check_inputs", None)
+        self._reset()
+        for key in ("transformer", "hook", "pipe"):
+            self._state.pop(key, None)
+
+    def _begin_call(self, pipe, args: dict) -> None:
+        """Start of a pipeline call: reset, check spatial sizes, locate the keywords."""
+        from ..conditions.keywords import keyword_weights
+
+        self._reset()
+        f = pipe.vae_scale_factor * 2
+        height = args.get("height") or pipe.default_sample_size * pipe.vae_scale_factor
+        width = args.get("width") or pipe.default_sample_size * pipe.vae_scale_factor
+        hw = (height // f * f, width // f * f)
+        for c, s in enumerate(self.spatial):
+            if not isinstance(s.image, ConditionTokens):
+                check_aspect(s.image, hw, f"spatial condition {c}")
+        if not self.subjects:
+            return
+        prompt = args.get("prompt")
+        if prompt is None:
+            if self._state.get("keywords_given") is None:  # set_keyword_weights() gave them
+                raise ValueError("MultiCondition needs the prompt text to locate subject keywords; the pipeline got "
+                                 "prompt_embeds only: call control.set_keyword_weights(...) first")
+            return
+        max_len = args.get("max_sequence_length") or 512
+        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        self._state["keywords"] = [keyword_weights(pipe.tokenizer_2, prompts, s.keyword, max_length=max_len)
+                                   for s in self.subjects]
+
+    # --- encoding -------------------------------------------------------------------------------------------
+    def _prepared(self, grid: tuple[int, int], device, dtype) -> list[_Prepared]:
+        key = (grid, str(device), dtype)
+        cached = self._state["encoded"].get(key)
+        if cached is not None:
+            return cached
+        pipe = self._state.get("pipe")
+        out = []
+        for c, s in enumerate(self.spatial):
+            cgrid = (max(1, round(grid[0] * s.scale)), max(1, round(grid[1] * s.scale)))
+            tokens = self._encode(pipe, s.image, cgrid, f"spatial condition {c}")
+            if s.scale == 1.0 and tokens.grid != grid:
+                raise ValueError(f"spatial condition {c} has a {tokens.grid[0]}x{tokens.grid[1]} token grid but the "
+                                 f"image has {grid[0]}x{grid[1]}; give SpatialCondition(scale=...) for another size")
+            ids = tokens.ids if tokens.ids is not None else spatial_ids(tokens.grid, grid)
+            out.append(_Prepared("spatial", c, ConditionTokens(tokens.tokens.to(device, dtype), tokens.grid,
+                                                               ids.to(device, dtype)), s.adapter,
+                                 aligned_index(grid, tokens.grid, device)))
+        for k, s in enumerate(self.subjects):
+            if s.size is not None:
+                f = pipe.vae_scale_factor * 2 if pipe is not None else 1
+                sgrid = (max(1, s.size[0] // f), max(1, s.size[1] // f))
+            else:
+                sgrid = grid
+            tokens = self._encode(pipe, s.image, sgrid, f"subject {k} ({s.keyword!r})")
+            ids = tokens.ids if tokens.ids is not None else subject_ids(tokens.grid, k)
+            out.append(_Prepared("subject", k, ConditionTokens(tokens.tokens.to(device, dtype), tokens.grid,
+                                                               ids.to(device, dtype)), s.adapter))
+        self._state["encoded"][key] = out
+        return out
+
+    @staticmethod
+    def _encode(pipe, image, grid, what) -> ConditionTokens:
+        if isinstance(image, ConditionTokens):
+            return image
+        if pipe is None:
+            raise ValueError(f"{what}: attached to a bare transformer, conditions must be pre-encoded "
+                             "ConditionTokens (there is no VAE to encode images with)")
+        return ConditionTokens(encode_image(pipe, image, grid, what), grid)
+
+    # --- per transformer forward ----------------------------------------------------------------------------
+    def before_forward(self, state: ForwardState, args, kwargs):
+        st = self._state
+        if st["writing"] is not None or not self.conditions:
+            return args, kwargs
+        params = list(inspect.signature(type(st["transformer"]).forward).parameters)[1:]
+        bound = dict(zip(params, args))
+        bound.update(kwargs)
+        x = bound["hidden_states"]
+        batch = x.shape[0]
+        grid = state.grid[1:] if state.grid is not None else None
+        if grid is None:
+            raise ValueError("MultiCondition: cannot read the image token grid from img_ids")
+        prepared = self._prepared(tuple(grid), x.device, x.dtype)
+        if self.mode == "concat":
+            tokens = [p.tokens.tokens.expand(batch, -1, -1) for p in prepared]
+            ids = [bound["img_ids"]] + [p.tokens.ids for p in prepared]
+            bound["hidden_states"] = torch.cat([x] + tokens, dim=1)
+            bound["img_ids"] = torch.cat(ids, dim=0)
+            state.extra[id(self)] = {"image_len": x.shape[1]}
+            return (), bound
+        key = (tuple(grid), batch, str(x.device), x.dtype)
+        if not self.cache or st["cache_key"] != key or not self._kv.layers:
+            self._write(state, bound, prepared)
+            st["cache_key"] = key
+        # KSA masks: those computed at the previous step are used now; the cond forward computes new ones.
+        roles = state.batch_roles or (COND,) * batch
+        is_cond = all(r == COND for r in roles)
+        step = state.step_index if state.step_index is not None else st["forwards"]
+        if is_cond:
+            st["forwards"] += 1
+        if step != st["mask_step"] and is_cond:
+            st["masks_prev"] = st["masks_cur"] if st["mask_step"] is not None else {}
+            st["masks_cur"] = {}
+            st["mask_step"] = step
+        state.extra[id(self)] = {"prepared": prepared, "cond": is_cond}
+        return args, kwargs
+
+    def after_forward(self, state: ForwardState, output):
+        info = state.extra.get(id(self))
+        if self.mode != "concat" or not info or "image_len" not in info:
+            return output
+        n = info["image_len"]
+        if isinstance(output, tuple):
+            return (output[0][:, :n],) + tuple(output[1:])
+        output.sample = output.sample[:, :n]
+        return output
+
+    def _write(self, state: ForwardState, bound: dict, prepared: list[_Prepared]) -> None:
+        """Run every condition alone through the stock transformer at t = 0; processors fill the cache."""
+        st = self._state
+        transformer, hook = st["transformer"], st["hook"]
+        x, text = bound["hidden_states"], bound["encoder_hidden_states"]
+        batch = x.shape[0]
+        self._kv.clear()
+        names = {p.adapter for p in prepared if p.adapter}
+        st["condition_adapters"] = names
+        try:
+            for c, p in enumerate(prepared):
+                st["writing"] = c
+                timestep = torch.zeros(batch, device=x.device, dtype=bound["timestep"].dtype)
+                with adapter_scope(transformer, only=p.adapter) if p.adapter else \
+                        adapter_scope(transformer, exclude=names):
+                    transformer(
+                        hidden_states=p.tokens.tokens.expand(batch, -1, -1), encoder_hidden_states=text[:, :0],
+                        pooled_projections=bound["pooled_projections"], timestep=timestep,
+                        img_ids=p.tokens.ids, txt_ids=bound["txt_ids"][:0], guidance=bound.get("guidance"),
+                        return_dict=False)
+        finally:
+            st["writing"] = None
+            hook.box.current = state  # the nested forward replaced the outer forward's state
+
+    # --- per attention call ---------------------------------------------------------------------------------
+    def applies_to(self, layout: Layout) -> bool:
+        return self.conditions > 0 and self.mode != "concat"
+
+    def attend(self, call: AttentionCall) -> torch.Tensor:
+        """The attention of ``call`` with the conditions (called by :class:`ConditionProcessor`)."""
+        st = self._state
+        layer = call.layout.layer_index
+        if st["writing"] is not None:
+            self._kv.store(layer, st["writing"], call.key, call.value)
+            return execute(call)  # a condition alone: full attention within itself
+        info = call.layout.state.extra.get(id(self))
+        if info is None or not self._kv.has(layer, len(info["prepared"])):
+            return execute(call)
+        if call.extra_keys or call.sparse is not None or call.attn_mask is not None or call.key_bias_rows:
+            raise NotImplementedError("MultiCondition cannot yet be combined with controls that add extra key sets, "
+                                      "sparse plans or row-restricted key biases, nor with attention masks")
+        text = call.layout.query_segments.get("text", (0, 0))
+        t = text[1] - text[0]
+        dtype = call.query.dtype
+        spatial, subjects = [], []
+        prev = st["masks_prev"].get(layer, {})
+        q_img = call.query[:, t:]
+        now = {}
+        keywords = st["keywords"] if st["keywords"] is not None else st.get("keywords_given")
+        if self.mode == "pka" and self.subjects and info["cond"] and keywords is not None:
+            for k, w in enumerate(keywords):
+                w = w.to(call.key.device)
+                b = call.key.shape[0]
+                if w.shape[0] != b and b % w.shape[0] == 0:  # prompts x num_images_per_prompt
+                    w = w.repeat_interleave(b // w.shape[0], dim=0)
+                if w.shape != (call.key.shape[0], t):
+                    raise ValueError(f"keyword weights of subject {k} are {tuple(w.shape)} but this forward has batch "
+                                     f"{call.key.shape[0]} and {t} text tokens")
+                with torch.no_grad():
+                    now[k] = keyword_mask(keyword_scores(q_img, call.key[:, :t], w), self.epsilon)
+            st["masks_cur"][layer] = now
+        for c, p in enumerate(info["prepared"]):
+            key, value = self._kv.get(layer, c, dtype)
+            if p.kind == "spatial":
+                spatial.append(SpatialKV(key, value, p.align))
+            else:
+                mask = now.get(p.index) if self.ksa_same_forward else prev.get(p.index)
+                subjects.append(SubjectKV(key, value, mask if self.mode == "pka" else None))
+        return condition_attention(call.query, call.key, call.value, text_len=t, spatial=spatial, subjects=subjects,
+                                   mode=self.mode, combine=self.combine, scale=call.effective_scale,
+                                   key_bias=call.key_bias, text_sees_conditions=self.text_sees_conditions)
+
+
+class ConditionProcessor(DitAttnProcessor):
+    """The generic processor, with :meth:`MultiCondition.attend` in place of :func:`dit_attn.call.execute`."""
+
+    def __init__(self, base: DitAttnProcessor, control: MultiCondition):
+        super().__init__(base.family, base.controls, base.site, base.state_box)
+        self._attention_backend = base._attention_backend
+        self._parallel_config = base._parallel_config
+        self.condition_control = control
+
+    def _attend(self, attn, spec) -> torch.Tensor:
+        layout = Layout(
+            family=self.family.name, site=self.site, kind=spec.kind, heads=spec.query.shape[2],
+            head_dim=spec.query.shape[3], query_segments=spec.query_segments, key_segments=spec.key_segments,
+            batch_size=spec.query.shape[0], state=self.state_box.current,
+        )
+        call = AttentionCall(
+            spec.query, spec.key, spec.value, layout, attn_mask=spec.attn_mask,
+            backend=self._attention_backend, parallel_config=self._parallel_config if spec.parallel else None,
+        )
+        active = [c for c in self.controls if c.applies_to(layout)]
+        for control in active:
+            call = control.prepare(call)
+        mine = any(c is self.condition_control for c in active) or \
+            self.condition_control._state["writing"] is not None
+        out = self.condition_control.attend(call) if mine else execute(call)
+        for control in reversed(active):
+            out = control.finish(call, out)
+        return out

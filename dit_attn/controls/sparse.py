@@ -1,0 +1,194 @@
+"""Rectified sparse attention (Rectified SpaAttn, arXiv 2511.19835; selection after Jenga, arXiv 2505.16864).
+
+Block-sparse attention for video and image DiTs: visual tokens are reordered along a 3D Gilbert curve so that
+blocks of ``block_size`` tokens are compact cubes, the attention mass of each (query block, key block) pair is
+estimated from block means, only the "critical" blocks are computed exactly (plus 3D neighbours, text, and for
+Wan the first-frame blocks), and the result is corrected by a per-query-block scale R and a pooled term C for
+the skipped blocks, fused into the kernel's epilogue. Text queries always attend densely. See
+``docs/rectified_sparse.md`` and :mod:`dit_attn.sparse` for the math.
+
+Where it applies: self-, joint- and single-stream attention whose query and key tokens are the same image/video
+(+ text) sequence: Wan ``attn1``, HunyuanVideo, CogVideoX, FLUX (double and single blocks), SD3 (joint and
+SD3.5's image-only ``attn2``). Cross-attention (Wan ``attn2``) and anything else stays dense. Per-query masks
+(none of the supported models pass one) make the call fall back to dense.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from ..call import AttentionCall, SparsePlan, _mask_to_bias
+from ..layout import Layout
+from .base import Control
+
+_KINDS = ("self", "joint", "single")
+
+
+def _resolve_variant(variant, rectify, gain_aware) -> str:
+    from dit_attn.sparse.selection import VARIANTS
+
+    if variant is not None:
+        if variant not in VARIANTS:
+            raise ValueError(f"RectifiedSparse.variant must be None or one of {VARIANTS}; got {variant!r}")
+        return variant
+    if not rectify:
+        return "block"
+    return "full" if gain_aware else "rc"
+
+
+@dataclass
+class RectifiedSparse(Control):
+    """Rectified block-sparse attention.
+
+    Args:
+        sparsity: fraction of visual key blocks that may be dropped, in ``[0, 1)``; sets the minimum number of
+            critical blocks per query block, ``k_min = floor((1 - sparsity) · nVB)`` (RSA's ``sa_drop_rate``).
+            ``0`` computes every block (= dense attention).
+        tau: cumulative pooled mass that the critical set must reach before ``k_min`` applies (RSA's
+            ``p_remain_rates``), in ``[0, 1]``.
+        block_size: tokens per query/key block (128 on GPUs; smaller only for tiny models and tests).
+        rectify: apply R (and C); ``False`` is plain block-sparse attention.
+        gain_aware: run the GAPR test (skipped blocks whose pooled estimate is not trusted get no C).
+        neighbors: always compute the blocks holding the 26 spatio-temporal neighbours of a block's tokens.
+        dense_layers: fraction of layers, counted from the first (``layer_index / num_layers < dense_layers``),
+            kept dense.
+        dense_steps: fraction of denoising steps, counted from the first (``step_index / num_steps <
+            dense_steps``), kept dense; read from the pipeline's step index, so it holds for any step count.
+        variant: ablation switch overriding ``rectify``/``gain_aware``: ``"full"`` (R + C + GAPR), ``"rc"``
+            (R + C, no GAPR), ``"r"`` (R only), ``"block"`` (plain block-sparse).
+        first_frame: compute first-frame blocks x first-frame blocks always; ``None`` = Wan only (as RSA).
+        min_tokens: calls with fewer query tokens stay dense (sparsity does not pay below ~30k tokens on GPUs;
+            0 = always sparse).
+        track_density: append ``(layer_index, step_index, density)`` per sparse call to ``self.density_log``
+            (``density`` is a 0-d device tensor: computed/total blocks of the visual queries, no host sync).
+
+    Example:
+        >>> import dit_attn
+        >>> from dit_attn.testing import tiny_pipeline, tiny_call_kwargs
+        >>> pipe = tiny_pipeline("wan")
+        >>> with dit_attn.attach(pipe, dit_attn.RectifiedSparse(sparsity=0.5, block_size=16)):
+        ...     frames = pipe(**tiny_call_kwargs("wan")).frames
+    """
+
+    sparsity: float = 0.8
+    tau: float = 0.3
+    block_size: int = 128
+    rectify: bool = True
+    gain_aware: bool = True
+    neighbors: bool = True
+    dense_layers: float = 0.0
+    dense_steps: float = 0.0
+    variant: str | None = None
+    first_frame: bool | None = None
+    min_tokens: int = 0
+    track_density: bool = False
+    density_log: list = field(default_factory=list, init=False, repr=False, compare=False)
+
+    def __post_init__(self):
+        def number(name, lo, hi, hi_open=False):
+            x = getattr(self, name)
+            if isinstance(x, bool) or not isinstance(x, (int, float)) or not (lo <= x <= hi) or (hi_open and x == hi):
+                bound = f"[{lo}, {hi})" if hi_open else f"[{lo}, {hi}]"
+                raise ValueError(f"RectifiedSparse.{name} must be a number in {bound}; got {x!r}")
+
+        number("sparsity", 0.0, 1.0, hi_open=True)
+        number("tau", 0.0, 1.0)
+        number("dense_layers", 0.0, 1.0)
+        number("dense_steps", 0.0, 1.0)
+        for name in ("rectify", "gain_aware", "neighbors", "track_density"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"RectifiedSparse.{name} must be True or False; got {getattr(self, name)!r}")
+        if self.first_frame is not None and not isinstance(self.first_frame, bool):
+            raise ValueError(f"RectifiedSparse.first_frame must be None, True or False; got {self.first_frame!r}")
+        for name, lo in (("block_size", 1), ("min_tokens", 0)):
+            x = getattr(self, name)
+            if isinstance(x, bool) or not isinstance(x, int) or x < lo:
+                raise ValueError(f"RectifiedSparse.{name} must be an int >= {lo}; got {x!r}")
+        _resolve_variant(self.variant, self.rectify, self.gain_aware)
+
+    @property
+    def resolved_variant(self) -> str:
+        """The ablation variant in effect: ``variant`` if set, else from ``rectify`` and ``gain_aware``."""
+        return _resolve_variant(self.variant, self.rectify, self.gain_aware)
+
+    # --- where -------------------------------------------------------------------------------------------------
+    def applies_to(self, layout: Layout) -> bool:
+        if layout.kind not in _KINDS or dict(layout.query_segments) != dict(layout.key_segments):
+            return False
+        segs = layout.query_segments
+        if "image" not in segs or not set(segs) <= {"image", "text"} or layout.query_len < self.min_tokens:
+            return False
+        return not self.is_warmup(layout)
+
+    def is_warmup(self, layout: Layout) -> bool:
+        """Whether ``layout`` falls in the dense warm-up (first layers or first steps)."""
+        if self.dense_layers > 0 and layout.layer_index is not None and layout.num_layers:
+            if layout.layer_index / layout.num_layers < self.dense_layers:
+                return True
+        if self.dense_steps > 0 and layout.progress is not None and layout.progress < self.dense_steps:
+            return True
+        return False
+
+    @staticmethod
+    def grid_for(layout: Layout) -> tuple[int, int, int]:
+        """The token grid of the visual segment; a 1D grid (raster order) when the model reports none that fits."""
+        v0, v1 = layout.query_segments["image"]
+        grid = layout.grid
+        if grid is None or grid[0] * grid[1] * grid[2] != v1 - v0:
+            return (1, 1, v1 - v0)
+        return tuple(int(g) for g in grid)
+
+    # --- what --------------------------------------------------------------------------------------------------
+    def prepare(self, call: AttentionCall) -> AttentionCall:
+        from dit_attn.sparse.reorder import token_plan
+        from dit_attn.sparse.selection import k_min_for, select_blocks
+
+        mask = call.attn_mask
+        key_only = mask is None or (mask.dim() == 4 and mask.shape[-2] == 1 and mask.shape[1] == 1)
+        if not key_only or call.sparse is not None or call.extra_keys or call.key_bias_rows is not None:
+            return call  # something this control cannot combine with: stay dense
+        layout = call.layout
+        grid = self.grid_for(layout)
+        vis = layout.query_segments["image"]
+        text = layout.query_segments.get("text")
+        n = call.query.shape[1]
+        bs = self.block_size
+        plan = token_plan(grid, vis, text, n, bs, call.query.device)
+        nv, nvp = plan.n_vis, plan.n_vis_padded
+
+        # Key bias over the call's keys (other controls' bias + the stock key-padding mask), then permuted.
+        bias = call.key_bias
+        if bias is not None:
+            while bias.dim() < 3:
+                bias = bias.unsqueeze(0)
+            bias = bias.float()
+        if mask is not None:
+            m = _mask_to_bias(mask, torch.float32)[:, :, 0, :]  # [B|1, 1, Nk]
+            bias = m if bias is None else bias + m
+        bias = plan.pad_bias.view(1, 1, -1) if bias is None else bias.index_select(-1, plan.kv_index) + plan.pad_bias
+
+        q = call.query.index_select(1, plan.q_index)
+        k = call.key.index_select(1, plan.kv_index)
+        v = call.value.index_select(1, plan.kv_index)
+        forced = plan.neighbors if self.neighbors else None
+        first_frame = self.first_frame if self.first_frame is not None else layout.family == "wan"
+        if first_frame and grid[0] > 1:
+            ff = plan.first_frame[:, None] & plan.first_frame[None, :]
+            forced = ff if forced is None else forced | ff
+        kt = k[:, nvp:].transpose(1, 2) if plan.n_text else None
+        sel = select_blocks(
+            q[:, :nv].transpose(1, 2), k[:, :nv].transpose(1, 2), v[:, :nv].transpose(1, 2),
+            kt, bias[..., nvp:] if plan.n_text else None, forced,
+            block_size=bs, tau=self.tau, k_min=k_min_for(self.sparsity, plan.n_vblocks),
+            scale=call.effective_scale, variant=self.resolved_variant,
+        )
+        if self.track_density:
+            density = sel.block_count.float().mean() / (plan.n_vblocks + plan.n_tblocks)
+            self.density_log.append((layout.layer_index, layout.step_index, density))
+        call.query, call.key, call.value = q, k, v
+        call.key_bias, call.attn_mask = bias, None
+        call.sparse = SparsePlan(sel.block_index, sel.block_count, bs, bs, sel.rect_scale, sel.rect_add,
+                                 query_rows=slice(0, nv), output_order=plan.out_index)
+        return call

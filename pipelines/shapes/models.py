@@ -1,0 +1,234 @@
+"""Builders for the ShapesWorld models: tiny diffusers pipelines in the real SD3 / FLUX / Wan architectures.
+
+Every component is a stock diffusers / transformers class built from a small config, so the trained folders load
+with ``DiffusionPipeline.from_pretrained(path)`` and every attention-control code path of the real families runs
+on them:
+
+=====  ===========================  ==========================================  ===================================
+kind   pipeline                     transformer                                 VAE / text encoders
+=====  ===========================  ==========================================  ===================================
+t2i    ``StableDiffusion3Pipeline``  ``SD3Transformer2DModel``, 4 joint blocks,   ``AutoencoderKL`` (4x, 4 channels);
+                                    hidden 128 (4 heads x 32), patch 2           2 x CLIP (hidden 32) + T5 (64)
+flux   ``FluxPipeline``             ``FluxTransformer2DModel``, 2 double + 4     ``AutoencoderKL`` (4x, 4 channels);
+                                    single blocks, hidden 128, 2x2 packing       CLIP (32) + T5 (64)
+t2v    ``WanPipeline``              ``WanTransformer3DModel``, 4 blocks,         ``AutoencoderKLWan`` (4x space,
+                                    hidden 128, patch (1, 2, 2)                  4x time); UMT5 (64)
+=====  ===========================  ==========================================  ===================================
+
+Images are 64 x 64 (16 x 16 x 4 latents, 8 x 8 = 64 image tokens); videos are 9 frames of 64 x 64 (3 latent
+frames, 192 video tokens). Tokenizers are word-level (``tokenizers`` WordLevel) over the ShapesWorld vocabulary
+(:data:`VOCAB`); unknown words map to ``<unk>``.
+
+Example::
+
+    >>> from dit_attn.pipelines.shapes.models import build_pipeline
+    >>> pipe = build_pipeline("t2i", seed=0)      # random init, as training starts
+    >>> type(pipe).__name__
+    'StableDiffusion3Pipeline'
+"""
+
+from __future__ import annotations
+
+import zlib
+from typing import Any
+
+import torch
+
+from .geometry import SHAPES, SUBJECTS
+from .world import BACKGROUNDS, COLOURS, DIRECTIONS, POSITIONS, SIZES
+
+KINDS = ("t2i", "t2v", "flux")
+PIPELINE_CLASSES = {"t2i": "StableDiffusion3Pipeline", "flux": "FluxPipeline", "t2v": "WanPipeline"}
+
+RESOLUTION = 64
+NUM_FRAMES = 9
+LATENT_CHANNELS = 4
+CLIP_MAX_LENGTH = 28  # longest ShapesWorld caption: 23 words + 2 specials
+T5_MAX_LENGTH = 28
+
+# ------------------------------------------------------------------------------------------------------------
+# Vocabulary and tokenizers
+# ------------------------------------------------------------------------------------------------------------
+_SPECIALS = ("<pad>", "</s>", "<unk>", "<|startoftext|>", "<|endoftext|>")
+PAD_ID, EOS_ID, UNK_ID, CLIP_BOS_ID, CLIP_EOS_ID = range(5)
+_FUNCTION_WORDS = ("a", "an", "the", "and", "on", "in", "at", "to", "of", "above", "below", "left", "right", "top",
+                   "bottom", "center", "middle", "moving", "up", "down", "with", "is", "next", "shape", "shapes",
+                   "background", "grey", "light", "dark", "white")
+_PUNCT = (",", ".", "-", ":", ";", "!", "?", "'", '"', "(", ")")
+
+
+def _vocab() -> dict[str, int]:
+    words: list[str] = list(_SPECIALS)
+    pool = (list(COLOURS) + list(SHAPES) + list(SUBJECTS) + list(SIZES) + list(POSITIONS) + list(DIRECTIONS)
+            + [w for b in BACKGROUNDS for w in b.split()] + list(_FUNCTION_WORDS) + list(_PUNCT))
+    for w in pool:
+        if w not in words:
+            words.append(w)
+    return {w: i for i, w in enumerate(words)}
+
+
+#: word -> id of every ShapesWorld tokenizer (one vocabulary for all text encoders).
+VOCAB: dict[str, int] = _vocab()
+VOCAB_SIZE = len(VOCAB)
+
+
+def shapes_tokenizer(kind: str, model_max_length: int):
+    """A word-level ``PreTrainedTokenizerFast`` over :data:`VOCAB`: ``kind`` is ``"clip"`` or ``"t5"``.
+
+    ``"clip"`` wraps in ``<|startoftext|> ... <|endoftext|>`` and pads with ``<|endoftext|>``; ``"t5"`` appends
+    ``</s>`` and pads with ``<pad>``. Text is lower-cased and split on whitespace and punctuation.
+    """
+    from tokenizers import Tokenizer, normalizers, pre_tokenizers, processors
+    from tokenizers.models import WordLevel
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(WordLevel(dict(VOCAB), unk_token="<unk>"))
+    tok.normalizer = normalizers.Lowercase()
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.add_special_tokens(list(_SPECIALS))
+    if kind == "clip":
+        tok.post_processor = processors.TemplateProcessing(
+            single="<|startoftext|> $A <|endoftext|>", pair="<|startoftext|> $A <|endoftext|> $B <|endoftext|>",
+            special_tokens=[("<|startoftext|>", CLIP_BOS_ID), ("<|endoftext|>", CLIP_EOS_ID)])
+        specials = dict(bos_token="<|startoftext|>", eos_token="<|endoftext|>", unk_token="<unk>",
+                        pad_token="<|endoftext|>")
+    elif kind == "t5":
+        tok.post_processor = processors.TemplateProcessing(
+            single="$A </s>", pair="$A </s> $B </s>", special_tokens=[("</s>", EOS_ID)])
+        specials = dict(eos_token="</s>", unk_token="<unk>", pad_token="<pad>")
+    else:
+        raise ValueError(f"tokenizer kind must be 'clip' or 't5', got {kind!r}")
+    return PreTrainedTokenizerFast(tokenizer_object=tok, padding_side="right", truncation_side="right",
+                                   model_max_length=model_max_length, **specials)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Components
+# ------------------------------------------------------------------------------------------------------------
+def _seeded(seed: int, name: str, fn):
+    """Build ``fn()`` under a seed derived from (seed, name), leaving the caller's RNG alone."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed((int(seed) * 1_000_003 + zlib.crc32(name.encode())) % (2**63 - 1))
+        return fn()
+
+
+def _clip(seed: int, name: str, hidden: int, with_projection: bool):
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    cfg = CLIPTextConfig(vocab_size=VOCAB_SIZE, hidden_size=hidden, intermediate_size=2 * hidden,
+                         num_hidden_layers=2, num_attention_heads=2, max_position_embeddings=CLIP_MAX_LENGTH,
+                         projection_dim=hidden, hidden_act="gelu", bos_token_id=CLIP_BOS_ID,
+                         eos_token_id=CLIP_EOS_ID, pad_token_id=CLIP_EOS_ID)
+    cls = CLIPTextModelWithProjection if with_projection else CLIPTextModel
+    return _seeded(seed, name, lambda: cls(cfg))
+
+
+def _t5(seed: int, name: str, d_model: int, umt5: bool = False):
+    from transformers import T5Config, T5EncoderModel, UMT5Config, UMT5EncoderModel
+
+    common = dict(vocab_size=VOCAB_SIZE, d_model=d_model, d_kv=d_model // 4, d_ff=2 * d_model, num_layers=2,
+                  num_heads=4, relative_attention_num_buckets=16, relative_attention_max_distance=32,
+                  dropout_rate=0.0, feed_forward_proj="gated-gelu", pad_token_id=PAD_ID, eos_token_id=EOS_ID,
+                  decoder_start_token_id=PAD_ID, is_encoder_decoder=True, tie_word_embeddings=False)
+    if umt5:
+        return _seeded(seed, name, lambda: UMT5EncoderModel(UMT5Config(**common)))
+    return _seeded(seed, name, lambda: T5EncoderModel(T5Config(**common)))
+
+
+def vae_kl(seed: int = 0):
+    """The image VAE: ``AutoencoderKL``, 3 levels (4x downsampling), 4 latent channels, no mid-block attention."""
+    from diffusers import AutoencoderKL
+
+    return _seeded(seed, "vae", lambda: AutoencoderKL(
+        in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 3,
+        up_block_types=("UpDecoderBlock2D",) * 3, block_out_channels=(32, 64, 64), layers_per_block=1,
+        latent_channels=LATENT_CHANNELS, norm_num_groups=16, sample_size=RESOLUTION, scaling_factor=1.0,
+        shift_factor=0.0, mid_block_add_attention=False, use_quant_conv=False, use_post_quant_conv=False))
+
+
+def vae_wan(seed: int = 0):
+    """The video VAE: ``AutoencoderKLWan`` (causal 3D), 4x spatial and 4x temporal compression, 4 channels."""
+    from diffusers import AutoencoderKLWan
+
+    return _seeded(seed, "vae", lambda: AutoencoderKLWan(
+        base_dim=16, z_dim=LATENT_CHANNELS, dim_mult=[1, 2, 2], num_res_blocks=1, attn_scales=[],
+        temperal_downsample=[True, True], latents_mean=[0.0] * LATENT_CHANNELS,
+        latents_std=[1.0] * LATENT_CHANNELS))
+
+
+def transformer_config(kind: str) -> dict[str, Any]:
+    """Constructor kwargs of the ShapesWorld transformer of ``kind`` (a fresh dict)."""
+    if kind == "t2i":
+        return dict(sample_size=RESOLUTION // 4, patch_size=2, in_channels=LATENT_CHANNELS,
+                    out_channels=LATENT_CHANNELS, num_layers=4, attention_head_dim=32, num_attention_heads=4,
+                    joint_attention_dim=64, caption_projection_dim=128, pooled_projection_dim=64,
+                    pos_embed_max_size=RESOLUTION // 8, qk_norm="rms_norm")
+    if kind == "flux":
+        return dict(patch_size=1, in_channels=4 * LATENT_CHANNELS, num_layers=2, num_single_layers=4,
+                    attention_head_dim=32, num_attention_heads=4, joint_attention_dim=64,
+                    pooled_projection_dim=32, guidance_embeds=False, axes_dims_rope=(8, 12, 12))
+    if kind == "t2v":
+        return dict(patch_size=(1, 2, 2), num_attention_heads=4, attention_head_dim=32,
+                    in_channels=LATENT_CHANNELS, out_channels=LATENT_CHANNELS, text_dim=64, freq_dim=64,
+                    ffn_dim=256, num_layers=4, cross_attn_norm=True, qk_norm="rms_norm_across_heads", eps=1e-6,
+                    rope_max_seq_len=64)
+    raise ValueError(f"unknown ShapesWorld kind {kind!r}; expected one of {KINDS}")
+
+
+def _flow_scheduler(**kw):
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    # Shift 1 (no shift): at 64 tokens the image is small; training samples t logit-normally around 0.5.
+    return FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=1.0, **kw)
+
+
+def build_pipeline(kind: str, seed: int = 0, vae=None):
+    """A freshly initialised ShapesWorld pipeline of ``kind`` (``"t2i"``, ``"flux"`` or ``"t2v"``), float32 CPU.
+
+    ``vae`` replaces the freshly initialised VAE (e.g. one trained already).
+    """
+    import diffusers
+
+    cfg = transformer_config(kind)
+    if kind == "t2i":
+        transformer = _seeded(seed, "transformer", lambda: diffusers.SD3Transformer2DModel(**cfg))
+        pipe = diffusers.StableDiffusion3Pipeline(
+            transformer=transformer, scheduler=_flow_scheduler(), vae=vae if vae is not None else vae_kl(seed),
+            text_encoder=_clip(seed, "text_encoder", 32, True), tokenizer=shapes_tokenizer("clip", CLIP_MAX_LENGTH),
+            text_encoder_2=_clip(seed, "text_encoder_2", 32, True),
+            tokenizer_2=shapes_tokenizer("clip", CLIP_MAX_LENGTH),
+            text_encoder_3=_t5(seed, "text_encoder_3", 64), tokenizer_3=shapes_tokenizer("t5", T5_MAX_LENGTH),
+            image_encoder=None, feature_extractor=None)
+    elif kind == "flux":
+        transformer = _seeded(seed, "transformer", lambda: diffusers.FluxTransformer2DModel(**cfg))
+        pipe = diffusers.FluxPipeline(
+            transformer=transformer, scheduler=_flow_scheduler(), vae=vae if vae is not None else vae_kl(seed),
+            text_encoder=_clip(seed, "text_encoder", 32, False), tokenizer=shapes_tokenizer("clip", CLIP_MAX_LENGTH),
+            text_encoder_2=_t5(seed, "text_encoder_2", 64), tokenizer_2=shapes_tokenizer("t5", T5_MAX_LENGTH),
+            image_encoder=None, feature_extractor=None)
+    elif kind == "t2v":
+        transformer = _seeded(seed, "transformer", lambda: diffusers.WanTransformer3DModel(**cfg))
+        pipe = diffusers.WanPipeline(
+            transformer=transformer, scheduler=_flow_scheduler(), vae=vae if vae is not None else vae_wan(seed),
+            text_encoder=_t5(seed, "text_encoder", 64, umt5=True), tokenizer=shapes_tokenizer("t5", T5_MAX_LENGTH))
+    else:
+        raise ValueError(f"unknown ShapesWorld kind {kind!r}; expected one of {KINDS}")
+    for _, module in pipe.components.items():
+        if isinstance(module, torch.nn.Module):
+            module.eval()
+    return pipe
+
+
+def text_encoder_names(kind: str) -> tuple[str, ...]:
+    """Component names of the text encoders of ``kind`` (trained jointly with the transformer)."""
+    return {"t2i": ("text_encoder", "text_encoder_2", "text_encoder_3"), "flux": ("text_encoder", "text_encoder_2"),
+            "t2v": ("text_encoder",)}[kind]
+
+
+def count_parameters(module: torch.nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+__all__ = ["KINDS", "VOCAB", "VOCAB_SIZE", "RESOLUTION", "NUM_FRAMES", "CLIP_MAX_LENGTH", "T5_MAX_LENGTH",
+           "shapes_tokenizer", "vae_kl", "vae_wan", "transformer_config", "build_pipeline", "text_encoder_names",
+           "count_parameters"]

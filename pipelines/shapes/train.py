@@ -1,0 +1,423 @@
+"""Train a ShapesWorld model: ``python -m dit_attn.pipelines.shapes.train --kind t2i|flux|t2v --out DIR``.
+
+Phases (each resumable, all under one wall-clock budget ``--minutes``):
+
+1. **VAE** (``--vae-minutes``): the pipeline's VAE (``AutoencoderKL`` for t2i/flux, ``AutoencoderKLWan`` for
+   t2v) is trained as an autoencoder on fresh ShapesWorld renders (L2 + L1 reconstruction, a tiny KL term).
+   ``--init-vae FOLDER`` starts from a trained VAE of the same class instead (flux reuses the t2i VAE this way;
+   the VAE phase can then be skipped with ``--vae-minutes 0``).
+2. **Latent cache**: ``--cache-size`` training items are rendered and encoded once (posterior mean); the
+   per-channel statistics set the VAE's ``scaling_factor`` / ``shift_factor`` (KL) or ``latents_mean`` /
+   ``latents_std`` (Wan), exactly the normalisation the diffusers pipelines undo before decoding.
+3. **Flow matching**: the transformer and the (tiny) text encoders are trained jointly with the rectified-flow
+   objective the pipelines' ``FlowMatchEulerDiscreteScheduler`` integrates: ``x_s = (1 - s) x_0 + s n``, the
+   model predicts ``n - x_0``; ``s`` is logit-normal; 10% of captions are dropped to ``""`` (the pipelines'
+   default negative prompt) so classifier-free guidance works. An EMA of the weights is what gets exported.
+
+Every ``--ckpt-minutes`` and at the end: ``WORK/state.safetensors`` (raw weights, EMA, AdamW moments: our own
+tensors, safetensors only) + ``WORK/state.json`` (step, phase, elapsed time, optimizer hyper-parameters), and the
+pipeline (EMA weights; transformer and VAE stored in float16, text encoders in float32) is exported to ``--out``
+with ``save_pretrained``, with ``training_log.jsonl`` (loss every ``--log-every`` steps, evaluator scores at each
+checkpoint) copied beside it. ``--resume`` continues from ``WORK`` until the total budget is spent.
+
+Example (about 35 minutes on one CPU thread)::
+
+    nohup python -m dit_attn.pipelines.shapes.train --kind t2i --out pipelines/shapes/models/t2i \\
+        --minutes 35 > outputs/train_t2i.log 2>&1 &
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import shutil
+import time
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from .models import KINDS, NUM_FRAMES, RESOLUTION, T5_MAX_LENGTH, build_pipeline, text_encoder_names
+from .render import render_image, render_video, to_tensor_image
+from .world import sample_scene, scene_rng
+
+_DEFAULTS = {  # kind: (total minutes, VAE minutes, batch, cache size)
+    "t2i": (35.0, 6.0, 32, 30000),
+    "flux": (35.0, 6.0, 32, 30000),
+    "t2v": (40.0, 8.0, 16, 8000),
+}
+_LOG_NAME = "training_log.jsonl"
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Data
+# ------------------------------------------------------------------------------------------------------------
+def _scene(kind: str, seed: int, i: int):
+    scene_kind = "video" if kind == "t2v" else "image"
+    return sample_scene(scene_rng(seed, scene_kind, "train", i), split="train", kind=scene_kind)
+
+
+def render_batch(kind: str, seed: int, indices: Sequence[int]) -> tuple[torch.Tensor, list[str]]:
+    """Pixels in [-1, 1] (images ``(B, 3, H, W)``, videos ``(B, 3, F, H, W)``) and captions of training items."""
+    scenes = [_scene(kind, seed, int(i)) for i in indices]
+    if kind == "t2v":
+        x = torch.stack([to_tensor_image(render_video(s, RESOLUTION, NUM_FRAMES)).permute(1, 0, 2, 3)
+                         for s in scenes])
+    else:
+        x = torch.stack([to_tensor_image(render_image(s, RESOLUTION)) for s in scenes])
+    return x, [s.caption for s in scenes]
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Checkpoints: safetensors for every tensor, JSON for the rest (nothing is ever unpickled)
+# ------------------------------------------------------------------------------------------------------------
+def save_state(work: str, modules: dict[str, torch.nn.Module], ema: dict[str, torch.Tensor],
+               opt: Optional[torch.optim.Optimizer], meta: dict) -> None:
+    from safetensors.torch import save_file
+
+    tensors = {}
+    for name, m in modules.items():
+        for k, v in m.state_dict().items():
+            tensors[f"model/{name}/{k}"] = v.detach().clone()  # clone: tied weights share storage
+    for k, v in ema.items():
+        tensors[f"ema/{k}"] = v.clone()
+    meta = dict(meta)
+    if opt is not None:
+        sd = opt.state_dict()
+        for pid, st in sd["state"].items():
+            for k, v in st.items():
+                tensors[f"opt/{pid}/{k}"] = (v if torch.is_tensor(v) else torch.tensor(v)).contiguous()
+        meta["param_groups"] = sd["param_groups"]
+    tmp = os.path.join(work, "state.tmp.safetensors")
+    save_file(tensors, tmp)
+    os.replace(tmp, os.path.join(work, "state.safetensors"))
+    with open(os.path.join(work, "state.json.tmp"), "w") as f:
+        json.dump(meta, f, indent=1)
+    os.replace(os.path.join(work, "state.json.tmp"), os.path.join(work, "state.json"))
+
+
+def load_state(work: str, modules: dict[str, torch.nn.Module], ema: dict[str, torch.Tensor],
+               opt: Optional[torch.optim.Optimizer]) -> dict:
+    from safetensors.torch import load_file
+
+    with open(os.path.join(work, "state.json")) as f:
+        meta = json.load(f)
+    tensors = load_file(os.path.join(work, "state.safetensors"))
+    for name, m in modules.items():
+        prefix = f"model/{name}/"
+        m.load_state_dict({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)})
+    for k in list(ema):
+        ema[k].copy_(tensors[f"ema/{k}"])
+    if opt is not None and "param_groups" in meta:
+        state: dict[int, dict] = {}
+        for k, v in tensors.items():
+            if k.startswith("opt/"):
+                _, pid, key = k.split("/", 2)
+                state.setdefault(int(pid), {})[key] = v
+        opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+    return meta
+
+
+class _Log:
+    def __init__(self, path: str):
+        self.path = path
+
+    def write(self, **record) -> None:
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Phase 1: VAE
+# ------------------------------------------------------------------------------------------------------------
+def train_vae(kind: str, vae: torch.nn.Module, work: str, seconds: float, seed: int, batch: int, log: _Log,
+              resume_meta: Optional[dict]) -> None:
+    """Autoencoder training on fresh renders for ``seconds`` (continuing a saved VAE phase when resuming)."""
+    opt = torch.optim.AdamW(vae.parameters(), lr=1e-3, weight_decay=0.0)
+    meta = {"phase": "vae", "vae_step": 0, "vae_elapsed": 0.0}
+    if resume_meta is not None and resume_meta.get("phase") == "vae":
+        meta = load_state(work, {"vae": vae}, {}, opt)
+    step, elapsed = int(meta["vae_step"]), float(meta["vae_elapsed"])
+    gen = torch.Generator().manual_seed(seed + 17)
+    vae.train()
+    bar = tqdm(desc=f"{kind} vae", unit="step", initial=step, mininterval=20)
+    last_ckpt = time.time()
+    while elapsed < seconds:
+        t0 = time.time()
+        idx = range(1_000_000 + step * batch, 1_000_000 + (step + 1) * batch)  # disjoint from the latent cache
+        x, _ = render_batch(kind, seed, idx)
+        post = vae.encode(x).latent_dist
+        z = post.mean + post.std * torch.randn(post.mean.shape, generator=gen)
+        rec = vae.decode(z).sample
+        kl = 0.5 * (post.mean.pow(2) + post.var - 1.0 - post.logvar).mean()
+        loss = F.mse_loss(rec, x) + 0.5 * F.l1_loss(rec, x) + 1e-4 * kl
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+        opt.step()
+        step += 1
+        elapsed += time.time() - t0
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss.item():.4f}")
+        if step % 25 == 0:
+            log.write(phase="vae", step=step, loss=round(loss.item(), 5), kl=round(kl.item(), 4),
+                      elapsed_s=round(elapsed, 1))
+        if time.time() - last_ckpt > 300:
+            save_state(work, {"vae": vae}, {}, opt, {"phase": "vae", "vae_step": step, "vae_elapsed": elapsed})
+            last_ckpt = time.time()
+    bar.close()
+    vae.eval()
+    vae.save_pretrained(os.path.join(work, "vae"), safe_serialization=True)
+    log.write(phase="vae_done", step=step, elapsed_s=round(elapsed, 1))
+    with open(os.path.join(work, "vae_done.json"), "w") as f:
+        json.dump({"vae_step": step, "vae_elapsed": elapsed}, f)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Phase 2: latent cache
+# ------------------------------------------------------------------------------------------------------------
+@torch.no_grad()
+def build_cache(kind: str, vae, n: int, seed: int, chunk: int = 64) -> tuple[torch.Tensor, list[str]]:
+    """Encode training items ``0..n-1`` (posterior means) and set the VAE's latent normalisation from them."""
+    lat, caps = [], []
+    for start in tqdm(range(0, n, chunk), desc=f"{kind} latent cache", mininterval=20):
+        x, c = render_batch(kind, seed, range(start, min(n, start + chunk)))
+        lat.append(vae.encode(x).latent_dist.mean)
+        caps += c
+    z = torch.cat(lat)
+    if kind == "t2v":  # Wan: per-channel mean / std, undone by the pipeline as z * std + mean
+        dims = (0, 2, 3, 4)
+        mean, std = z.mean(dims), z.std(dims)
+        vae.register_to_config(latents_mean=[round(float(v), 5) for v in mean],
+                               latents_std=[round(float(v), 5) for v in std])
+        z = (z - mean.view(1, -1, 1, 1, 1)) / std.view(1, -1, 1, 1, 1)
+    else:  # KL: one scalar shift / scale, undone as z / scaling_factor + shift_factor
+        mean, std = float(z.mean()), float(z.std())
+        vae.register_to_config(shift_factor=round(mean, 5), scaling_factor=round(1.0 / std, 5))
+        z = (z - mean) / std
+    return z, caps
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Phase 3: flow matching
+# ------------------------------------------------------------------------------------------------------------
+def _encode_text(pipe, kind: str, prompts: list[str]):
+    if kind == "t2i":
+        pe, _, pooled, _ = pipe.encode_prompt(prompt=prompts, prompt_2=None, prompt_3=None, device="cpu",
+                                              do_classifier_free_guidance=False, max_sequence_length=T5_MAX_LENGTH)
+        return {"encoder_hidden_states": pe, "pooled_projections": pooled}
+    if kind == "flux":
+        pe, pooled, text_ids = pipe.encode_prompt(prompt=prompts, prompt_2=None, device="cpu",
+                                                  max_sequence_length=T5_MAX_LENGTH)
+        return {"encoder_hidden_states": pe, "pooled_projections": pooled, "txt_ids": text_ids}
+    pe, _ = pipe.encode_prompt(prompt=prompts, do_classifier_free_guidance=False, device="cpu",
+                               max_sequence_length=T5_MAX_LENGTH)
+    return {"encoder_hidden_states": pe}
+
+
+def flow_loss(pipe, kind: str, x0: torch.Tensor, prompts: list[str], gen: torch.Generator) -> torch.Tensor:
+    """Rectified-flow loss of one batch of normalised latents ``x0`` with their prompts."""
+    b = x0.shape[0]
+    noise = torch.randn(x0.shape, generator=gen)
+    s = torch.sigmoid(torch.randn(b, generator=gen))
+    sv = s.view(-1, *([1] * (x0.dim() - 1)))
+    xt = (1 - sv) * x0 + sv * noise
+    target = noise - x0
+    cond = _encode_text(pipe, kind, prompts)
+    if kind == "flux":
+        c, h, w = x0.shape[1:]
+        xt = pipe._pack_latents(xt, b, c, h, w)
+        target = pipe._pack_latents(target, b, c, h, w)
+        img_ids = pipe._prepare_latent_image_ids(b, h // 2, w // 2, x0.device, x0.dtype)
+        pred = pipe.transformer(hidden_states=xt, timestep=s, guidance=None, img_ids=img_ids, **cond).sample
+    else:
+        pred = pipe.transformer(hidden_states=xt, timestep=s * 1000.0, **cond).sample
+    return F.mse_loss(pred, target)
+
+
+def _trainables(pipe, kind: str) -> dict[str, torch.nn.Module]:
+    mods = {"transformer": pipe.transformer}
+    for name in text_encoder_names(kind):
+        mods[name] = getattr(pipe, name)
+    return mods
+
+
+def export(pipe, kind: str, modules: dict[str, torch.nn.Module], ema: dict[str, torch.Tensor], out: str,
+           work: str) -> None:
+    """Save the pipeline with EMA weights to ``out`` (transformer + VAE float16, text encoders float32)."""
+    export_pipe = copy.deepcopy(pipe)
+    for name in modules:
+        mod = getattr(export_pipe, name)
+        sd = {k: ema[f"{name}/{k}"] if f"{name}/{k}" in ema else v for k, v in mod.state_dict().items()}
+        mod.load_state_dict(sd)
+    export_pipe.transformer.to(torch.float16)
+    export_pipe.vae.to(torch.float16)
+    tmp = out.rstrip("/") + ".tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    export_pipe.save_pretrained(tmp, safe_serialization=True)
+    shutil.copy(os.path.join(work, _LOG_NAME), os.path.join(tmp, _LOG_NAME))
+    shutil.rmtree(out, ignore_errors=True)
+    os.replace(tmp, out)
+
+
+def _quick_eval(pipe, kind: str, modules, ema, n: int, seed: int) -> dict:
+    """Evaluator scores of the EMA weights on ``n`` held-out and ``n`` training prompts (few steps, for the log)."""
+    from .generate import evaluate_pipeline
+
+    eval_pipe = copy.copy(pipe)
+    backup = {name: {k: v.clone() for k, v in m.state_dict().items()} for name, m in modules.items()}
+    try:
+        for name, m in modules.items():
+            m.load_state_dict({k: ema.get(f"{name}/{k}", v) for k, v in m.state_dict().items()})
+            m.eval()
+        out = {}
+        for split in ("heldout", "train"):
+            summary, _ = evaluate_pipeline(eval_pipe, kind, split=split, n=n, seed=seed, batch=16)
+            keys = ("object_accuracy", "correct", "colour", "shape", "relation", "position", "direction", "motion")
+            out[split] = {k: round(v, 4) for k, v in summary.items() if k in keys}
+        return out
+    finally:
+        for name, m in modules.items():
+            m.load_state_dict(backup[name])
+            m.train()
+
+
+def train(kind: str, out: str, work: str, minutes: float, vae_minutes: float, batch: int, cache_size: int,
+          lr: float, seed: int, resume: bool, init_vae: Optional[str], log_every: int, ckpt_minutes: float,
+          eval_n: int) -> None:
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+    os.makedirs(work, exist_ok=True)
+    log = _Log(os.path.join(work, _LOG_NAME))
+    meta: Optional[dict] = None
+    if resume and os.path.exists(os.path.join(work, "state.json")):
+        with open(os.path.join(work, "state.json")) as f:
+            meta = json.load(f)
+    elif not resume:
+        for name in ("state.json", "state.safetensors", _LOG_NAME, "vae_done.json"):
+            if os.path.exists(os.path.join(work, name)):
+                os.remove(os.path.join(work, name))
+        shutil.rmtree(os.path.join(work, "vae"), ignore_errors=True)
+    budget = minutes * 60.0
+    pipe = build_pipeline(kind, seed=seed)
+    pipe.set_progress_bar_config(disable=True)
+    vae_cls = type(pipe.vae)
+
+    # Phase 1: VAE
+    vae_dir = os.path.join(work, "vae")
+    if os.path.exists(os.path.join(work, "vae_done.json")):
+        pipe.vae = vae_cls.from_pretrained(vae_dir, torch_dtype=torch.float32)
+        pipe.register_modules(vae=pipe.vae)
+    else:
+        if init_vae:
+            pipe.register_modules(vae=vae_cls.from_pretrained(init_vae, torch_dtype=torch.float32))
+        train_vae(kind, pipe.vae, work, vae_minutes * 60.0, seed, 16 if kind != "t2v" else 4, log, meta)
+        meta = None
+    with open(os.path.join(work, "vae_done.json")) as f:
+        vae_elapsed = float(json.load(f)["vae_elapsed"])
+    pipe.vae.eval().requires_grad_(False)
+
+    # Phase 2: latent cache (re-encoded on resume: deterministic, a few minutes at most)
+    t_cache = time.time()
+    latents, captions = build_cache(kind, pipe.vae, cache_size, seed)
+    cache_s = time.time() - t_cache
+    log.write(phase="cache", n=len(captions), seconds=round(cache_s, 1),
+              vae_config={k: pipe.vae.config[k] for k in ("scaling_factor", "shift_factor", "latents_mean",
+                                                           "latents_std") if k in pipe.vae.config})
+
+    # Phase 3: flow matching
+    modules = _trainables(pipe, kind)
+    params = [p for m in modules.values() for p in m.parameters()]
+    for m in modules.values():
+        m.train()
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0, betas=(0.9, 0.99))
+    ema = {f"{name}/{k}": v.detach().clone().float() for name, m in modules.items()
+           for k, v in m.state_dict().items()}
+    step, elapsed = 0, 0.0
+    if meta is not None and meta.get("phase") == "transformer":
+        meta = load_state(work, modules, ema, opt)
+        step, elapsed = int(meta["step"]), float(meta["elapsed"])
+    seconds = budget - vae_elapsed - cache_s
+    gen = torch.Generator().manual_seed(seed * 7919 + step)  # a resumed run continues with fresh, seeded draws
+    order_rng = np.random.default_rng([seed, step])
+    warmup = 200
+    bar = tqdm(desc=f"{kind} flow", unit="step", initial=step, mininterval=20)
+    last_ckpt, run_loss, run_n = time.time(), 0.0, 0
+
+    def checkpoint(final: bool = False) -> None:
+        scores = _quick_eval(pipe, kind, modules, ema, eval_n, seed=20240) if eval_n else {}
+        log.write(phase="eval", step=step, elapsed_s=round(elapsed, 1), final=final, **scores)
+        state_meta = {"phase": "transformer", "step": step, "elapsed": elapsed, "kind": kind, "batch": batch,
+                      "lr": lr, "seed": seed, "cache_size": cache_size, "vae_elapsed": vae_elapsed,
+                      "cache_seconds": cache_s, "minutes": minutes}
+        save_state(work, modules, ema, opt, state_meta)
+        export(pipe, kind, modules, ema, out, work)
+        tqdm.write(f"[{kind}] step {step}: checkpoint saved, exported to {out}; eval {scores}")
+
+    while elapsed < seconds:
+        t0 = time.time()
+        idx = order_rng.integers(0, latents.shape[0], batch)
+        prompts = ["" if order_rng.random() < 0.1 else captions[i] for i in idx]
+        for g in opt.param_groups:
+            g["lr"] = lr * min(1.0, (step + 1) / warmup)
+        loss = flow_loss(pipe, kind, latents[torch.from_numpy(idx)], prompts, gen)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        step += 1
+        decay = min(0.999, (1 + step) / (10 + step))
+        with torch.no_grad():
+            for name, m in modules.items():
+                for k, v in m.state_dict().items():
+                    if v.dtype.is_floating_point:
+                        ema[f"{name}/{k}"].mul_(decay).add_(v, alpha=1 - decay)
+        elapsed += time.time() - t0
+        run_loss += loss.item()
+        run_n += 1
+        bar.update(1)
+        if step % log_every == 0:
+            log.write(phase="flow", step=step, loss=round(run_loss / run_n, 5), elapsed_s=round(elapsed, 1))
+            bar.set_postfix(loss=f"{run_loss / run_n:.4f}")
+            run_loss, run_n = 0.0, 0
+        if time.time() - last_ckpt > ckpt_minutes * 60.0:
+            checkpoint()
+            last_ckpt = time.time()
+    bar.close()
+    checkpoint(final=True)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m dit_attn.pipelines.shapes.train", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--kind", choices=KINDS, required=True)
+    p.add_argument("--out", required=True, help="folder the trained pipeline is exported to (save_pretrained)")
+    p.add_argument("--work", default=None, help="checkpoints and logs (default outputs/shapes_train/<kind>)")
+    p.add_argument("--minutes", type=float, default=None, help="total wall-clock budget, all phases and resumes")
+    p.add_argument("--vae-minutes", type=float, default=None, help="part of the budget spent on the VAE")
+    p.add_argument("--init-vae", default=None, help="start the VAE from this folder (e.g. a trained t2i vae)")
+    p.add_argument("--batch", type=int, default=None)
+    p.add_argument("--cache-size", type=int, default=None, help="training items encoded for the latent cache")
+    p.add_argument("--lr", type=float, default=5e-4)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--resume", action="store_true", help="continue from --work")
+    p.add_argument("--log-every", type=int, default=50)
+    p.add_argument("--ckpt-minutes", type=float, default=6.0)
+    p.add_argument("--eval-n", type=int, default=32, help="prompts per split scored at each checkpoint (0: off)")
+    p.add_argument("--threads", type=int, default=1)
+    a = p.parse_args(argv)
+    torch.set_num_threads(a.threads)
+    d_minutes, d_vae, d_batch, d_cache = _DEFAULTS[a.kind]
+    train(a.kind, a.out, a.work or os.path.join("outputs", "shapes_train", a.kind),
+          a.minutes if a.minutes is not None else d_minutes, a.vae_minutes if a.vae_minutes is not None else d_vae,
+          a.batch or d_batch, a.cache_size or d_cache, a.lr, a.seed, a.resume, a.init_vae, a.log_every,
+          a.ckpt_minutes, a.eval_n)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
