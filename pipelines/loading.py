@@ -1,8 +1,10 @@
 """Loading pipelines by name and building their call arguments.
 
-``model`` is ``"tiny:<family>"`` (the offline tiny random-weight pipelines of :mod:`dit_attn.testing`), a local
-folder saved with ``save_pretrained``, or a hub id. Weights load from safetensors only and remote code is never
-trusted.
+``model`` is ``"tiny:<family>"`` (the offline tiny random-weight pipelines of :mod:`dit_attn.testing`),
+``"shapes:<kind>"`` (the bundled trained ShapesWorld models ``shapes:t2i``, ``shapes:t2v``, ``shapes:flux``; see
+:func:`dit_attn.pipelines.load_shapes`; :func:`call_kwargs` gives them their default size, steps and guidance), a
+local folder saved with ``save_pretrained``, or a hub id. Weights load from safetensors only and remote code is
+never trusted.
 """
 
 from __future__ import annotations
@@ -14,12 +16,14 @@ from typing import Any
 import torch
 
 TINY_PREFIX = "tiny:"
+SHAPES_PREFIX = "shapes:"
 
 
 def load_pipeline(model: str, torch_dtype: torch.dtype | None = None):
     """A diffusers pipeline for ``model`` (see module docstring)."""
     if not isinstance(model, str) or not model:
-        raise ValueError(f"model must be 'tiny:<family>', a local folder or a hub id; got {model!r}")
+        raise ValueError(f"model must be 'tiny:<family>', 'shapes:<kind>', a local folder or a hub id; "
+                         f"got {model!r}")
     if model.startswith(TINY_PREFIX):
         from dit_attn.testing import ALL_FAMILIES, tiny_pipeline
 
@@ -28,6 +32,15 @@ def load_pipeline(model: str, torch_dtype: torch.dtype | None = None):
             raise ValueError(f"unknown tiny model {model!r}; choose one of "
                              f"{', '.join(TINY_PREFIX + f for f in ALL_FAMILIES)}")
         return tiny_pipeline(family)
+    if model.startswith(SHAPES_PREFIX):
+        from dit_attn.pipelines.shapes.bundled import load_shapes
+        from dit_attn.pipelines.shapes.models import KINDS
+
+        kind = model[len(SHAPES_PREFIX):]
+        if kind not in KINDS:
+            raise ValueError(f"unknown ShapesWorld model {model!r}; choose one of "
+                             f"{', '.join(SHAPES_PREFIX + k for k in KINDS)}")
+        return load_shapes(kind, torch_dtype=torch_dtype)
     from diffusers import DiffusionPipeline
 
     kwargs: dict[str, Any] = {"use_safetensors": True}
@@ -47,6 +60,10 @@ def call_kwargs(pipe, params: dict, generator: torch.Generator) -> dict:
         from dit_attn.testing import tiny_call_kwargs
 
         kwargs.update(tiny_call_kwargs(model[len(TINY_PREFIX):], steps=params.get("steps") or 2))
+    elif model.startswith(SHAPES_PREFIX):
+        from dit_attn.pipelines.shapes.generate import shapes_call_kwargs
+
+        kwargs.update(shapes_call_kwargs(model[len(SHAPES_PREFIX):]))
     kwargs.update({"prompt": params["prompt"], "generator": generator, "output_type": "pil"})
     if params.get("negative_prompt") is not None:
         kwargs["negative_prompt"] = params["negative_prompt"]
@@ -54,4 +71,7 @@ def call_kwargs(pipe, params: dict, generator: torch.Generator) -> dict:
                      ("height", "height"), ("num_frames", "num_frames")):
         if params.get(src) is not None:
             kwargs[dst] = params[src]
+    if model == SHAPES_PREFIX + "flux" and params.get("guidance") is not None:
+        # the ShapesWorld FLUX has no distilled guidance embedding: guidance is true classifier-free guidance
+        kwargs.update(true_cfg_scale=params["guidance"], guidance_scale=1.0)
     return {k: v for k, v in kwargs.items() if k in accepted}

@@ -133,6 +133,19 @@ def _kernel(qh, kh, vh, scale, key_bias, row_mask, block: int = 128):
                                   key_bias=key_bias, scale=scale, return_lse=True)
 
 
+def merge_lse(out_a, lse_a, out_b, lse_b):
+    """:func:`dit_attn.kernels.merge_attention` (fp32), kept in fp64 for fp64 inputs (the exactness tests)."""
+    if out_a.dtype != torch.float64:
+        return merge_attention(out_a, lse_a, out_b, lse_b)
+    lse = torch.logaddexp(lse_a, lse_b)
+    safe = torch.where(torch.isfinite(lse), lse, torch.zeros_like(lse))
+    wa = torch.exp(lse_a - safe).unsqueeze(-1)  # 0 where a side has no key (lse = -inf)
+    wb = torch.exp(lse_b - safe).unsqueeze(-1)
+    zero = torch.zeros((), dtype=out_a.dtype, device=out_a.device)
+    out = torch.where(wa > 0, wa * out_a, zero) + torch.where(wb > 0, wb * out_b, zero)
+    return out, lse
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # the fast path
 # ---------------------------------------------------------------------------------------------------------------
@@ -206,13 +219,13 @@ def condition_attention(q, k, v, *, text_len: int, spatial=(), subjects=(), mode
     if mode == "cached-full":
         ck, cv = _cat_conditions(conds, b)
         o_c, l_c = attention_lse(q_img, ck, cv, scale)
-        o_img, l_img = merge_attention(o_img, l_img, o_c, l_c)
+        o_img, l_img = merge_lse(o_img, l_img, o_c, l_c)
     elif combine == "joint":
         o_img, l_img = paa_merge(o_img, l_img, q_img, list(spatial), scale)
         for sj in subjects:
             o_s, l_s = attention_lse(q_img, sj.key.expand(b, -1, -1, -1), sj.value.expand(b, -1, -1, -1), scale,
                                      row_mask=sj.mask)
-            o_img, l_img = merge_attention(o_img, l_img, o_s, l_s)
+            o_img, l_img = merge_lse(o_img, l_img, o_s, l_s)
     else:  # the paper's literal reading: branches computed apart and summed
         for sp in spatial:
             o_img = o_img + _heads(sp.value, b).index_select(2, sp.index).to(o_img.dtype)
@@ -224,7 +237,7 @@ def condition_attention(q, k, v, *, text_len: int, spatial=(), subjects=(), mode
     if text_sees_conditions and t:
         ck, cv = _cat_conditions(conds, b)
         o_c, l_c = attention_lse(q[:, :t], ck, cv, scale)
-        o_txt, l_txt = merge_attention(o_txt, l_txt, o_c, l_c)
+        o_txt, l_txt = merge_lse(o_txt, l_txt, o_c, l_c)
     merged = torch.cat([o_txt, o_img], dim=2).transpose(1, 2).to(q.dtype)
     if not return_lse:
         return merged

@@ -17,7 +17,7 @@ class ConditionCache:
         >>> cache = ConditionCache()
         >>> cache.store(0, 0, torch.zeros(1, 4, 2, 8), torch.zeros(1, 4, 2, 8))
         >>> cache.nbytes
-        256
+        512
     """
 
     def __init__(self, dtype: torch.dtype | None = None):

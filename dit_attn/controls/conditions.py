@@ -27,6 +27,7 @@ with LSE, then merges); every other control still prepares and finishes the call
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 from dataclasses import dataclass, field
@@ -166,8 +167,9 @@ class MultiCondition(Control):
         return len(self.spatial) + len(self.subjects)
 
     def cache_report(self) -> dict:
-        """Size of the condition cache: ``{"layers", "conditions", "tokens", "bytes", "bytes_per_condition"}``."""
-        return self._kv.report()
+        """Size of the condition cache: ``{"layers", "conditions", "tokens", "bytes", "bytes_per_condition"}``
+        (the live cache, or the last one written when it has been freed by detach/reset)."""
+        return self._kv.report() if self._kv.layers else dict(self._state.get("report") or self._kv.report())
 
     def set_keyword_weights(self, weights: Sequence[torch.Tensor]) -> None:
         """Give each subject's keyword tokens directly (``[B|1, text_len]``, 1 on keyword tokens), e.g. when
@@ -212,6 +214,7 @@ class MultiCondition(Control):
             self._state["restore"] = pipe
 
     def on_detach(self, attachment) -> None:
+        self._close_scope()
         pipe = self._state.pop("restore", None)
         if pipe is not None:
             pipe.__dict__.pop("check_inputs", None)
@@ -309,6 +312,12 @@ class MultiCondition(Control):
         if not self.cache or st["cache_key"] != key or not self._kv.layers:
             self._write(state, bound, prepared)
             st["cache_key"] = key
+        self._close_scope()
+        names = {p.adapter for p in prepared if p.adapter}
+        if names:  # condition adapters act in the write passes only, never on the text and image tokens
+            scope = contextlib.ExitStack()
+            scope.enter_context(adapter_scope(st["transformer"], exclude=names))
+            st["denoise_scope"] = scope
         # KSA masks: those computed at the previous step are used now; the cond forward computes new ones.
         roles = state.batch_roles or (COND,) * batch
         is_cond = all(r == COND for r in roles)
@@ -322,7 +331,14 @@ class MultiCondition(Control):
         state.extra[id(self)] = {"prepared": prepared, "cond": is_cond}
         return args, kwargs
 
+    def _close_scope(self) -> None:
+        scope = self._state.pop("denoise_scope", None)
+        if scope is not None:
+            scope.close()
+
     def after_forward(self, state: ForwardState, output):
+        if self._state["writing"] is None:
+            self._close_scope()
         info = state.extra.get(id(self))
         if self.mode != "concat" or not info or "image_len" not in info:
             return output
@@ -355,6 +371,8 @@ class MultiCondition(Control):
         finally:
             st["writing"] = None
             hook.box.current = state  # the nested forward replaced the outer forward's state
+        st["report"] = self._kv.report()
+        st["writes"] = st.get("writes", 0) + 1
 
     # --- per attention call ---------------------------------------------------------------------------------
     def applies_to(self, layout: Layout) -> bool:

@@ -153,7 +153,7 @@ def vae_wan(seed: int = 0):
     return _seeded(seed, "vae", lambda: AutoencoderKLWan(
         base_dim=16, z_dim=LATENT_CHANNELS, dim_mult=[1, 2, 2], num_res_blocks=1, attn_scales=[],
         temperal_downsample=[True, True], latents_mean=[0.0] * LATENT_CHANNELS,
-        latents_std=[1.0] * LATENT_CHANNELS))
+        latents_std=[1.0] * LATENT_CHANNELS, scale_factor_temporal=4, scale_factor_spatial=4))
 
 
 def transformer_config(kind: str) -> dict[str, Any]:

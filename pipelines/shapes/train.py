@@ -172,9 +172,26 @@ def train_vae(kind: str, vae: torch.nn.Module, work: str, seconds: float, seed: 
     bar.close()
     vae.eval()
     vae.save_pretrained(os.path.join(work, "vae"), safe_serialization=True)
-    log.write(phase="vae_done", step=step, elapsed_s=round(elapsed, 1))
+    log.write(phase="vae_done", step=step, elapsed_s=round(elapsed, 1), reconstruction=vae_reconstruction_scores(
+        kind, vae, seed))
     with open(os.path.join(work, "vae_done.json"), "w") as f:
         json.dump({"vae_step": step, "vae_elapsed": elapsed}, f)
+
+
+@torch.no_grad()
+def vae_reconstruction_scores(kind: str, vae, seed: int, n: int = 32) -> dict:
+    """Evaluator scores of VAE reconstructions of ``n`` training renders (an upper bound for the generator)."""
+    from .evaluate import aggregate, score_image, score_video
+
+    idx = range(2_000_000, 2_000_000 + n)
+    x, _ = render_batch(kind, seed, idx)
+    rec = vae.decode(vae.encode(x).latent_dist.mean).sample.clamp(-1, 1)
+    scenes = [_scene(kind, seed, i) for i in idx]
+    if kind == "t2v":
+        res = [score_video(r, s) for r, s in zip(rec, scenes)]
+    else:
+        res = [score_image(r, s) for r, s in zip(rec, scenes)]
+    return {k: round(v, 4) for k, v in aggregate(res).items()}
 
 
 # ------------------------------------------------------------------------------------------------------------

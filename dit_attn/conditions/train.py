@@ -1,0 +1,408 @@
+"""Training condition adapters (peft LoRA) for FLUX-architecture models under the mode's attention masks.
+
+One training step, with ``t = 1`` pure noise (``x_t = (1 − t)·x_0 + t·ε``, target velocity ``ε − x_0``, the
+FLUX / diffusers flow-matching convention):
+
+1. ``t`` is sampled directly as a sigma: **CSAS** ``t = sigmoid(μ + δ·z)``, ``z ~ N(0, 1)``, μ = 0.5, δ = 1.5
+   (biased toward high noise), or ``logit_normal`` ``t = sigmoid(z)``. No ``scheduler.timesteps[(u·N)]`` lookup:
+   those timesteps are descending, which silently flips the sign of μ (the pitfall in ``shared/specs/pka.md`` §7);
+2. the condition runs its write pass with its LoRA adapter active (timestep 0, alone), the denoising forward
+   runs with the condition adapters off and the mode's masks (:class:`dit_attn.MultiCondition` with
+   ``cache=False``, so gradients flow from the loss through the cached keys into the adapter); KSA masks come
+   from the same forward's logits (there is no previous step in training);
+3. MSE on the velocity.
+
+Resumable (``accelerate`` state in ``output_dir/checkpoint-N``, step and config in ``state.json``), tqdm progress,
+``accelerate launch`` for several GPUs. Data: ShapesWorld (:class:`dit_attn.pipelines.shapes.ShapesConditionDataset`)
+or a folder with ``metadata.jsonl`` lines ``{"image": ..., "condition": ..., "caption": ..., "keyword": ...}``
+(paths relative to the folder; ``keyword`` only for subject adapters).
+
+Example (tiny offline pipeline; real runs use ``dit-attn train-conditions``)::
+
+    >>> import tempfile
+    >>> from dit_attn.conditions.train import TrainConfig, train
+    >>> from dit_attn.testing import tiny_pipeline
+    >>> out = tempfile.mkdtemp()
+    >>> result = train(TrainConfig(output_dir=out, steps=2, batch_size=1, size=32), pipe=tiny_pipeline("flux"))
+    >>> result["step"], len(result["losses"])
+    (2, 2)
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import asdict, dataclass, field
+
+import torch
+
+SAMPLINGS = ("csas", "logit_normal")
+CONDITIONS = ("edge", "mask", "depth", "subject")
+
+
+@dataclass
+class TrainConfig:
+    """Settings of :func:`train` (every field is also a ``dit-attn train-conditions`` flag)."""
+
+    output_dir: str
+    condition: str = "edge"  # ShapesWorld condition: edge, mask, depth, or subject (sprite + keyword)
+    data: str = "shapes"  # "shapes" or a folder with metadata.jsonl
+    mode: str = "pka"
+    timestep_sampling: str = "csas"
+    csas_mu: float = 0.5
+    csas_delta: float = 1.5  # std of the underlying normal
+    adapter_name: str = "condition"
+    rank: int = 16
+    alpha: float = 16.0
+    target_modules: tuple[str, ...] = ("to_q", "to_k", "to_v", "to_out.0")
+    learning_rate: float = 1e-4
+    steps: int = 1000
+    batch_size: int = 4
+    grad_accum: int = 1
+    size: int = 64
+    dataset_length: int = 50_000
+    guidance: float = 1.0
+    seed: int = 0
+    save_every: int = 500
+    resume: bool = True
+    mixed_precision: str = "no"
+    epsilon: float = 0.2
+
+    def __post_init__(self):
+        if self.timestep_sampling not in SAMPLINGS:
+            raise ValueError(f"timestep_sampling must be one of {SAMPLINGS}, got {self.timestep_sampling!r}")
+        if self.condition not in CONDITIONS:
+            raise ValueError(f"condition must be one of {CONDITIONS}, got {self.condition!r}")
+        if self.mode not in ("pka", "cached-full", "concat"):
+            raise ValueError(f"mode must be 'pka', 'cached-full' or 'concat', got {self.mode!r}")
+
+
+def sample_sigmas(n: int, sampling: str, generator: torch.Generator, mu: float = 0.5, delta: float = 1.5):
+    """Training noise levels ``t ∈ (0, 1)``, ``t = 1`` pure noise: CSAS ``sigmoid(μ + δ z)`` or ``sigmoid(z)``.
+
+    >>> g = torch.Generator().manual_seed(0)
+    >>> bool(sample_sigmas(20000, "csas", g).mean() > 0.55)  # biased toward noise (t = 1)
+    True
+    """
+    z = torch.randn(n, generator=generator)
+    if sampling == "csas":
+        return torch.sigmoid(mu + delta * z)
+    if sampling == "logit_normal":
+        return torch.sigmoid(z)
+    raise ValueError(f"sampling must be one of {SAMPLINGS}, got {sampling!r}")
+
+
+# --- data ---------------------------------------------------------------------------------------------------------
+class FolderConditionDataset(torch.utils.data.Dataset):
+    """``(image, condition, caption[, keyword])`` triples listed in ``folder/metadata.jsonl``; images are resized
+    to ``size`` and returned in [-1, 1] as ``{"image", "condition", "caption", "keyword"}``."""
+
+    def __init__(self, folder: str, size: int = 64):
+        path = os.path.join(folder, "metadata.jsonl")
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"{folder} has no metadata.jsonl (one JSON object per line with 'image', "
+                                    "'condition', 'caption' and optionally 'keyword')")
+        with open(path) as f:
+            self.rows = [json.loads(line) for line in f if line.strip()]
+        for i, row in enumerate(self.rows):
+            missing = {"image", "condition", "caption"} - set(row)
+            if missing:
+                raise ValueError(f"{path} line {i + 1} lacks {sorted(missing)}")
+        self.folder, self.size = folder, size
+
+    def __len__(self):
+        return len(self.rows)
+
+    def _load(self, name):
+        import numpy as np
+        from PIL import Image
+
+        img = Image.open(os.path.join(self.folder, name)).convert("RGB").resize((self.size, self.size))
+        return torch.from_numpy(np.asarray(img, dtype=np.float32) / 127.5 - 1).permute(2, 0, 1)
+
+    def __getitem__(self, i):
+        row = self.rows[i]
+        return {"image": self._load(row["image"]), "condition": self._load(row["condition"]),
+                "caption": row["caption"], "keyword": row.get("keyword", "")}
+
+
+class _ShapesAdapter(torch.utils.data.Dataset):
+    """ShapesWorld condition items as ``{"image", "condition", "caption", "keyword"}``."""
+
+    def __init__(self, condition: str, size: int, length: int, seed: int):
+        from dit_attn.pipelines.shapes import ShapesConditionDataset
+
+        self.condition = condition
+        self.ds = ShapesConditionDataset("train", size=size, length=length, seed=seed,
+                                         subject_prob=1.0 if condition == "subject" else 0.0)
+
+    def __len__(self):
+        return len(self.ds)
+
+    def __getitem__(self, i):
+        item = self.ds[i]
+        cond = item["reference"] if self.condition == "subject" else item[self.condition]
+        return {"image": item["image"], "condition": cond, "caption": item["caption"], "keyword": item["subject"]}
+
+
+def make_dataset(config: TrainConfig):
+    if config.data == "shapes":
+        return _ShapesAdapter(config.condition, config.size, config.dataset_length, config.seed)
+    return FolderConditionDataset(config.data, config.size)
+
+
+def _collate(items):
+    return {"image": torch.stack([it["image"] for it in items]),
+            "condition": torch.stack([it["condition"] for it in items]),
+            "caption": [it["caption"] for it in items], "keyword": [it["keyword"] for it in items]}
+
+
+# --- model --------------------------------------------------------------------------------------------------------
+def add_condition_adapter(transformer, config: TrainConfig) -> list[torch.nn.Parameter]:
+    """Add a peft LoRA adapter named ``config.adapter_name``; freeze everything else. Returns the trainable params."""
+    from peft import LoraConfig
+
+    transformer.requires_grad_(False)
+    if config.adapter_name not in (getattr(transformer, "peft_config", None) or {}):
+        transformer.add_adapter(LoraConfig(r=config.rank, lora_alpha=config.alpha,
+                                           target_modules=list(config.target_modules), init_lora_weights="gaussian"),
+                                adapter_name=config.adapter_name)
+    params = []
+    for name, p in transformer.named_parameters():
+        if "lora_" in name and f".{config.adapter_name}." in name:
+            p.requires_grad_(True)
+            params.append(p)
+    if not params:
+        raise ValueError(f"no LoRA parameters for target modules {config.target_modules}")
+    return params
+
+
+def adapter_state_dict(transformer, name: str) -> dict:
+    from peft.utils import get_peft_model_state_dict
+
+    return {k: v.detach().cpu().contiguous() for k, v in get_peft_model_state_dict(transformer, adapter_name=name).items()}
+
+
+class ConditionTrainer:
+    """The training step on a FLUX pipeline's components (see the module docstring for the math)."""
+
+    def __init__(self, pipe, config: TrainConfig, transformer=None):
+        import dit_attn
+
+        self.pipe, self.config = pipe, config
+        self.transformer = transformer if transformer is not None else pipe.transformer
+        self.control = dit_attn.MultiCondition(mode=config.mode, epsilon=config.epsilon, cache=False,
+                                               ksa_same_forward=True)
+        self.attachment = dit_attn.attach(self.transformer, self.control)
+
+    def close(self):
+        self.attachment.detach()
+
+    @torch.no_grad()
+    def _latent_tokens(self, pixels):
+        from .tokens import ConditionTokens
+
+        vae = self.pipe.vae
+        lat = vae.encode(pixels.to(vae.device, vae.dtype)).latent_dist.mode()
+        lat = (lat - (getattr(vae.config, "shift_factor", None) or 0.0)) * vae.config.scaling_factor
+        b, c, h, w = lat.shape
+        return ConditionTokens(self.pipe._pack_latents(lat, b, c, h, w), (h // 2, w // 2))
+
+    @torch.no_grad()
+    def _text(self, captions):
+        prompt_embeds, pooled, text_ids = self.pipe.encode_prompt(captions, None, max_sequence_length=
+                                                                  self.pipe.tokenizer_2.model_max_length)
+        return prompt_embeds, pooled, text_ids
+
+    def loss(self, batch, generator: torch.Generator, model=None) -> torch.Tensor:
+        """The flow-matching loss of one batch; ``generator`` fixes the noise and the noise levels."""
+        from .keywords import keyword_weights
+        from .tokens import ConditionTokens, spatial_ids, subject_ids
+
+        cfg, model = self.config, model if model is not None else self.transformer
+        x0 = self._latent_tokens(batch["image"])
+        cond = self._latent_tokens(batch["condition"])
+        grid = x0.grid
+        device, dtype = x0.tokens.device, x0.tokens.dtype
+        b = x0.tokens.shape[0]
+        t = sample_sigmas(b, cfg.timestep_sampling, generator, cfg.csas_mu, cfg.csas_delta).to(device, dtype)
+        noise = torch.randn(x0.tokens.shape, generator=generator).to(device, dtype)
+        xt = (1 - t[:, None, None]) * x0.tokens + t[:, None, None] * noise
+        text, pooled, text_ids = self._text(batch["caption"])
+        img_ids = spatial_ids(grid, grid, device=device, dtype=dtype)
+        control = self.control
+        control.reset()
+        if cfg.condition == "subject":
+            tokens = ConditionTokens(cond.tokens, cond.grid, subject_ids(cond.grid, 0, device=device, dtype=dtype))
+            control.spatial, control.subjects = [], [_subject(tokens, cfg.adapter_name)]
+            rows = [keyword_weights(self.pipe.tokenizer_2, c, k, max_length=text.shape[1])
+                    for c, k in zip(batch["caption"], batch["keyword"])]
+            control.set_keyword_weights([torch.cat(rows)])
+        else:
+            tokens = ConditionTokens(cond.tokens, cond.grid, spatial_ids(cond.grid, grid, device=device, dtype=dtype))
+            control.spatial, control.subjects = [_spatial(tokens, cfg.adapter_name)], []
+        guidance = torch.full((b,), cfg.guidance, device=device, dtype=dtype) if \
+            self.transformer.config.guidance_embeds else None
+        pred = model(hidden_states=xt, encoder_hidden_states=text, pooled_projections=pooled, timestep=t,
+                     img_ids=img_ids, txt_ids=text_ids, guidance=guidance, return_dict=False)[0]
+        return torch.nn.functional.mse_loss(pred.float(), (noise - x0.tokens).float())
+
+
+def _spatial(tokens, adapter):
+    from dit_attn.controls.conditions import SpatialCondition
+
+    return SpatialCondition(tokens, adapter=adapter)
+
+
+def _subject(tokens, adapter):
+    from dit_attn.controls.conditions import SubjectCondition
+
+    return SubjectCondition(tokens, "subject", adapter=adapter)
+
+
+def _lora_only_checkpoints(accelerator, name: str) -> None:
+    """Checkpoints hold the adapter only (not the frozen base model: 24 GB for FLUX.1), plus accelerate's
+    optimizer, RNG and step state."""
+    from peft.utils import set_peft_model_state_dict
+    from safetensors.torch import load_file, save_file
+
+    def save(models, weights, output_dir):
+        for model in models:
+            save_file(adapter_state_dict(accelerator.unwrap_model(model), name),
+                      os.path.join(output_dir, f"{name}.safetensors"))
+        weights.clear()
+
+    def load(models, input_dir):
+        while models:
+            model = accelerator.unwrap_model(models.pop())
+            state = load_file(os.path.join(input_dir, f"{name}.safetensors"))
+            result = set_peft_model_state_dict(model, state, adapter_name=name)
+            if getattr(result, "unexpected_keys", None):
+                raise RuntimeError(f"checkpoint {input_dir} has unexpected adapter keys {result.unexpected_keys[:4]}")
+
+    accelerator.register_save_state_pre_hook(save)
+    accelerator.register_load_state_pre_hook(load)
+
+
+# --- the loop -----------------------------------------------------------------------------------------------------
+def _latest_checkpoint(output_dir: str):
+    if not os.path.isdir(output_dir):
+        return None
+    steps = [int(d.split("-")[1]) for d in os.listdir(output_dir)
+             if d.startswith("checkpoint-") and d.split("-")[1].isdigit()]
+    return max(steps) if steps else None
+
+
+def train(config: TrainConfig, pipe=None, progress: bool = True) -> dict:
+    """Train a condition adapter; returns ``{"step", "losses", "adapter"}`` (the saved adapter's path).
+
+    ``pipe``: a FLUX-architecture pipeline (e.g. ``dit_attn.pipelines.load_shapes("flux")``); required.
+    Writes ``output_dir/checkpoint-N`` (accelerate state, resumable), ``output_dir/<adapter>.safetensors``,
+    ``losses.jsonl`` and ``state.json``.
+    """
+    from accelerate import Accelerator
+    from safetensors.torch import save_file
+    from tqdm.auto import tqdm
+
+    if pipe is None:
+        raise ValueError("train() needs a FLUX-architecture pipeline (pipe=...)")
+    os.makedirs(config.output_dir, exist_ok=True)
+    accelerator = Accelerator(gradient_accumulation_steps=config.grad_accum, mixed_precision=config.mixed_precision)
+    transformer = pipe.transformer
+    with torch.random.fork_rng():
+        torch.manual_seed(config.seed)  # the adapter's initial weights are a function of the seed
+        params = add_condition_adapter(transformer, config)
+    _lora_only_checkpoints(accelerator, config.adapter_name)
+    optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=0.0)
+    trainer = ConditionTrainer(pipe, config, transformer)
+    model, optimizer = accelerator.prepare(transformer, optimizer)
+    dataset = make_dataset(config)
+    start = 0
+    latest = _latest_checkpoint(config.output_dir) if config.resume else None
+    if latest is not None:
+        accelerator.load_state(os.path.join(config.output_dir, f"checkpoint-{latest}"))
+        start = latest
+    losses = []
+    bar = tqdm(range(start, config.steps), initial=start, total=config.steps, desc="train-conditions",
+               disable=not (progress and accelerator.is_main_process))
+    try:
+        for step in bar:
+            # Data order and noise are functions of the step: a resumed run continues exactly.
+            gen = torch.Generator().manual_seed(config.seed * 1_000_003 + step)
+            ids = torch.randint(len(dataset), (config.batch_size,), generator=gen).tolist()
+            batch = _collate([dataset[i] for i in ids])
+            with accelerator.accumulate(model):
+                loss = trainer.loss(batch, gen, model)
+                accelerator.backward(loss)
+                optimizer.step()
+                optimizer.zero_grad()
+            value = float(loss.detach())  # once per step, for the log
+            if not math.isfinite(value):
+                raise FloatingPointError(f"loss is {value} at step {step}")
+            losses.append(value)
+            bar.set_postfix(loss=f"{value:.4f}")
+            with open(os.path.join(config.output_dir, "losses.jsonl"), "a") as f:
+                f.write(json.dumps({"step": step + 1, "loss": value}) + "\n")
+            done = step + 1
+            if done % config.save_every == 0 or done == config.steps:
+                accelerator.wait_for_everyone()
+                if accelerator.is_main_process:
+                    accelerator.save_state(os.path.join(config.output_dir, f"checkpoint-{done}"))
+                    with open(os.path.join(config.output_dir, "state.json"), "w") as f:
+                        json.dump({"step": done, "config": asdict(config)}, f, indent=1, default=str)
+    finally:
+        trainer.close()
+    path = os.path.join(config.output_dir, f"{config.adapter_name}.safetensors")
+    if accelerator.is_main_process:
+        save_file(adapter_state_dict(accelerator.unwrap_model(model), config.adapter_name), path)
+    return {"step": config.steps, "losses": losses, "adapter": path}
+
+
+# --- CLI ----------------------------------------------------------------------------------------------------------
+def add_cli(subparsers) -> None:
+    """Add ``train-conditions`` to an ``argparse`` subparsers object (``dit-attn train-conditions --help``)."""
+    p = subparsers.add_parser("train-conditions", help="train a LoRA condition adapter (PKA masks, CSAS)")
+    p.add_argument("--pipeline", default="shapes-flux",
+                   help="'shapes-flux' (the bundled ShapesWorld FLUX model), 'tiny-flux' (offline test model) or a "
+                        "diffusers folder of a FLUX-architecture pipeline")
+    defaults = TrainConfig(output_dir="")
+    for name, value in asdict(defaults).items():
+        if name == "output_dir":
+            p.add_argument("--output-dir", required=True)
+        elif isinstance(value, bool):
+            p.add_argument(f"--{name.replace('_', '-')}", type=lambda s: s.lower() in ("1", "true", "yes"),
+                           default=value)
+        elif isinstance(value, tuple):
+            p.add_argument(f"--{name.replace('_', '-')}", nargs="+", default=list(value))
+        else:
+            p.add_argument(f"--{name.replace('_', '-')}", type=type(value), default=value)
+    p.set_defaults(func=_cli_main)
+
+
+def _load_pipeline(name: str):
+    if name == "tiny-flux":
+        from dit_attn.testing import tiny_pipeline
+
+        return tiny_pipeline("flux")
+    if name == "shapes-flux":
+        from dit_attn import pipelines
+
+        loader = getattr(pipelines, "load_shapes", None)
+        if loader is None:
+            raise ValueError("the ShapesWorld flux model is not available yet (dit_attn.pipelines.load_shapes); "
+                             "pass --pipeline PATH to a FLUX-architecture diffusers folder")
+        return loader("flux")
+    from diffusers import DiffusionPipeline
+
+    return DiffusionPipeline.from_pretrained(name)
+
+
+def _cli_main(args) -> int:
+    fields = {k: getattr(args, k) for k in asdict(TrainConfig(output_dir="")) if hasattr(args, k)}
+    fields["target_modules"] = tuple(fields["target_modules"])
+    fields["output_dir"] = args.output_dir
+    result = train(TrainConfig(**fields), pipe=_load_pipeline(args.pipeline))
+    print(json.dumps({"step": result["step"], "adapter": result["adapter"],
+                      "last_loss": result["losses"][-1] if result["losses"] else None}))
+    return 0

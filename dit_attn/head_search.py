@@ -1,0 +1,309 @@
+"""HeadHunter head search (arXiv 2506.10978, Alg. 1): greedy rounds of per-head SoftPAG scoring.
+
+``S = base``; each round, every remaining candidate head ``h`` is scored by generating every prompt x seed pair
+with SoftPAG on ``S ∪ {h}`` and averaging ``objective(images, prompts)``; the ``top_k`` best heads join ``S``.
+Every per-head score is written to ``out_dir`` as soon as it is known (one JSON file per process), so an
+interrupted search resumes where it stopped; with ``accelerate launch`` the candidates of a round are split over
+the processes (``PartialState().split_between_processes``) and gathered through those files.
+
+Outputs in ``out_dir``: ``scores.rank<i>.json`` (checkpoints), ``heads.json`` (the selected :class:`HeadSet`),
+``heatmap.png`` (layers x heads, per-head scores of the first round) and ``heatmap_round<r>.png`` for later rounds.
+
+Example (tiny pipeline, a cheap objective)::
+
+    import dit_attn
+    from dit_attn.testing import tiny_pipeline
+
+    pipe = tiny_pipeline("sd3")
+    brightness = lambda images, prompts: [sum(im.convert("L").getdata()) / 255 / im.size[0] / im.size[1]
+                                          for im in images]
+    result = dit_attn.search_heads(pipe, candidates="transformer_blocks.0:*; transformer_blocks.1:0",
+                                   objective=brightness, prompts=["a red circle"], seeds=[0], rounds=2, top_k=1,
+                                   out_dir="heads/", num_inference_steps=2, height=48, width=64,
+                                   guidance_scale=1.0)
+    print(result.heads)   # e.g. transformer_blocks.0:1; transformer_blocks.1:0
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+
+from .heads import HeadSet
+
+Head = tuple[str, int, int]  # (block_list, block_index, head)
+
+
+def _head_key(h: Head) -> str:
+    return f"{h[0]}.{h[1]}:{h[2]}"
+
+
+@dataclass
+class SearchResult:
+    heads: HeadSet  # the selected set S
+    rounds: list[dict[str, float]]  # per round: head key -> mean score
+    selected: list[list[str]]  # heads added in each round
+    files: dict[str, str] = field(default_factory=dict)
+
+
+def shapes_objective() -> Callable:
+    """The built-in objective: ShapesWorld's evaluator (mean object accuracy of each image against its prompt).
+
+    Raises ``ValueError`` when ``dit_attn.pipelines.shapes`` (``evaluate.score_image`` and ``eval_prompts``) is not
+    available in this build; pass ``objective=`` then.
+    """
+    try:
+        from dit_attn.pipelines.shapes import evaluate
+        eval_prompts = getattr(evaluate, "eval_prompts", None)
+        if eval_prompts is None:
+            from dit_attn.pipelines.shapes.world import eval_prompts
+        score_image = evaluate.score_image
+    except (ImportError, AttributeError) as e:
+        raise ValueError(f"the built-in ShapesWorld objective is not available ({e}); pass objective=a callable "
+                         "(images, prompts) -> scores") from None
+    scenes = {p: s for p, s in eval_prompts("t2i", n=256)}
+
+    def objective(images, prompts):
+        missing = [p for p in prompts if p not in scenes]
+        if missing:
+            raise ValueError(f"the ShapesWorld objective scores only its eval prompts; unknown: {missing[:3]}")
+        return [float(score_image(im, scenes[p]).object_accuracy) for im, p in zip(images, prompts)]
+
+    objective.default_prompts = [p for p, _ in eval_prompts("t2i", n=8)]
+    return objective
+
+
+def candidate_heads(transformer, candidates=None) -> list[Head]:
+    """All ``(block_list, block, head)`` of the main attention of every block (never cross-attention, never SD3.5's
+    ``attn2``), or those of ``candidates`` (a :class:`HeadSet`, a spec string, or a list of triples)."""
+    if candidates is None:
+        from .families import family_of
+
+        mains = {}
+        for bl, attr, _ in family_of(transformer).sites:
+            mains.setdefault(bl, attr)
+        return [(bl, i, h) for bl, i, attr, n, kind in HeadSet.model_layers(transformer)
+                if attr == mains[bl] and kind not in ("cross", "cross_image") for h in range(n)]
+    if isinstance(candidates, (list, tuple)) and candidates and not isinstance(candidates[0], str):
+        candidates = HeadSet.from_pairs(candidates)
+    return sorted(dict.fromkeys(HeadSet.parse(candidates).pairs(transformer)))
+
+
+def _atomic_write(path: Path, data) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=1))
+    os.replace(tmp, path)
+
+
+def _process():
+    """(index, count, split) of this process; accelerate when launched with several processes."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        from accelerate import PartialState
+
+        state = PartialState()
+        return state.process_index, state.num_processes, state
+    return 0, 1, None
+
+
+def search_heads(pipe, candidates=None, objective: Callable | None = None, prompts: Sequence[str] | None = None,
+                 seeds: Sequence[int] = (0,), rounds: int = 1, top_k: int = 1, strength: float = 1.0,
+                 scale: float = 3.0, scope: str = "all", out_dir: str | os.PathLike = "heads",
+                 base=None, progress: bool = True, **call_kwargs) -> SearchResult:
+    """Greedy HeadHunter search on ``pipe`` (any supported diffusers pipeline).
+
+    Args:
+        candidates: heads to consider (default: every head of every block's main attention).
+        objective: ``objective(images: list[PIL.Image], prompts: list[str]) -> list[float]`` (higher is better);
+            default :func:`shapes_objective`.
+        prompts, seeds: every prompt is generated with every seed (generator ``manual_seed(seed)``).
+        rounds, top_k: R greedy rounds, each adding the k best heads.
+        strength, scale, scope: the SoftPAG used while searching (paper: u = 1, then apply lower u).
+        out_dir: checkpoints and outputs (see the module docstring); an existing search there is resumed.
+        base: heads perturbed in every candidate run (a starting S).
+        call_kwargs: passed to every pipeline call (steps, size, guidance...; the paper searches without CFG).
+    """
+    from .attach import attach
+    from .controls.head_guidance import SoftPAG
+
+    if objective is None:
+        objective = shapes_objective()
+        prompts = prompts or objective.default_prompts
+    if not prompts:
+        raise ValueError("search_heads needs prompts=[...]")
+    if rounds < 1 or top_k < 1:
+        raise ValueError(f"rounds and top_k must be >= 1; got rounds={rounds}, top_k={top_k}")
+    for reserved in ("prompt", "generator", "output_type"):
+        if reserved in call_kwargs:
+            raise ValueError(f"search_heads sets {reserved!r} itself; remove it from the call arguments")
+    transformer = pipe.transformer
+    pool = candidate_heads(transformer, candidates)
+    if not pool:
+        raise ValueError("search_heads: no candidate heads")
+    selected: list[Head] = list(HeadSet.parse(base).pairs(transformer)) if base else []
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    rank, world, state = _process()
+    config = {"prompts": list(prompts), "seeds": [int(s) for s in seeds], "strength": strength, "scale": scale,
+              "scope": scope, "call_kwargs": {k: repr(v) for k, v in sorted(call_kwargs.items())}}
+    mine = out / f"scores.rank{rank}.json"
+    scores = _load_scores(out, config)  # "round|S|head" -> score, from every process's file
+    own = {k: v for k, v in scores.items()}
+
+    def score(heads: list[Head]) -> float:
+        images, texts = [], []
+        hs = HeadSet.from_pairs(heads)
+        with attach(pipe, SoftPAG(hs, strength=strength, scale=scale, scope=scope)):
+            for p in prompts:
+                for s in seeds:
+                    result = pipe(prompt=p, generator=torch.Generator().manual_seed(int(s)), output_type="pil",
+                                  **call_kwargs)
+                    ims = result.images if hasattr(result, "images") else [f[0] for f in result.frames]
+                    images.append(ims[0])
+                    texts.append(p)
+        values = [float(v) for v in objective(images, texts)]
+        if len(values) != len(images):
+            raise ValueError(f"objective returned {len(values)} scores for {len(images)} images")
+        return sum(values) / len(values)
+
+    per_round, added = [], []
+    from tqdm.auto import tqdm
+
+    for r in range(rounds):
+        remaining = [h for h in pool if h not in selected]
+        if not remaining:
+            break
+        prefix = f"{r}|{HeadSet.from_pairs(selected).to_spec() if selected else '-'}|"
+        share = remaining
+        if state is not None and world > 1:
+            with state.split_between_processes(remaining) as part:
+                share = list(part)
+        todo = [h for h in share if prefix + _head_key(h) not in scores]
+        bar = tqdm(total=len(share), initial=len(share) - len(todo), desc=f"round {r + 1}/{rounds}",
+                   disable=not progress or rank != 0, leave=False)
+        for h in todo:
+            value = score(selected + [h])
+            scores[prefix + _head_key(h)] = own[prefix + _head_key(h)] = value
+            _atomic_write(mine, {"config": config, "scores": own})  # checkpoint every head
+            bar.update(1)
+        bar.close()
+        if state is not None and world > 1:
+            state.wait_for_everyone()
+            scores.update(_load_scores(out, config))
+        round_scores = {_head_key(h): scores[prefix + _head_key(h)] for h in remaining}
+        # Best first; ties broken by head order so that every process picks the same heads.
+        order = sorted(remaining, key=lambda h: (-_finite(round_scores[_head_key(h)]), pool.index(h)))
+        best = order[:top_k]
+        selected.extend(best)
+        per_round.append(round_scores)
+        added.append([_head_key(h) for h in best])
+
+    heads = HeadSet.from_pairs(selected, source=f"dit_attn head search: {rounds} round(s), top {top_k}, "
+                                                f"u={strength}, w={scale}, {len(prompts)} prompt(s) x "
+                                                f"{len(seeds)} seed(s)")
+    files = {}
+    if rank == 0:
+        files["heads"] = str(heads.save(out / "heads.json"))
+        for r, round_scores in enumerate(per_round):
+            name = "heatmap.png" if r == 0 else f"heatmap_round{r + 1}.png"
+            files[f"heatmap{r}"] = str(plot_heatmap(transformer, round_scores, out / name,
+                                                    title=f"per-head score, round {r + 1}"))
+    return SearchResult(heads, per_round, added, files)
+
+
+def _finite(x: float) -> float:
+    return x if math.isfinite(x) else -math.inf
+
+
+def _load_scores(out: Path, config: dict) -> dict[str, float]:
+    scores: dict[str, float] = {}
+    for path in sorted(out.glob("scores.rank*.json")):
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):
+            continue  # a half-written file of a crashed run: its scores are recomputed
+        if data.get("config") != config:
+            raise ValueError(f"{path} holds a search with other settings ({data.get('config')}); use another "
+                             "out_dir or delete it")
+        scores.update(data.get("scores", {}))
+    return scores
+
+
+def plot_heatmap(transformer, round_scores: dict[str, float], path, title: str = "per-head score") -> Path:
+    """A layers x heads heatmap PNG (flat layer index in model order; blank = not scored)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    from .families import family_of
+
+    mains = {}
+    for bl, attr, _ in family_of(transformer).sites:
+        mains.setdefault(bl, attr)
+    layers = [(bl, i, n) for bl, i, attr, n, _ in HeadSet.model_layers(transformer) if attr == mains[bl]]
+    grid = np.full((len(layers), max(n for *_, n in layers)), np.nan)
+    for row, (bl, i, n) in enumerate(layers):
+        for h in range(n):
+            grid[row, h] = round_scores.get(f"{bl}.{i}:{h}", np.nan)
+    fig, ax = plt.subplots(figsize=(max(4, grid.shape[1] * 0.3 + 2), max(3, grid.shape[0] * 0.25 + 1.5)))
+    im = ax.imshow(grid, aspect="auto", cmap="viridis", interpolation="nearest")
+    ax.set_xlabel("head")
+    ax.set_ylabel("layer (flat)")
+    ax.set_yticks(range(len(layers)), [f"{r} {bl.split('_')[0]}.{i}" for r, (bl, i, _) in enumerate(layers)],
+                  fontsize=6)
+    ax.set_title(title)
+    fig.colorbar(im, ax=ax)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+# --- command line -------------------------------------------------------------------------------------------
+def _run_cli(args) -> int:
+    from dit_attn.pipelines.loading import load_pipeline
+
+    pipe = load_pipeline(args.model)
+    pipe.set_progress_bar_config(disable=True)
+    prompts = None
+    if args.prompts:
+        prompts = [line.strip() for line in Path(args.prompts).read_text().splitlines() if line.strip()]
+    seeds = [int(s) for s in args.seeds.split(",")]
+    call = {"num_inference_steps": args.steps}
+    if args.guidance is not None:
+        call["guidance_scale"] = args.guidance
+    result = search_heads(pipe, candidates=args.candidates, prompts=prompts, seeds=seeds, rounds=args.rounds,
+                          top_k=args.top_k, strength=args.strength, scale=args.scale, out_dir=args.out, **call)
+    print(f"selected heads: {result.heads.to_spec()}")
+    for name, path in result.files.items():
+        print(f"  {name}: {path}")
+    return 0
+
+
+def add_cli(subparsers) -> None:
+    """Add ``heads search`` to the ``dit-attn`` command line."""
+    heads = subparsers.add_parser("heads", help="head sets: search (HeadHunter)")
+    sub = heads.add_subparsers(dest="heads_command", required=True)
+    p = sub.add_parser("search", help="greedy per-head SoftPAG search (resumable; data parallel with accelerate)",
+                       description="Example: dit-attn heads search --model tiny:sd3 --rounds 2 --top-k 3 --out heads/; "
+                                   "accelerate launch -m dit_attn.cli heads search ... splits the heads over processes")
+    p.add_argument("--model", default="tiny:sd3", help="tiny:<family>, a local folder or a hub id")
+    p.add_argument("--prompts", default=None, help="text file, one prompt per line (default: ShapesWorld eval prompts)")
+    p.add_argument("--seeds", default="0,1", help="comma list of seeds")
+    p.add_argument("--rounds", type=int, default=1)
+    p.add_argument("--top-k", type=int, default=3)
+    p.add_argument("--strength", type=float, default=1.0, help="SoftPAG u while searching (paper: 1.0)")
+    p.add_argument("--scale", type=float, default=3.0)
+    p.add_argument("--steps", type=int, default=4)
+    p.add_argument("--guidance", type=float, default=None, help="the pipeline's guidance_scale (paper: CFG off)")
+    p.add_argument("--candidates", default=None, help="head spec restricting the candidates (default: all)")
+    p.add_argument("--out", default="heads")
+    p.set_defaults(func=_run_cli)

@@ -1,0 +1,244 @@
+"""Quality of rectified sparse attention vs dense: per-layer error on captured q/k/v and final-output PSNR/SSIM.
+
+``python -m dit_attn.sparse.quality --model tiny:wan --out DIR``
+
+1. Runs the pipeline densely with a capture control that keeps every attention call's q, k, v, mask and layout.
+2. For each captured call RectifiedSparse applies to, and each (variant, sparsity): relative error
+   ``|o - o_dense| / |o_dense|`` and cosine similarity of the attention output (averaged over steps per layer),
+   plus the computed-block density.
+3. Runs the whole pipeline with each (variant, sparsity) and reports PSNR and SSIM of the output vs the dense run
+   (same seed).
+4. Writes ``quality.json`` and ``per_layer.png`` / ``final.png`` (matplotlib) into ``--out``.
+
+Models: ``tiny:<family>`` (``dit_attn.testing`` tiny random-weight pipelines: sd3, flux, wan, hunyuan_video,
+cogvideox), ``shapes:t2v`` / ``shapes:t2i`` (the ShapesWorld models, when ``dit_attn.pipelines.load_shapes``
+exists), or a local diffusers pipeline directory (``DiffusionPipeline.from_pretrained``, never downloads). The
+default is ShapesWorld t2v when available, else ``tiny:wan``. Tiny models have ~150 tokens: use small
+``--block-size`` (8) and ``--no-neighbors`` there, or every block is a neighbour and nothing is sparse.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import dit_attn
+from dit_attn.call import AttentionCall, execute
+from dit_attn.controls.base import Control
+
+from . import sparse_attention
+from .selection import VARIANTS
+
+
+class _Capture(Control):
+    """Keeps every call's q, k, v, stock mask and layout (dense run)."""
+
+    def __init__(self):
+        self.calls = []
+
+    def prepare(self, call):
+        keep = lambda t: None if t is None else t.detach().clone()  # noqa: E731
+        self.calls.append((keep(call.query), keep(call.key), keep(call.value), keep(call.attn_mask), call.layout,
+                           call.scale))
+        return call
+
+
+def _load(model: str, steps: int, seed: int):
+    """(pipeline, call kwargs, default block size)."""
+    if model.startswith("tiny:"):
+        from dit_attn.testing import tiny_call_kwargs, tiny_pipeline
+
+        fam = model.split(":", 1)[1]
+        return tiny_pipeline(fam), tiny_call_kwargs(fam, steps=steps, seed=seed), 8
+    if model.startswith("shapes:"):
+        from dit_attn.pipelines import load_shapes  # built by another part of the project
+
+        pipe = load_shapes(model.split(":", 1)[1])
+        kwargs = dict(prompt="a red circle above a blue square", num_inference_steps=steps,
+                      generator=torch.Generator().manual_seed(seed), output_type="np")
+        return pipe, kwargs, 128
+    from diffusers import DiffusionPipeline
+
+    pipe = DiffusionPipeline.from_pretrained(model, local_files_only=True)
+    kwargs = dict(prompt="a red circle above a blue square", num_inference_steps=steps,
+                  generator=torch.Generator().manual_seed(seed), output_type="np")
+    return pipe, kwargs, 128
+
+
+def _default_model() -> str:
+    try:
+        from dit_attn.pipelines import load_shapes  # noqa: F401
+
+        return "shapes:t2v"
+    except ImportError:
+        return "tiny:wan"
+
+
+def _frames(result) -> np.ndarray:
+    """Output as float array [..., H, W, C] in [0, 1]."""
+    x = result.frames if hasattr(result, "frames") else result.images
+    if isinstance(x, list) and x and not isinstance(x[0], np.ndarray):
+        x = np.stack([np.asarray(im, dtype=np.float32) / 255.0 for im in x])
+    return np.asarray(x, dtype=np.float64)
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    """PSNR in dB of images in [0, 1] (inf when equal)."""
+    mse = float(np.mean((a - b) ** 2))
+    return math.inf if mse == 0 else 10 * math.log10(1.0 / mse)
+
+
+def ssim(a: np.ndarray, b: np.ndarray, win: int = 7) -> float:
+    """Mean SSIM (uniform ``win`` x ``win`` window, grey = channel mean) over all frames of ``[..., H, W, C]``.
+
+    >>> x = np.random.rand(2, 16, 16, 3)
+    >>> round(ssim(x, x), 6)
+    1.0
+    """
+    ga = torch.from_numpy(a.mean(-1).reshape(-1, 1, *a.shape[-3:-1]))
+    gb = torch.from_numpy(b.mean(-1).reshape(-1, 1, *b.shape[-3:-1]))
+    win = min(win, ga.shape[-1], ga.shape[-2])
+    pool = lambda x: torch.nn.functional.avg_pool2d(x, win, stride=1)  # noqa: E731
+    ma, mb = pool(ga), pool(gb)
+    va, vb, cov = pool(ga * ga) - ma ** 2, pool(gb * gb) - mb ** 2, pool(ga * gb) - ma * mb
+    c1, c2 = 0.01 ** 2, 0.03 ** 2
+    s = ((2 * ma * mb + c1) * (2 * cov + c2)) / ((ma ** 2 + mb ** 2 + c1) * (va + vb + c2))
+    return float(s.mean())
+
+
+def evaluate(model: str, sparsities, variants, *, steps: int = 4, seed: int = 0, block_size: int | None = None,
+             neighbors: bool = True, tau: float = 0.3) -> dict:
+    """Run the whole evaluation and return the results as a JSON-able dict."""
+    pipe, kwargs, default_bs = _load(model, steps, seed)
+    bs = block_size or default_bs
+    fresh = lambda: dict(kwargs, generator=torch.Generator().manual_seed(seed)) if "generator" in kwargs else kwargs  # noqa: E731
+    if "generator" not in kwargs:  # tiny_call_kwargs build a fresh generator per call
+        from dit_attn.testing import tiny_call_kwargs
+
+        fresh = lambda: tiny_call_kwargs(model.split(":", 1)[1], steps=steps, seed=seed)  # noqa: E731
+    cap = _Capture()
+    with dit_attn.attach(pipe, cap):
+        dense_out = _frames(pipe(**fresh()))
+
+    def control(variant, sparsity, track=False):
+        return dit_attn.RectifiedSparse(sparsity=sparsity, tau=tau, block_size=bs, neighbors=neighbors,
+                                        variant=variant, track_density=track)
+
+    layers: dict = {}
+    for q, k, v, mask, layout, scale in cap.calls:
+        probe = control("full", 0.5)
+        if not probe.applies_to(layout):
+            continue
+        ref = execute(AttentionCall(q, k, v, layout, attn_mask=mask, scale=scale)).double()
+        for variant in variants:
+            for sp in sparsities:
+                c = control(variant, sp, track=True)
+                out = sparse_attention(c, q, k, v, layout, attn_mask=mask, scale=scale).double()
+                rel = float((out - ref).norm() / ref.norm())
+                cos = float(torch.nn.functional.cosine_similarity(out.flatten(), ref.flatten(), dim=0))
+                dens = float(c.density_log[0][2]) if c.density_log else 1.0
+                entry = layers.setdefault(str(layout.layer_index), {}).setdefault(variant, {}).setdefault(
+                    str(sp), {"rel_err": [], "cosine": [], "density": []})
+                entry["rel_err"].append(rel)
+                entry["cosine"].append(cos)
+                entry["density"].append(dens)
+    for per_variant in layers.values():
+        for per_sp in per_variant.values():
+            for key, e in per_sp.items():
+                per_sp[key] = {m: float(np.mean(vals)) for m, vals in e.items()}
+
+    final: dict = {}
+    for variant in variants:
+        for sp in sparsities:
+            c = control(variant, sp, track=True)
+            with dit_attn.attach(pipe, c):
+                out = _frames(pipe(**fresh()))
+            dens = float(torch.stack([d for _, _, d in c.density_log]).mean()) if c.density_log else 1.0
+            final.setdefault(variant, {})[str(sp)] = {"psnr": psnr(out, dense_out), "ssim": ssim(out, dense_out),
+                                                     "density": dens}
+    return {"model": model, "steps": steps, "seed": seed, "block_size": bs, "neighbors": neighbors, "tau": tau,
+            "sparsities": list(sparsities), "variants": list(variants), "per_layer": layers, "final": final,
+            "machine": os.uname().machine, "torch": torch.__version__}
+
+
+def plot(results: dict, out_dir: Path) -> list[Path]:
+    """``per_layer.png`` (relative error per layer, one panel per sparsity) and ``final.png`` (PSNR vs sparsity)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sps, variants = results["sparsities"], results["variants"]
+    layer_ids = sorted(results["per_layer"], key=int)
+    fig, axes = plt.subplots(1, len(sps), figsize=(4 * len(sps), 3.2), squeeze=False)
+    for ax, sp in zip(axes[0], sps):
+        for variant in variants:
+            ys = [results["per_layer"][lid][variant][str(sp)]["rel_err"] for lid in layer_ids]
+            ax.plot([int(x) for x in layer_ids], ys, marker="o", label=variant)
+        ax.set_title(f"sparsity {sp}")
+        ax.set_xlabel("layer")
+        ax.set_ylabel("relative error vs dense")
+    axes[0][0].legend()
+    fig.tight_layout()
+    p1 = out_dir / "per_layer.png"
+    fig.savefig(p1, dpi=100)
+    plt.close(fig)
+    fig, ax = plt.subplots(figsize=(4.5, 3.2))
+    for variant in variants:
+        ys = [min(results["final"][variant][str(sp)]["psnr"], 100.0) for sp in sps]
+        ax.plot(sps, ys, marker="o", label=variant)
+    ax.set_xlabel("sparsity")
+    ax.set_ylabel("PSNR vs dense (dB)")
+    ax.legend()
+    fig.tight_layout()
+    p2 = out_dir / "final.png"
+    fig.savefig(p2, dpi=100)
+    plt.close(fig)
+    return [p1, p2]
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(prog="python -m dit_attn.sparse.quality", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", default=None, help="tiny:<family>, shapes:t2v|t2i, or a local pipeline directory")
+    ap.add_argument("--out", required=True, help="output directory (quality.json, per_layer.png, final.png)")
+    ap.add_argument("--sparsities", default="0.5,0.75,0.9")
+    ap.add_argument("--variants", default=",".join(VARIANTS))
+    ap.add_argument("--steps", type=int, default=4)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--block-size", type=int, default=None, help="default: 8 for tiny models, else 128")
+    ap.add_argument("--tau", type=float, default=0.3)
+    ap.add_argument("--no-neighbors", action="store_true")
+    ap.add_argument("--threads", type=int, default=1)
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    variants = [v for v in args.variants.split(",") if v]
+    bad = [v for v in variants if v not in VARIANTS]
+    if bad:
+        ap.error(f"unknown variant(s) {bad}; allowed: {', '.join(VARIANTS)}")
+    try:
+        sparsities = [float(s) for s in args.sparsities.split(",") if s]
+    except ValueError:
+        ap.error(f"--sparsities must be comma-separated numbers; got {args.sparsities!r}")
+    model = args.model or _default_model()
+    results = evaluate(model, sparsities, variants, steps=args.steps, seed=args.seed, block_size=args.block_size,
+                       neighbors=not args.no_neighbors, tau=args.tau)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "quality.json").write_text(json.dumps(results, indent=1))
+    plot(results, out)
+    for variant in variants:
+        row = "  ".join(f"sp={sp}: PSNR {results['final'][variant][str(sp)]['psnr']:.1f} dB "
+                        f"SSIM {results['final'][variant][str(sp)]['ssim']:.3f} "
+                        f"(density {results['final'][variant][str(sp)]['density']:.2f})" for sp in sparsities)
+        print(f"{variant:>5}: {row}")
+    return results
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,135 @@
+"""ShapesWorld models: tokenizers, architectures, the training loop (tiny budget), bundled weights, load_shapes."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from dit_attn.pipelines.shapes import bundled
+from dit_attn.pipelines.shapes.generate import evaluate_pipeline, shapes_call_kwargs
+from dit_attn.pipelines.shapes.models import KINDS, VOCAB, build_pipeline, shapes_tokenizer
+from dit_attn.pipelines.shapes.world import eval_prompts, sample_scene, scene_rng
+from dit_attn.testing import cpu_threads
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    with cpu_threads(1):
+        yield
+
+
+def _words(text):
+    return text.replace(",", " , ").split()
+
+
+def test_tokenizers_cover_every_caption_word():
+    unk = VOCAB["<unk>"]
+    for tok_kind in ("clip", "t5"):
+        tok = shapes_tokenizer(tok_kind, 28)
+        for kind in ("image", "video", "subject"):
+            for split in ("train", "heldout"):
+                for i in range(150):
+                    cap = sample_scene(scene_rng(3, kind, split, i), split=split, kind=kind).caption
+                    ids = tok(cap).input_ids
+                    assert unk not in ids, cap
+                    assert len(ids) == len(_words(cap)) + (2 if tok_kind == "clip" else 1)
+                    assert len(ids) <= 28
+    assert shapes_tokenizer("t5", 28)("a glorp").input_ids[1] == unk  # unknown words are <unk>, not errors
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_fresh_pipeline_round_trips_and_has_the_right_output_shape(kind, tmp_path):
+    from diffusers import DiffusionPipeline
+
+    pipe = build_pipeline(kind, seed=1)
+    pipe.set_progress_bar_config(disable=True)
+    pipe.save_pretrained(tmp_path, safe_serialization=True)
+    assert not list(tmp_path.rglob("*.bin")) and list(tmp_path.rglob("*.safetensors"))
+    again = DiffusionPipeline.from_pretrained(tmp_path, use_safetensors=True)
+    assert type(again) is type(pipe)
+    again.set_progress_bar_config(disable=True)
+    kw = shapes_call_kwargs(kind, steps=1)
+    out = [p(prompt="a red square on the left", generator=torch.Generator().manual_seed(0), output_type="np", **kw)
+           for p in (pipe, again)]
+    if kind == "t2v":
+        assert out[0].frames.shape == (1, 9, 64, 64, 3)
+        np.testing.assert_allclose(out[0].frames, out[1].frames, atol=1e-5)
+    else:
+        assert out[0].images.shape == (1, 64, 64, 3)
+        np.testing.assert_allclose(out[0].images, out[1].images, atol=1e-5)
+
+
+def test_training_loop_exports_checkpoints_and_resumes(tmp_path):
+    from diffusers import DiffusionPipeline
+    from safetensors.torch import load_file
+
+    from dit_attn.pipelines.shapes.train import train
+
+    out, work = str(tmp_path / "model"), str(tmp_path / "work")
+    common = dict(kind="t2i", out=out, work=work, vae_minutes=0.02, batch=2, cache_size=8, lr=1e-3, seed=0,
+                  init_vae=None, log_every=1, ckpt_minutes=100.0, eval_n=0)
+    train(minutes=0.06, resume=False, **common)
+    with open(os.path.join(work, "state.json")) as f:
+        first = json.load(f)
+    assert first["phase"] == "transformer" and first["step"] >= 1
+    assert any(k.startswith("opt/") for k in load_file(os.path.join(work, "state.safetensors")))
+    log = [json.loads(line) for line in open(os.path.join(out, "training_log.jsonl"))]
+    assert {r["phase"] for r in log} >= {"vae", "vae_done", "cache", "flow", "eval"}
+    assert all(np.isfinite(r["loss"]) for r in log if r["phase"] == "flow")
+    train(minutes=0.12, resume=True, **common)  # continues from the saved step until the larger budget is spent
+    with open(os.path.join(work, "state.json")) as f:
+        second = json.load(f)
+    assert second["step"] > first["step"]
+    pipe = DiffusionPipeline.from_pretrained(out, use_safetensors=True, torch_dtype=torch.float32)
+    assert pipe.vae.config.scaling_factor != 1.0  # set from the latent statistics of the cache
+    assert pipe.transformer.dtype == torch.float32
+
+
+def test_load_shapes_errors(tmp_path, monkeypatch):
+    with pytest.raises(ValueError, match="expected one of"):
+        bundled.load_shapes("sdxl")
+    monkeypatch.setattr(bundled, "MODELS_DIR", str(tmp_path))
+    with pytest.raises(FileNotFoundError, match="python -m dit_attn.pipelines.shapes.train --kind flux"):
+        bundled.load_shapes("flux")
+
+
+def test_loading_by_name():
+    from dit_attn.pipelines.loading import call_kwargs, load_pipeline
+
+    with pytest.raises(ValueError, match="shapes:t2i"):
+        load_pipeline("shapes:sdxl")
+    pipe = build_pipeline("flux")
+    kw = call_kwargs(pipe, {"model": "shapes:flux", "prompt": "a red circle", "guidance": 3.0},
+                     torch.Generator().manual_seed(0))
+    assert kw["height"] == kw["width"] == 64 and kw["true_cfg_scale"] == 3.0 and kw["prompt"] == "a red circle"
+
+
+def test_bundled_t2i_model_is_present():
+    assert bundled.has_weights("t2i"), f"train it: python -m dit_attn.pipelines.shapes.train --kind t2i --out " \
+                                       f"{bundled.model_dir('t2i')}"
+
+
+@pytest.mark.parametrize("kind", [k for k in KINDS if bundled.has_weights(k)])
+def test_load_shapes_offline_output_shapes(kind, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    pipe = bundled.load_shapes(kind)
+    assert type(pipe).__name__ == bundled.PIPELINE_CLASSES[kind]
+    assert pipe.transformer.dtype == torch.float32
+    out = pipe(prompt=["a red square on the left", "a blue circle at the top"], output_type="np",
+               generator=torch.Generator().manual_seed(0), **shapes_call_kwargs(kind, steps=2))
+    if kind == "t2v":
+        assert out.frames.shape == (2, 9, 64, 64, 3)
+    else:
+        assert out.images.shape == (2, 64, 64, 3)
+
+
+@pytest.mark.skipif(not bundled.has_weights("t2i"), reason="bundled t2i weights missing (see the test above)")
+def test_bundled_t2i_scores_above_chance_on_training_captions():
+    pipe = bundled.load_shapes("t2i")
+    summary, results = evaluate_pipeline(pipe, "t2i", split="train", n=6, seed=0, num_inference_steps=12)
+    chance_colour, chance_object = 1 / 8, 1 / 48
+    assert summary["colour"] > 2 * chance_colour, summary
+    assert summary["object_accuracy"] > 5 * chance_object, summary
+    assert len(results) == len(eval_prompts("t2i", split="train", n=6))

@@ -1,0 +1,169 @@
+"""Condition-adapter training on the tiny FLUX pipeline: CSAS sampling, LoRA gradients under the mode's masks vs
+the dense oracle, loss decreasing on a fixed batch, exact resume, the folder dataset and the CLI."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("peft")  # a declared dependency of the `train` and `test` extras
+
+from dit_attn.conditions import attention as A  # noqa: E402
+from dit_attn.conditions import train as T  # noqa: E402
+from dit_attn.testing import cpu_threads, tiny_pipeline  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    with cpu_threads(1):
+        yield
+
+
+def test_csas_sampling_direction_and_logit_normal():
+    g = torch.Generator().manual_seed(0)
+    csas = T.sample_sigmas(50_000, "csas", g)
+    ln = T.sample_sigmas(50_000, "logit_normal", g)
+    z = torch.logit(csas.double())
+    assert abs(float(z.mean()) - 0.5) < 0.03 and abs(float(z.std()) - 1.5) < 0.03  # t = sigmoid(0.5 + 1.5 z)
+    assert float(csas.mean()) > 0.55 and abs(float(ln.mean()) - 0.5) < 0.01  # CSAS leans to noise (t = 1)
+    with pytest.raises(ValueError, match="sampling must be one of"):
+        T.sample_sigmas(2, "uniform", g)
+
+
+def _batch(condition, n=2, size=32):
+    ds = T._ShapesAdapter(condition, size, 16, 0)
+    return T._collate([ds[i] for i in range(n)])
+
+
+@pytest.mark.parametrize("condition,mode", [("edge", "pka"), ("subject", "pka"), ("edge", "cached-full")])
+def test_lora_gradients_equal_dense_oracle(monkeypatch, condition, mode):
+    from dit_attn.controls import conditions as C
+
+    pipe = tiny_pipeline("flux")
+    cfg = T.TrainConfig(output_dir="", condition=condition, mode=mode, size=32, rank=4, epsilon=0.3)
+    params = T.add_condition_adapter(pipe.transformer, cfg)
+    with torch.no_grad():  # non-zero B so that every LoRA parameter has a gradient
+        for p in params:
+            p.add_(0.05 * torch.randn_like(p))
+    batch = _batch(condition)
+
+    def grads():
+        trainer = T.ConditionTrainer(pipe, cfg)
+        try:
+            loss = trainer.loss(batch, torch.Generator().manual_seed(3))
+            # (the last layer's condition queries feed nothing the cache keeps: their LoRA gets no gradient)
+            return loss.detach(), torch.autograd.grad(loss, params, allow_unused=True)
+        finally:
+            trainer.close()
+
+    loss_fast, g_fast = grads()
+    monkeypatch.setattr(C, "condition_attention",
+                        lambda q, k, v, *, key_bias=None, **kw: A.dense_oracle(q, k, v, **kw))
+    loss_ref, g_ref = grads()
+    torch.testing.assert_close(loss_fast, loss_ref, rtol=1e-5, atol=1e-7)
+    used = [i for i, g in enumerate(g_fast) if g is not None]
+    assert len(used) >= len(params) - 2 and [i for i, g in enumerate(g_ref) if g is not None] == used
+    assert sum(float(g_fast[i].abs().sum()) for i in used) > 0
+    for i in used:
+        torch.testing.assert_close(g_fast[i], g_ref[i], rtol=1e-4, atol=1e-7)
+
+
+def test_denoise_pass_does_not_use_the_condition_adapter():
+    pipe = tiny_pipeline("flux")
+    cfg = T.TrainConfig(output_dir="", size=32, rank=4)
+    params = T.add_condition_adapter(pipe.transformer, cfg)
+    with torch.no_grad():
+        for p in params:
+            p.add_(0.5 * torch.randn_like(p))
+    trainer = T.ConditionTrainer(pipe, cfg)
+    seen = []
+    attend = trainer.control.attend
+
+    layer = pipe.transformer.single_transformer_blocks[0].attn.to_q
+
+    def spy(call):
+        active = [a for a in layer.active_adapters if not layer.disable_adapters]
+        seen.append((trainer.control._state["writing"], active))
+        return attend(call)
+
+    trainer.control.attend = spy
+    try:
+        trainer.loss(_batch("edge"), torch.Generator().manual_seed(0))
+    finally:
+        trainer.close()
+    assert seen and all(active == ["condition"] for w, active in seen if w is not None)  # write pass: on
+    assert all(active == [] for w, active in seen if w is None)  # denoising pass: off on text/image tokens
+    assert layer.active_adapters == ["condition"] and not layer.disable_adapters  # restored afterwards
+
+
+def test_loss_decreases_on_a_fixed_batch():
+    pipe = tiny_pipeline("flux")
+    cfg = T.TrainConfig(output_dir="", size=32, rank=8, learning_rate=2e-2)
+    torch.manual_seed(0)
+    params = T.add_condition_adapter(pipe.transformer, cfg)
+    opt = torch.optim.Adam(params, lr=cfg.learning_rate)
+    trainer = T.ConditionTrainer(pipe, cfg)
+    batch = _batch("edge")
+    losses = []
+    try:
+        for _ in range(15):
+            loss = trainer.loss(batch, torch.Generator().manual_seed(5))  # same noise and t every step
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            losses.append(float(loss.detach()))
+    finally:
+        trainer.close()
+    assert all(np.isfinite(losses))
+    assert losses[-1] < 0.9 * losses[0], losses
+
+
+def test_train_resumes_exactly(tmp_path):
+    def run(out, steps):
+        cfg = T.TrainConfig(output_dir=str(out), steps=steps, batch_size=1, size=32, rank=4, save_every=2,
+                            learning_rate=1e-3, dataset_length=16)
+        return T.train(cfg, pipe=tiny_pipeline("flux"), progress=False)
+
+    full = run(tmp_path / "a", 4)
+    run(tmp_path / "b", 2)
+    resumed = run(tmp_path / "b", 4)
+    assert len(full["losses"]) == 4 and len(resumed["losses"]) == 2 and all(np.isfinite(full["losses"]))
+    np.testing.assert_allclose(resumed["losses"], full["losses"][2:], rtol=1e-5)
+    from safetensors.torch import load_file
+
+    a, b = load_file(full["adapter"]), load_file(resumed["adapter"])
+    assert a.keys() == b.keys() and len(a) > 0
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-7)
+    assert json.load(open(tmp_path / "b" / "state.json"))["step"] == 4
+    assert os.path.exists(tmp_path / "b" / "checkpoint-2" / "condition.safetensors")
+
+
+def test_folder_dataset_and_cli(tmp_path):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(2):
+        for kind in ("img", "cond"):
+            Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(tmp_path / f"{kind}{i}.png")
+        rows.append({"image": f"img{i}.png", "condition": f"cond{i}.png", "caption": "a red circle"})
+    (tmp_path / "metadata.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    ds = T.FolderConditionDataset(str(tmp_path), size=32)
+    assert len(ds) == 2 and ds[0]["image"].shape == (3, 32, 32) and float(ds[0]["condition"].min()) >= -1
+    parser = argparse.ArgumentParser()
+    T.add_cli(parser.add_subparsers())
+    args = parser.parse_args(["train-conditions", "--pipeline", "tiny-flux", "--output-dir", str(tmp_path / "out"),
+                              "--data", str(tmp_path), "--steps", "1", "--batch-size", "1", "--size", "32",
+                              "--rank", "2", "--timestep-sampling", "logit_normal"])
+    assert args.func(args) == 0
+    assert os.path.exists(tmp_path / "out" / "condition.safetensors")
+    with pytest.raises(FileNotFoundError, match="metadata.jsonl"):
+        T.FolderConditionDataset(str(tmp_path / "out"))
+    with pytest.raises(ValueError, match="timestep_sampling"):
+        T.TrainConfig(output_dir="x", timestep_sampling="uniform")
