@@ -378,3 +378,31 @@ def test_errors(pipe):
             pass
     with pytest.raises(ValueError, match="2 tokens for a 3x3 grid"):
         ConditionTokens(torch.zeros(1, 2, 4), (3, 3))
+
+
+def test_bench_measures_every_mode_in_process():
+    from dit_attn.conditions import bench
+
+    args = bench._parser().parse_args(["--heads", "2", "--head-dim", "8", "--text", "4", "--image", "16",
+                                       "--cond-tokens", "4", "--repeats", "1"])
+    results = [bench.measure_one(m, c, args) for c in (1, 2) for m in bench.BENCH_MODES]
+    assert all(r["ms"] > 0 and r["input_bytes"] > 0 for r in results)
+    text = bench.table(results)
+    assert text.count("\n") == 3 and "concat/pka" in text
+
+
+def test_block_sparse_ksa_path_skips_blocks_and_matches_math():
+    # The CUDA path (block-sparse LUT: query blocks without a kept row get no key block); on CPU tensors
+    # block_sparse_attention runs its reference with the same LUT semantics.
+    g = torch.Generator().manual_seed(9)
+    q, k, v = (torch.randn(2, 3, n, 8, generator=g) for n in (20, 7, 7))
+    rows = torch.zeros(2, 20, dtype=torch.bool)
+    rows[0, [1, 2, 13]] = True  # query blocks 0 and 3 (of 4 rows each) kept, 1, 2, 4 skipped
+    rows[1, :] = True
+    out, lse = A._kernel(q, k, v, 0.3, None, rows, block=4)
+    lse = lse.masked_fill(~rows[:, None], float("-inf"))
+    ref_out, ref_lse = A.attention_lse(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), 0.3, row_mask=rows)
+    keep = rows[:, None, :, None].expand_as(out)
+    torch.testing.assert_close(out.float()[keep], ref_out[keep], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(lse, ref_lse)
+    assert torch.isneginf(lse[0, :, 4:12]).all()  # skipped blocks: no key at all

@@ -163,18 +163,16 @@ def paa_merge(out, lse, q_img, spatial: list[SpatialKV], scale: float):
         return out, lse
     b = out.shape[0]
     qh = q_img.transpose(1, 2).to(out.dtype)
-    logits, values = [lse], []
-    for sp in spatial:
+    logits = [lse]
+    for sp in spatial:  # the C extra logits first ([C, B, H, N]: small) ...
         kc = _heads(sp.key, b).index_select(2, sp.index).to(out.dtype)  # [B, H, N, D]
-        vc = _heads(sp.value, b).index_select(2, sp.index).to(out.dtype)
         logits.append((qh * kc).sum(-1) * scale)
-        values.append(vc)
     stacked = torch.stack(logits)  # [1 + C, B, H, N]
     lse_new = torch.logsumexp(stacked, dim=0)
     w = torch.exp(stacked - lse_new)
     merged = w[0].unsqueeze(-1) * out
-    for c, vc in enumerate(values):
-        merged = merged + w[c + 1].unsqueeze(-1) * vc
+    for c, sp in enumerate(spatial):  # ... then one gathered value tensor at a time (memory O(N·D), not O(C·N·D))
+        merged = merged + w[c + 1].unsqueeze(-1) * _heads(sp.value, b).index_select(2, sp.index).to(out.dtype)
     return merged, lse_new
 
 

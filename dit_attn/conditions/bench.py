@@ -134,7 +134,8 @@ def _parser():
 
 
 def table(results: list[dict]) -> str:
-    """A markdown table: ms and peak MiB per mode and count, with speedups of pka over the baselines."""
+    """A markdown table per mode and count: ms and MiB (the inputs: q/k/v and cached condition K/V, plus the
+    peak growth while the attention runs), with the speedups of pka over the baselines."""
     by = {(r["mode"], r["conditions"]): r for r in results}
     modes = list(dict.fromkeys(r["mode"] for r in results))
     counts = sorted({r["conditions"] for r in results})
@@ -144,7 +145,7 @@ def table(results: list[dict]) -> str:
         cells = []
         for m in modes:
             r = by.get((m, c))
-            cells.append(f"{r['ms']:.2f} / {r['peak_bytes'] / 2**20:.1f}" if r else "-")
+            cells.append(f"{r['ms']:.2f} / {(r['peak_bytes'] + r['input_bytes']) / 2**20:.1f}" if r else "-")
         pka, cat, full = by.get(("pka", c)), by.get(("concat", c)), by.get(("cached-full", c))
         s1 = f"{cat['ms'] / pka['ms']:.1f}x" if pka and cat else "-"
         s2 = f"{full['ms'] / pka['ms']:.1f}x" if pka and full else "-"
