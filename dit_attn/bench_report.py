@@ -115,10 +115,71 @@ def _emphasis(out: Path, quick: bool) -> str:
             "Target ≤ 1.05.\n\n" + "\n".join(lines))
 
 
+def _sparse_quality(out: Path, quick: bool) -> str:
+    from dit_attn.sparse import quality
+
+    folder = out / "sparse_quality"
+    model = quality._default_model()
+    argv = ["--out", str(folder), "--model", model, "--steps", "2" if quick else "4",
+            "--sparsities", "0.5,0.75" if quick else "0.5,0.75,0.9"]
+    if model.startswith("tiny:"):
+        argv += ["--no-neighbors"]  # tiny token counts: every block would be a neighbour
+    res = quality.main(argv)
+    sps = res["sparsities"]
+    lines = ["| variant | " + " | ".join(f"sparsity {sp}: PSNR dB / SSIM / density" for sp in sps) + " |",
+             "|---|" + "---|" * len(sps)]
+    for variant in res["variants"]:
+        cells = [res["final"][variant][str(sp)] for sp in sps]
+        lines.append(f"| {variant} | " + " | ".join(f"{c['psnr']:.1f} / {c['ssim']:.3f} / {c['density']:.2f}"
+                                                    for c in cells) + " |")
+    return (f"Final output vs the dense run on `{model}` (same seed), block size {res['block_size']}. Per-layer "
+            "errors: `sparse_quality/quality.json`.\n\n" + "\n".join(lines)
+            + "\n\n![per layer](sparse_quality/per_layer.png)")
+
+
+def _sparse_speed(out: Path, quick: bool) -> str:
+    from dit_attn.sparse import bench as sparse_bench
+
+    results = sparse_bench.main(["--out", str(out / "sparse_speed.json")]
+                                + (["--shapes", "wan_480p"] if quick else []))
+    lines = ["| shape | sparsity | density | attention speedup | e2e model | Amdahl ceiling |", "|---|---|---|---|---|---|"]
+    for r in results:
+        for row in r["sparse"]:
+            lines.append(f"| {r['shape']} | {row['sparsity']} | {row['density']:.3f} | "
+                         f"{row['attention_speedup']:.2f}x | {row['e2e_speedup_model']:.2f}x | "
+                         f"{row['amdahl_ceiling']:.2f}x |")
+    return f"Selection + kernel vs dense {results[0]['baseline']} on {results[0]['device']}.\n\n" + "\n".join(lines)
+
+
+def _conditions(out: Path, quick: bool) -> str:
+    from dit_attn.conditions import bench as cond_bench
+
+    path = out / "conditions.json"
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    argv = ["--out", str(path), "--device", device, "--counts"] + (["1", "4"] if quick else ["1", "2", "4", "8", "16"])
+    if device == "cuda":
+        argv += ["--dtype", "bfloat16", "--heads", "24", "--head-dim", "128", "--text", "512", "--image", "4096",
+                 "--cond-tokens", "1024"]
+    else:
+        argv += ["--repeats", "2" if quick else "5"]
+    cond_bench.main(argv)
+    data = json.loads(path.read_text())
+    results = data["results"] if isinstance(data, dict) else data
+    where = "FLUX shapes (24x128, 4096 image + 512 text, 1024-token conditions), bf16" if device == "cuda" else \
+        "small CPU shapes (4x32, 256 image + 64 text, 256-token conditions), fp32: not GPU numbers"
+    return f"Attention-module time and memory vs number of conditions, {where}.\n\n" + cond_bench.table(results)
+
+
 SECTIONS: list[Section] = [
     Section("overhead", "Processor overhead (attached, no controls, vs stock)", _overhead),
     Section("kernels", "Block-sparse attention kernels vs SDPA (cuDNN, flash)", _kernels, needs_gpu=True),
     Section("emphasis", "Cost of prompt emphasis in the attention logits", _emphasis, needs_gpu=True),
+    Section("sparse_quality", "Rectified sparse attention: quality vs dense", _sparse_quality,
+            module="dit_attn.sparse.quality"),
+    Section("sparse_speed", "Rectified sparse attention: speed at real video shapes", _sparse_speed, needs_gpu=True,
+            module="dit_attn.sparse.bench"),
+    Section("conditions", "Multi-condition attention: scaling with the number of conditions", _conditions,
+            module="dit_attn.conditions.bench"),
 ]
 
 

@@ -22,4 +22,11 @@ def shapes_call_kwargs(kind: str = "t2i", steps=None, guidance=None) -> dict:
     return _kwargs(kind, steps=steps, guidance=guidance)
 
 
-__all__ = ["load_shapes", "shapes_call_kwargs"]
+def shapes_models() -> tuple[str, ...]:
+    """The ShapesWorld kinds whose trained weights are installed (e.g. ``("t2i",)``)."""
+    from .shapes.bundled import available_kinds
+
+    return available_kinds()
+
+
+__all__ = ["load_shapes", "shapes_call_kwargs", "shapes_models"]

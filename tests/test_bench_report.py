@@ -39,3 +39,14 @@ def test_emphasis_benchmark_smoke_on_cpu(tmp_path, capsys):
     assert "NOT GPU NUMBERS" in capsys.readouterr().out or torch.cuda.is_available()
     assert rows[0]["plain_ms"] > 0 and rows[0]["emphasis_ms"] > 0
     assert json.loads((tmp_path / "e.json").read_text())["results"][0]["shape"] == "small"
+
+
+def test_report_sections_of_sparse_and_conditions_on_cpu(tmp_path):
+    with cpu_threads(1):
+        run_report(tmp_path, quick=True, only=["sparse_quality", "conditions", "sparse_speed"])
+    status = json.loads((tmp_path / "report.json").read_text())["sections"]
+    assert status["sparse_quality"] == "ok" and status["conditions"] == "ok", status
+    report = (tmp_path / "report.md").read_text()
+    assert "| full |" in report and "concat/pka" in report
+    if not torch.cuda.is_available():
+        assert "needs a CUDA GPU" in status["sparse_speed"]

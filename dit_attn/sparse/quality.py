@@ -73,11 +73,15 @@ def _load(model: str, steps: int, seed: int):
 
 def _default_model() -> str:
     try:
-        from dit_attn.pipelines import load_shapes  # noqa: F401
+        from dit_attn.pipelines import shapes_models
 
-        return "shapes:t2v"
+        installed = shapes_models()
     except ImportError:
-        return "tiny:wan"
+        installed = ()
+    for kind in ("t2v", "t2i"):
+        if kind in installed:
+            return f"shapes:{kind}"
+    return "tiny:wan"
 
 
 def _frames(result) -> np.ndarray:
