@@ -49,7 +49,8 @@ class SparsePlan:
 
     ``query_rows`` (a slice of the call's query rows, or None for all) restricts the plan to those rows: the LUT
     and rectification describe the query blocks of ``query[:, query_rows]``, and the other rows run dense over
-    all keys (with the call's key bias and mask). ``output_order`` (int64 ``[Nq]``, or None) is applied last:
+    all keys (with the call's mask and ``dense_key_bias`` if given, else the call's key bias: a bias that only
+    the planned rows get, like prompt emphasis on image rows, leaves the other rows stock). ``output_order`` (int64 ``[Nq]``, or None) is applied last:
     :func:`execute` returns ``out[:, output_order]``, so a control that permuted the call's tokens (e.g. into
     Gilbert order) gets its output back in the original order without a ``finish`` step.
     """
@@ -62,6 +63,7 @@ class SparsePlan:
     rect_add: torch.Tensor | None = None
     query_rows: slice | None = None
     output_order: torch.Tensor | None = None
+    dense_key_bias: torch.Tensor | None = None  # key bias of the rows outside query_rows (None: the call's)
 
 
 @dataclass
@@ -211,8 +213,9 @@ def _split_sparse_rows(call: AttentionCall) -> torch.Tensor:
         extra = [replace(e, query_mask=e.query_mask[..., lo:hi])
                  if e.query_mask is not None and e.query_mask.dim() and e.query_mask.shape[-1] == n else e
                  for e in call.extra_keys]
-        part = call.replace(query=call.query[:, lo:hi], attn_mask=part_mask, extra_keys=extra,
-                            sparse=replace(plan, query_rows=None) if sparse else None)
+        bias = call.key_bias if sparse or plan.dense_key_bias is None else plan.dense_key_bias
+        part = call.replace(query=call.query[:, lo:hi], attn_mask=part_mask, extra_keys=extra, key_bias=bias,
+                            sparse=replace(plan, query_rows=None, dense_key_bias=None) if sparse else None)
         parts.append(execute(part))
     return torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
 

@@ -147,11 +147,15 @@ class RectifiedSparse(Control):
 
         mask = call.attn_mask
         key_only = mask is None or (mask.dim() == 4 and mask.shape[-2] == 1 and mask.shape[1] == 1)
-        if not key_only or call.sparse is not None or call.extra_keys or call.key_bias_rows is not None:
-            return call  # something this control cannot combine with: stay dense
         layout = call.layout
-        grid = self.grid_for(layout)
         vis = layout.query_segments["image"]
+        # A key bias for the image rows only (prompt emphasis) composes: those are exactly the rows we plan.
+        rows_only = call.key_bias_rows is not None and call.key_bias is not None and \
+            call.key_bias_rows.indices(call.query.shape[1])[:2] == tuple(vis)
+        if not key_only or call.sparse is not None or call.extra_keys or \
+                (call.key_bias_rows is not None and not rows_only):
+            return call  # something this control cannot combine with: stay dense
+        grid = self.grid_for(layout)
         text = layout.query_segments.get("text")
         n = call.query.shape[1]
         bs = self.block_size
@@ -159,15 +163,20 @@ class RectifiedSparse(Control):
         nv, nvp = plan.n_vis, plan.n_vis_padded
 
         # Key bias over the call's keys (other controls' bias + the stock key-padding mask), then permuted.
-        bias = call.key_bias
-        if bias is not None:
-            while bias.dim() < 3:
-                bias = bias.unsqueeze(0)
-            bias = bias.float()
-        if mask is not None:
-            m = _mask_to_bias(mask, torch.float32)[:, :, 0, :]  # [B|1, 1, Nk]
-            bias = m if bias is None else bias + m
-        bias = plan.pad_bias.view(1, 1, -1) if bias is None else bias.index_select(-1, plan.kv_index) + plan.pad_bias
+        def permuted(extra):
+            if extra is not None:
+                while extra.dim() < 3:
+                    extra = extra.unsqueeze(0)
+                extra = extra.float()
+            if mask is not None:
+                m = _mask_to_bias(mask, torch.float32)[:, :, 0, :]  # [B|1, 1, Nk]
+                extra = m if extra is None else extra + m
+            if extra is None:
+                return plan.pad_bias.view(1, 1, -1)
+            return extra.index_select(-1, plan.kv_index) + plan.pad_bias
+
+        bias = permuted(call.key_bias)
+        dense_bias = permuted(None) if rows_only else None  # text rows: stock mask and padding only
 
         q = call.query.index_select(1, plan.q_index)
         k = call.key.index_select(1, plan.kv_index)
@@ -188,7 +197,7 @@ class RectifiedSparse(Control):
             density = sel.block_count.float().mean() / (plan.n_vblocks + plan.n_tblocks)
             self.density_log.append((layout.layer_index, layout.step_index, density))
         call.query, call.key, call.value = q, k, v
-        call.key_bias, call.attn_mask = bias, None
+        call.key_bias, call.attn_mask, call.key_bias_rows = bias, None, None
         call.sparse = SparsePlan(sel.block_index, sel.block_count, bs, bs, sel.rect_scale, sel.rect_add,
-                                 query_rows=slice(0, nv), output_order=plan.out_index)
+                                 query_rows=slice(0, nv), output_order=plan.out_index, dense_key_bias=dense_bias)
         return call
