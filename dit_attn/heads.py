@@ -248,6 +248,8 @@ class HeadSet:
     def from_dict(cls, data: dict) -> "HeadSet":
         if not isinstance(data, dict) or "layers" not in data:
             raise ValueError(f"a head-set JSON object needs a 'layers' list (format {FORMAT!r})")
+        if not isinstance(data["layers"], list):
+            raise ValueError(f"'layers' of a head-set JSON must be a list; got {data['layers']!r}")
         entries: dict[LayerKey, frozenset[int] | str] = {}
         for item in data["layers"]:
             if not isinstance(item, dict) or "heads" not in item:
@@ -255,7 +257,10 @@ class HeadSet:
             if "block_list" in item:
                 if not isinstance(item["block_list"], str) or not re.fullmatch(_IDENT, item["block_list"]):
                     raise ValueError(f"bad block_list {item['block_list']!r}")
-                key = LayerKey(item["block_list"], _nonneg(item.get("block"), "block"), item.get("attn"))
+                attn = item.get("attn")
+                if attn is not None and (not isinstance(attn, str) or not re.fullmatch(_IDENT, attn)):
+                    raise ValueError(f"bad attention attribute {attn!r}")
+                key = LayerKey(item["block_list"], _nonneg(item.get("block"), "block"), attn)
             else:
                 key = LayerKey(None, _nonneg(item.get("layer"), "layer"))
             heads = item["heads"]
@@ -266,7 +271,8 @@ class HeadSet:
             else:
                 raise ValueError(f"'heads' must be a list of integers or '*'; got {heads!r}")
             cls._merge(entries, key, value)
-        return cls(entries, data.get("source"))
+        source = data.get("source")
+        return cls(entries, source if isinstance(source, str) else None)
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=1)

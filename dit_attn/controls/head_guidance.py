@@ -369,7 +369,6 @@ class SoftPAG(Control):
         if cond is None:  # the raw cond prediction, shared by every SoftPAG term of this forward
             cond = state.extra[_RAW_COND] = keep[src].float().clone()
         delta = self.scale * (cond - pert.float())
-        state.batch_roles = roles
         if self._pipeline is not None and getattr(self._pipeline, "scheduler", None) is not None:
             self._pending.append(delta)
         else:

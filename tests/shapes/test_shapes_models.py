@@ -76,7 +76,7 @@ def test_training_loop_exports_checkpoints_and_resumes(tmp_path):
     assert first["phase"] == "transformer" and first["step"] >= 1
     assert any(k.startswith("opt/") for k in load_file(os.path.join(work, "state.safetensors")))
     log = [json.loads(line) for line in open(os.path.join(out, "training_log.jsonl"))]
-    assert {r["phase"] for r in log} >= {"vae", "vae_done", "cache", "flow", "eval"}
+    assert {r["phase"] for r in log} >= {"vae_done", "cache", "flow", "eval"}
     assert all(np.isfinite(r["loss"]) for r in log if r["phase"] == "flow")
     train(minutes=0.12, resume=True, **common)  # continues from the saved step until the larger budget is spent
     with open(os.path.join(work, "state.json")) as f:
