@@ -160,3 +160,35 @@ def test_composes_with_entropy_scale():
         pipe(**kwargs)
     call = recorder.calls[0][0]
     assert call.key_bias is not None and call.logit_scale != 1.0
+
+
+@pytest.mark.parametrize("family", ["sd3", "flux"])
+def test_composes_with_softpag_in_either_order(family):
+    """SoftPAG's perturbed rows copy the cond rows, so they get the cond rows' weights, whichever control comes
+    first; the result does not depend on the attach order."""
+    pipe = tiny_pipeline(family)
+    heads = "transformer_blocks.0:0"
+    outs = []
+    for order in ("emphasis-first", "softpag-first"):
+        emphasis, pag = dit_attn.Emphasis(), dit_attn.SoftPAG(heads, strength=1.0, scale=2.0)
+        recorder = _After()
+        controls = (emphasis, pag) if order == "emphasis-first" else (pag, emphasis)
+        kwargs = tiny_call_kwargs(family, steps=2)
+        kwargs["prompt"] = PROMPT
+        with dit_attn.attach(pipe, *controls, recorder):
+            outs.append(_out(pipe(**kwargs)))
+        checked = 0
+        for call, _ in recorder.calls:
+            roles = call.layout.batch_roles
+            if call.key_bias is None or not any(r.startswith("perturbed") for r in roles):
+                continue
+            bias = call.key_bias.expand(len(roles), -1, -1)
+            cond = [i for i, r in enumerate(roles) if r == "cond"]
+            pert = [i for i, r in enumerate(roles) if r.startswith("perturbed")]
+            assert len(cond) == len(pert)
+            for c, p in zip(cond, pert):
+                assert torch.equal(bias[c], bias[p])
+            assert (bias[pert[0]] != 0).any()
+            checked += 1
+        assert checked
+    assert np.abs(outs[0] - outs[1]).max() <= 1e-6

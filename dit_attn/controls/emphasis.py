@@ -33,6 +33,7 @@ from .base import Control
 _POSITIVE_ARGS = ("prompt", "prompt_2", "prompt_3")
 _NEGATIVE_ARGS = ("negative_prompt", "negative_prompt_2", "negative_prompt_3")
 MODES = ("attention", "embedding-a1111", "embedding-comfy")
+_MAX_RECORDED = 8  # encoded prompts remembered (a pipeline call encodes one or two)
 QUERIES = ("image", "all")
 
 
@@ -148,7 +149,9 @@ class Emphasis(Control):
                     f"({type(pipe).__name__}); please report this")
             if self.mode != "attention":
                 self._reweight_embeddings(pipe, embeds, w, bound)
-            self._by_embeds[embeds.data_ptr()] = w
+            self._by_embeds[embeds.data_ptr()] = (embeds, w)
+            while len(self._by_embeds) > _MAX_RECORDED:  # oldest first (dicts keep insertion order)
+                self._by_embeds.pop(next(iter(self._by_embeds)))
             self._last[role] = w
 
     def _reweight_embeddings(self, pipe, embeds: torch.Tensor, w: torch.Tensor, bound) -> None:
@@ -189,7 +192,9 @@ class Emphasis(Control):
         roles = state.batch_roles or ()
         weights = None
         if isinstance(text, torch.Tensor) and text.data_ptr() in self._by_embeds:
-            weights = self._by_embeds[text.data_ptr()]
+            weights = self._by_embeds[text.data_ptr()][1]
+        elif isinstance(text, torch.Tensor) and (matched := self._match_rows(text)) is not None:
+            weights = matched
         elif self._last:
             rows, seen = [], {}
             for role in roles:
@@ -202,6 +207,20 @@ class Emphasis(Control):
         if weights is not None and bool((weights != 1).any()):
             state.extra[id(self)] = weights
         return args, kwargs
+
+    def _match_rows(self, text: torch.Tensor) -> torch.Tensor | None:
+        """Weights for a text batch assembled from recorded encodings (SD3/CogVideoX's ``cat([neg, pos])``,
+        rows copied by other controls such as SoftPAG): each row is matched by content to a recorded row. One
+        comparison per row and recorded prompt, once per forward (not per attention call)."""
+        rows = []
+        for r in range(text.shape[0]):
+            found = [w[j] for embeds, w in self._by_embeds.values()
+                     if embeds.shape[1:] == text.shape[1:] and embeds.device == text.device
+                     for j in range(embeds.shape[0]) if torch.equal(embeds[j], text[r])]
+            if not found or any(not torch.equal(f, found[0]) for f in found[1:]):
+                return None  # unknown, or the same text with different weights (e.g. prompt = negative prompt)
+            rows.append(found[0])
+        return torch.stack(rows)
 
     # --- per attention call ------------------------------------------------------------------------------
     def applies_to(self, layout: Layout) -> bool:
@@ -222,11 +241,33 @@ class Emphasis(Control):
         if self.schedule is not None and layout.progress is not None:
             log_w = log_w * float(self.schedule(layout.progress))
         if weights.shape[0] != layout.batch_size:
-            log_w = log_w.expand(layout.batch_size, -1) if weights.shape[0] == 1 else log_w.repeat(
-                math.ceil(layout.batch_size / weights.shape[0]), 1)[: layout.batch_size]
+            log_w = self._rows_for_roles(log_w, layout.batch_roles)
         bias = torch.zeros(layout.batch_size, 1, num_keys, device=device)
         bias[:, 0, start:stop] = log_w
         return bias
+
+    @staticmethod
+    def _rows_for_roles(log_w: torch.Tensor, roles: tuple[str, ...]) -> torch.Tensor:
+        """Weights of a forward's original rows, extended to rows other controls added after them.
+
+        Perturbed-guidance rows (role ``"perturbed:..."``, appended by SoftPAG as copies of the cond rows, in order)
+        get the weights of the cond row they copy, whichever control was attached first.
+        """
+        base = [i for i, r in enumerate(roles) if not r.startswith("perturbed")]
+        if log_w.shape[0] == len(base) and len(base) < len(roles):
+            cond = [j for j, i in enumerate(base) if roles[i] == COND] or list(range(len(base)))
+            rows, seen, position = [], {}, {i: j for j, i in enumerate(base)}
+            for i, role in enumerate(roles):
+                if role.startswith("perturbed"):
+                    k = seen.get(role, 0)
+                    seen[role] = k + 1
+                    rows.append(cond[k % len(cond)])
+                else:
+                    rows.append(position[i])
+            return log_w[torch.tensor(rows, device=log_w.device)]
+        if log_w.shape[0] == 1:
+            return log_w.expand(len(roles), -1)
+        return log_w.repeat(math.ceil(len(roles) / log_w.shape[0]), 1)[: len(roles)]
 
     def prepare(self, call: AttentionCall) -> AttentionCall:
         layout = call.layout
