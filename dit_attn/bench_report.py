@@ -170,10 +170,25 @@ def _conditions(out: Path, quick: bool) -> str:
     return f"Attention-module time and memory vs number of conditions, {where}.\n\n" + cond_bench.table(results)
 
 
+def _guidance(out: Path, quick: bool) -> str:
+    from . import bench_guidance
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    rows = []
+    for family in (("sd3", "flux") if quick else bench_guidance.FAMILIES):
+        rows.extend(bench_guidance.measure(family, steps=2 if quick else 4, repeats=2 if quick else 5, device=device))
+    (out / "guidance.json").write_text(json.dumps(rows, indent=2))
+    return ("SoftPAG (one perturbed term) vs CFG only, per denoising step of the tiny pipelines (text encoding and "
+            "decoding included, so on CPU the ratios are dominated by overheads). Targets: batched ≤ 1.55x, "
+            "uncond ≤ 1.05x.\n\n" + bench_guidance.table(rows))
+
+
 SECTIONS: list[Section] = [
     Section("overhead", "Processor overhead (attached, no controls, vs stock)", _overhead),
     Section("kernels", "Block-sparse attention kernels vs SDPA (cuDNN, flash)", _kernels, needs_gpu=True),
     Section("emphasis", "Cost of prompt emphasis in the attention logits", _emphasis, needs_gpu=True),
+    Section("guidance", "Head-level perturbation guidance: cost vs CFG only", _guidance,
+            module="dit_attn.bench_guidance"),
     Section("sparse_quality", "Rectified sparse attention: quality vs dense", _sparse_quality,
             module="dit_attn.sparse.quality"),
     Section("sparse_speed", "Rectified sparse attention: speed at real video shapes", _sparse_speed, needs_gpu=True,

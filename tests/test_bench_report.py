@@ -43,10 +43,10 @@ def test_emphasis_benchmark_smoke_on_cpu(tmp_path, capsys):
 
 def test_report_sections_of_sparse_and_conditions_on_cpu(tmp_path):
     with cpu_threads(1):
-        run_report(tmp_path, quick=True, only=["sparse_quality", "conditions", "sparse_speed"])
+        run_report(tmp_path, quick=True, only=["sparse_quality", "conditions", "sparse_speed", "guidance"])
     status = json.loads((tmp_path / "report.json").read_text())["sections"]
-    assert status["sparse_quality"] == "ok" and status["conditions"] == "ok", status
+    assert status["sparse_quality"] == "ok" and status["conditions"] == "ok" and status["guidance"] == "ok", status
     report = (tmp_path / "report.md").read_text()
-    assert "| full |" in report and "concat/pka" in report
+    assert "| full |" in report and "concat/pka" in report and "CFG + SoftPAG batched" in report
     if not torch.cuda.is_available():
         assert "needs a CUDA GPU" in status["sparse_speed"]
