@@ -208,7 +208,11 @@ def search_heads(pipe, candidates=None, objective: Callable | None = None, promp
                                                 f"{len(seeds)} seed(s)")
     files = {}
     if rank == 0:
-        files["heads"] = str(heads.save(out / "heads.json"))
+        # The head set plus every round's per-head scores (HeadSet.from_dict ignores the extra keys; the app draws
+        # its heatmap from them).
+        _atomic_write(out / "heads.json", {**heads.to_dict(), "scores": per_round[0] if per_round else {},
+                                           "rounds": per_round, "selected": added})
+        files["heads"] = str(out / "heads.json")
         for r, round_scores in enumerate(per_round):
             name = "heatmap.png" if r == 0 else f"heatmap_round{r + 1}.png"
             files[f"heatmap{r}"] = str(plot_heatmap(transformer, round_scores, out / name,
@@ -232,6 +236,47 @@ def _load_scores(out: Path, config: dict) -> dict[str, float]:
                              "out_dir or delete it")
         scores.update(data.get("scores", {}))
     return scores
+
+
+def heatmap_image(data: dict):
+    """A layers × heads heatmap (PIL image) from the ``scores`` of a ``heads.json`` written by the search (no model
+    needed: layers are the ``block_list.index`` keys that were scored, in model order)."""
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+    from PIL import Image
+
+    scores = data.get("scores") or {}
+    parsed = []
+    for key, value in scores.items():
+        layer, _, head = key.rpartition(":")
+        block_list, _, index = layer.rpartition(".")
+        if not (block_list and index.isdigit() and head.isdigit()):
+            raise ValueError(f"bad head key {key!r} in the scores (expected 'block_list.index:head')")
+        parsed.append((block_list, int(index), int(head), float(value)))
+    if not parsed:
+        raise ValueError("no per-head scores in this file")
+    lists = list(dict.fromkeys(p[0] for p in parsed))
+    layers = sorted({(p[0], p[1]) for p in parsed}, key=lambda x: (lists.index(x[0]), x[1]))
+    grid = np.full((len(layers), max(p[2] for p in parsed) + 1), np.nan)
+    for bl, i, h, v in parsed:
+        grid[layers.index((bl, i)), h] = v
+    fig, ax = plt.subplots(figsize=(max(4, grid.shape[1] * 0.3 + 2), max(3, grid.shape[0] * 0.25 + 1.5)))
+    im = ax.imshow(grid, aspect="auto", cmap="viridis", interpolation="nearest")
+    ax.set_xlabel("head")
+    ax.set_yticks(range(len(layers)), [f"{bl}.{i}" for bl, i in layers], fontsize=6)
+    ax.set_title("per-head score, round 1")
+    fig.colorbar(im, ax=ax)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    plt.close(fig)
+    buf.seek(0)
+    return Image.open(buf).convert("RGB")
 
 
 def plot_heatmap(transformer, round_scores: dict[str, float], path, title: str = "per-head score") -> Path:

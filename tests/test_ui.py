@@ -109,3 +109,35 @@ def test_real_browser_generates_and_screenshots(served, tmp_path):
         browser.close()
     assert natural_width == 64  # the tiny model's 64x48 output
     assert os.path.getsize(shot) > 10000
+
+
+def test_head_guidance_and_sparse_from_the_accordions(tmp_path):
+    import json
+
+    from dit_attn.ui.app import _preset_spec, load_head_file
+
+    app = App()
+    stock, _, _, _ = app.infer(**{**ARGS, "compare": False})
+    pag = ui_controls(pag=True, pag_heads="transformer_blocks.0:0", pag_strength=1.0, pag_scale=3.0)
+    assert pag["softpag"]["heads"] == "transformer_blocks.0:0"
+    guided, _, _, _ = app.infer(**{**ARGS, "compare": False}, controls=pag)
+    assert np.abs(np.asarray(guided, float) - np.asarray(stock, float)).max() > 0
+    sparse, _, _, _ = app.infer(**{**ARGS, "compare": False}, controls=ui_controls(sparse=True, sparsity=0.5))
+    assert sparse.size == stock.size
+    with pytest.raises(gr.Error, match="no block 7"):
+        app.infer(**ARGS, controls=ui_controls(pag=True, pag_heads="transformer_blocks.7:0"))
+    with pytest.raises(gr.Error, match="head spec"):
+        ui_controls(pag=True, pag_heads=" ")
+    with pytest.raises(gr.Error, match="step window"):
+        ui_controls(pag=True, pag_heads="transformer_blocks.0:0", pag_start=0.5, pag_stop=0.2)
+    assert _preset_spec("sd3-medium/red") == "transformer_blocks.0:3"
+
+    result = {"format": "dit_attn.heads/1", "layers": [{"block_list": "transformer_blocks", "block": 1, "heads": [0]}],
+              "scores": {"transformer_blocks.0:0": 0.2, "transformer_blocks.0:1": 0.4, "transformer_blocks.1:0": 0.9}}
+    path = tmp_path / "heads.json"
+    path.write_text(json.dumps(result))
+    spec, heatmap = load_head_file(str(path))
+    assert spec == "transformer_blocks.1:0" and heatmap.size[0] > 100
+    (tmp_path / "bad.json").write_text("not json")
+    with pytest.raises(gr.Error, match="Head-set file"):
+        load_head_file(str(tmp_path / "bad.json"))

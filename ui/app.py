@@ -217,15 +217,18 @@ def load_head_file(upload):
     from dit_attn.heads import HeadSet
 
     try:
-        heads = HeadSet.from_dict(data["heads"] if isinstance(data, dict) and "heads" in data else data)
+        heads = HeadSet.from_dict(data)
     except (ValueError, KeyError, TypeError) as e:
         raise gr.Error(f"Head-set file: {e}") from None
     image = None
     if isinstance(data, dict) and data.get("scores"):
         from dit_attn.head_search import heatmap_image
 
-        image = heatmap_image(data)
-    return heads.spec(), image
+        try:
+            image = heatmap_image(data)
+        except ValueError as e:
+            raise gr.Error(f"Head-search file: {e}") from None
+    return heads.to_spec(), image
 
 
 def build_app(models: list[str] | None = None):
@@ -329,7 +332,7 @@ def _preset_spec(name: str) -> str:
         return ""
     from dit_attn.heads import PRESETS
 
-    return str(PRESETS[name].spec if hasattr(PRESETS[name], "spec") else PRESETS[name])
+    return PRESETS[name][0]  # (spec, source)
 
 
 def launch(host: str = "127.0.0.1", port: int | None = None, models: list[str] | None = None, **kwargs):
