@@ -37,3 +37,24 @@ def test_run_on_tiny_model_and_doc_block(tmp_path):
 def test_negative_weight_refused():
     with pytest.raises(SystemExit):
         bench_reweighting.main(["--weights", "-1"])
+
+
+def test_guidance_effect_script_on_tiny_model(tmp_path):
+    from dit_attn import bench_guidance_effect
+
+    doc = tmp_path / "doc.md"
+    with cpu_threads(1):
+        data = bench_guidance_effect.main(["--model", "tiny:sd3", "--n", "2", "--seeds", "1", "--top-k", "1",
+                                           "--search-prompts", "1", "--out", str(tmp_path / "out"),
+                                           "--doc", str(doc)])
+    assert [r["config"].split(" ")[0] for r in data["rows"]] == ["CFG"] * 4
+    assert all(0 <= r["object_accuracy"] <= 1 for r in data["rows"])
+    assert dit_attn_heads_parse(data["heads"])
+    assert "| configuration |" in doc.read_text()
+    assert (tmp_path / "out" / "search" / "heads.json").exists()
+
+
+def dit_attn_heads_parse(spec):
+    import dit_attn
+
+    return len(dit_attn.HeadSet.parse(spec)) == 1
