@@ -76,7 +76,8 @@ def test_gradio_client_generate_and_error(served):
 
     client = Client(served, verbose=False)
     fields = {k: v for k, v in ARGS.items() if k not in ("negative_prompt", "randomize_seed")}
-    fields.update(negative="", randomize=False, entropy=True, train_tokens=64)
+    fields.update(negative="", randomize=False, entropy=True, train_tokens=64, spatial_1=None, spatial_2=None,
+                  subject=None)  # image inputs have no API default
     image, slider, video, seed = client.predict(**fields, api_name="/infer")
     assert seed == 5 and os.path.exists(image if isinstance(image, str) else image["path"])
     assert slider is not None
@@ -141,3 +142,26 @@ def test_head_guidance_and_sparse_from_the_accordions(tmp_path):
     (tmp_path / "bad.json").write_text("not json")
     with pytest.raises(gr.Error, match="Head-set file"):
         load_head_file(str(tmp_path / "bad.json"))
+
+
+def test_multi_condition_accordion_on_tiny_flux():
+    from PIL import Image
+
+    from dit_attn.ui.app import ui_conditions
+
+    rng = np.random.default_rng(0)
+    edges = Image.fromarray(rng.integers(0, 255, (48, 64, 3), dtype=np.uint8))
+    sprite = Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8))
+    flux = {**ARGS, "model": "tiny:flux", "prompt": "a red circle above a blue square", "compare": True}
+    conditions = ui_conditions(True, edges, None, sprite, "circle")
+    image, slider, _, _ = App().infer(**flux, conditions=conditions)
+    assert np.abs(np.asarray(slider[0], float) - np.asarray(image, float)).max() > 0
+    assert ui_conditions(False, edges) == []
+    with pytest.raises(gr.Error, match="needs its keyword"):
+        ui_conditions(True, None, None, sprite, "")
+    with pytest.raises(gr.Error, match="upload a spatial condition"):
+        ui_conditions(True)
+    with pytest.raises(gr.Error, match="Generation failed"):  # keyword absent from the prompt
+        App().infer(**flux, conditions=ui_conditions(True, None, None, sprite, "zorb"))
+    with pytest.raises(gr.Error, match="Generation failed"):  # not a FLUX-architecture model
+        App().infer(**ARGS, conditions=ui_conditions(True, edges))

@@ -98,11 +98,12 @@ class App:
         return self._pipes[model]
 
     def infer(self, model, prompt, negative_prompt, seed, randomize_seed, steps, guidance, width, height, compare,
-              controls: dict | None = None, progress=None):
+              controls: dict | None = None, progress=None, conditions: list | None = None):
         """Generate; returns (image, (stock, controlled) for the slider, video path, seed used).
 
         ``controls`` is a controls config (``{"entropy": {"train_tokens": 4608}}``); bad fields give a
-        ``gr.Error`` naming them.
+        ``gr.Error`` naming them. ``conditions`` are extra control objects that a config cannot hold (images:
+        :class:`dit_attn.MultiCondition`, see :func:`ui_conditions`).
         """
         import gradio as gr
         import torch
@@ -134,6 +135,8 @@ class App:
             active = dit_attn.controls_from_config(controls)
         except ValueError as e:
             raise gr.Error(str(e)) from None
+        # Condition attention first; controls that reorder tokens (sparse) stay last.
+        active = list(conditions or []) + active
         if randomize_seed:
             seed = random.randint(0, MAX_SEED)
         seed = int(seed)
@@ -191,6 +194,30 @@ def ui_controls(emphasis=False, emphasis_mode="attention", emphasis_queries="ima
     if sparse:
         config["sparse"] = {"sparsity": float(sparsity), "tau": float(sparse_tau)}
     return config
+
+
+def ui_conditions(enabled=False, spatial_1=None, spatial_2=None, subject=None, keyword="", mode="pka",
+                  epsilon=0.2) -> list:
+    """The multi-condition control from the accordion's uploads (FLUX-architecture models), or []."""
+    import gradio as gr
+
+    if not enabled:
+        return []
+    import dit_attn
+
+    spatial = [im.convert("RGB") for im in (spatial_1, spatial_2) if im is not None]
+    keyword = (keyword or "").strip()
+    if subject is not None and not keyword:
+        raise gr.Error("Multi-condition: a subject image needs its keyword (a word of the prompt, e.g. 'zorb').")
+    if keyword and subject is None:
+        raise gr.Error(f"Multi-condition: keyword {keyword!r} given without a subject image.")
+    subjects = [(subject.convert("RGB"), keyword)] if subject is not None else []
+    if not spatial and not subjects:
+        raise gr.Error("Multi-condition: upload a spatial condition (edge, depth, mask...) or a subject image.")
+    try:
+        return [dit_attn.MultiCondition(spatial=spatial, subjects=subjects, mode=mode, epsilon=float(epsilon))]
+    except (ValueError, TypeError) as e:
+        raise gr.Error(f"Multi-condition: {e}") from None
 
 
 def _read_head_file(upload) -> str:
@@ -288,6 +315,17 @@ def build_app(models: list[str] | None = None):
             sparsity = gr.Slider(0.0, 0.95, value=0.8, step=0.05, label="Sparsity")
             sparse_tau = gr.Slider(0.0, 1.0, value=0.3, step=0.05, label="tau (cumulative mass)")
 
+        with gr.Accordion("Multi-condition (FLUX-architecture models)", open=False,
+                          visible=hasattr(dit_attn, "MultiCondition")):
+            cond = gr.Checkbox(False, label="Condition on the uploads (position-aligned and keyword-scoped)")
+            with gr.Row():
+                spatial_1 = gr.Image(None, label="Spatial condition 1 (edges, depth, mask...)", type="pil")
+                spatial_2 = gr.Image(None, label="Spatial condition 2", type="pil")
+                subject = gr.Image(None, label="Subject reference", type="pil")
+            keyword = gr.Textbox("", label="Subject keyword (must appear in the prompt)")
+            cond_mode = gr.Radio(["pka", "cached-full", "concat"], value="pka", label="Mode")
+            epsilon = gr.Slider(0.0, 1.0, value=0.2, step=0.05, label="Keyword mask threshold epsilon")
+
         prompt.change(emphasis_preview, inputs=prompt, outputs=preview)
 
         def on_model(name):
@@ -300,18 +338,20 @@ def build_app(models: list[str] | None = None):
 
         def infer(model, prompt, negative, seed, randomize, steps, guidance, width, height, compare, emphasis,
                   emphasis_mode, emphasis_queries, entropy, train_tokens, pag, pag_heads, pag_strength,
-                  pag_scale, pag_scope, pag_start, pag_stop, pag_mode, sparse, sparsity, sparse_tau,
-                  progress=gr.Progress(track_tqdm=True)):
+                  pag_scale, pag_scope, pag_start, pag_stop, pag_mode, sparse, sparsity, sparse_tau, cond,
+                  spatial_1, spatial_2, subject, keyword, cond_mode, epsilon, progress=gr.Progress(track_tqdm=True)):
             controls = ui_controls(emphasis, emphasis_mode, emphasis_queries, entropy, train_tokens, pag,
                                    pag_heads, pag_strength, pag_scale, pag_scope, pag_start, pag_stop,
                                    pag_mode, sparse, sparsity, sparse_tau)
+            conditions = ui_conditions(cond, spatial_1, spatial_2, subject, keyword, cond_mode, epsilon)
             return app.infer(model, prompt, negative, seed, randomize, steps, guidance, width, height, compare,
-                             controls, progress)
+                             controls, progress, conditions)
 
         gr.on(triggers=[run.click, prompt.submit], fn=infer,
               inputs=[model, prompt, negative, seed, randomize, steps, guidance, width, height, compare, emphasis,
                       emphasis_mode, emphasis_queries, entropy, train_tokens, pag, pag_heads, pag_strength,
-                      pag_scale, pag_scope, pag_start, pag_stop, pag_mode, sparse, sparsity, sparse_tau],
+                      pag_scale, pag_scope, pag_start, pag_stop, pag_mode, sparse, sparsity, sparse_tau, cond,
+                      spatial_1, spatial_2, subject, keyword, cond_mode, epsilon],
               outputs=[result, comparison, video, seed], api_name="infer", concurrency_limit=1,
               concurrency_id="gpu_queue")
     demo.queue()
