@@ -12,6 +12,11 @@ Modules
 * ``evaluate`` - the exact evaluator: :func:`parse_image`, :func:`score_image`, :func:`score_video`,
   :func:`score_conditions`, :func:`find_subject`, :func:`aggregate`.
 * ``data`` - preview CLI: ``python -m dit_attn.pipelines.shapes.data --out DIR --n 16``.
+* ``models`` - the tiny SD3 / FLUX / Wan architectures and word-level tokenizers (:func:`models.build_pipeline`).
+* ``train`` - training CLI: ``python -m dit_attn.pipelines.shapes.train --kind t2i --out DIR --minutes 35``.
+* ``bundled`` - :func:`load_shapes` (the trained pipelines shipped in ``models/<kind>/``); ``generate`` -
+  :func:`shapes_call_kwargs`, generate-and-score helpers; ``python -m dit_attn.pipelines.shapes.evaluate`` scores
+  a model (docs/shapesworld.md).
 
 Typical use::
 

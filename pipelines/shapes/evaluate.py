@@ -1038,7 +1038,7 @@ def run_evaluation(kind: str, model: Optional[str] = None, n: int = 200, splits:
 
     rows = []
     for split in splits:
-        prompts = [p for p, _ in eval_prompts(kind, split=split, n=8)]
+        prompts = [p for p, _ in eval_prompts("t2v" if kind == "t2v" else "t2i", split=split, n=8)]
         samples = generate(pipe, kind, prompts, seed=seed, num_inference_steps=settings["num_inference_steps"])
         rows.append(np.concatenate([s[len(s) // 2] if kind == "t2v" else s for s in samples], axis=1))
         report.setdefault("grid_prompts", {})[split] = prompts

@@ -77,7 +77,7 @@ def evaluate_pipeline(pipe, kind: str, split: str = "heldout", n: int = 64, seed
 
     Returns ``(aggregate(results), results)``; videos add ``direction`` (per-object direction accuracy).
     """
-    prompts = eval_prompts(kind, split=split, n=n, seed=prompt_seed)
+    prompts = eval_prompts("t2v" if kind == "t2v" else "t2i", split=split, n=n, seed=prompt_seed)
     samples = generate(pipe, kind, [p for p, _ in prompts], seed=seed, batch=batch, **overrides)
     if kind == "t2v":
         results = [score_video(list(v), spec) for v, (_, spec) in zip(samples, prompts)]

@@ -135,8 +135,12 @@ class _Log:
 # Phase 1: VAE
 # ------------------------------------------------------------------------------------------------------------
 def train_vae(kind: str, vae: torch.nn.Module, work: str, seconds: float, seed: int, batch: int, log: _Log,
-              resume_meta: Optional[dict]) -> None:
-    """Autoencoder training on fresh renders for ``seconds`` (continuing a saved VAE phase when resuming)."""
+              resume_meta: Optional[dict], crop: int = 32) -> None:
+    """Autoencoder training on fresh renders for ``seconds`` (continuing a saved VAE phase when resuming).
+
+    Trains on random ``crop`` x ``crop`` windows (4x4 latent-aligned offsets are not needed: the model has no
+    positional parameters); the reconstruction scores logged at the end are on full 64 x 64 renders.
+    """
     opt = torch.optim.AdamW(vae.parameters(), lr=1e-3, weight_decay=0.0)
     meta = {"phase": "vae", "vae_step": 0, "vae_elapsed": 0.0}
     if resume_meta is not None and resume_meta.get("phase") == "vae":
@@ -150,6 +154,9 @@ def train_vae(kind: str, vae: torch.nn.Module, work: str, seconds: float, seed: 
         t0 = time.time()
         idx = range(1_000_000 + step * batch, 1_000_000 + (step + 1) * batch)  # disjoint from the latent cache
         x, _ = render_batch(kind, seed, idx)
+        if crop and crop < x.shape[-1]:  # the VAE is convolutional: random crops give more steps per second
+            oy, ox = (int(v) for v in torch.randint(0, x.shape[-1] - crop + 1, (2,), generator=gen))
+            x = x[..., oy:oy + crop, ox:ox + crop]
         post = vae.encode(x).latent_dist
         z = post.mean + post.std * torch.randn(post.mean.shape, generator=gen)
         rec = vae.decode(z).sample
@@ -217,6 +224,28 @@ def build_cache(kind: str, vae, n: int, seed: int, chunk: int = 64) -> tuple[tor
         vae.register_to_config(shift_factor=round(mean, 5), scaling_factor=round(1.0 / std, 5))
         z = (z - mean) / std
     return z, caps
+
+
+_NORM_KEYS = ("scaling_factor", "shift_factor", "latents_mean", "latents_std")
+
+
+def _cached_latents(kind: str, vae, n: int, seed: int, work: str) -> tuple[torch.Tensor, list[str]]:
+    """:func:`build_cache`, stored in ``WORK/latent_cache.safetensors`` (+ JSON) so that a resume skips it."""
+    from safetensors.torch import load_file, save_file
+
+    path, meta_path = os.path.join(work, "latent_cache.safetensors"), os.path.join(work, "latent_cache.json")
+    if os.path.exists(path) and os.path.exists(meta_path):
+        with open(meta_path) as f:
+            meta = json.load(f)
+        if meta["n"] == n and meta["seed"] == seed:
+            vae.register_to_config(**meta["vae_config"])
+            return load_file(path)["latents"].float(), meta["captions"]
+    latents, captions = build_cache(kind, vae, n, seed)
+    save_file({"latents": latents.contiguous()}, path)
+    with open(meta_path, "w") as f:
+        json.dump({"n": n, "seed": seed, "captions": captions,
+                   "vae_config": {k: vae.config[k] for k in _NORM_KEYS if k in vae.config}}, f)
+    return latents, captions
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -315,7 +344,8 @@ def train(kind: str, out: str, work: str, minutes: float, vae_minutes: float, ba
         with open(os.path.join(work, "state.json")) as f:
             meta = json.load(f)
     elif not resume:
-        for name in ("state.json", "state.safetensors", _LOG_NAME, "vae_done.json"):
+        for name in ("state.json", "state.safetensors", _LOG_NAME, "vae_done.json", "latent_cache.safetensors",
+                     "latent_cache.json"):
             if os.path.exists(os.path.join(work, name)):
                 os.remove(os.path.join(work, name))
         shutil.rmtree(os.path.join(work, "vae"), ignore_errors=True)
@@ -340,7 +370,7 @@ def train(kind: str, out: str, work: str, minutes: float, vae_minutes: float, ba
 
     # Phase 2: latent cache (re-encoded on resume: deterministic, a few minutes at most)
     t_cache = time.time()
-    latents, captions = build_cache(kind, pipe.vae, cache_size, seed)
+    latents, captions = _cached_latents(kind, pipe.vae, cache_size, seed, work)
     cache_s = time.time() - t_cache
     log.write(phase="cache", n=len(captions), seconds=round(cache_s, 1),
               vae_config={k: pipe.vae.config[k] for k in ("scaling_factor", "shift_factor", "latents_mean",
