@@ -143,8 +143,5 @@ def test_bundled_t2i_colours_score_above_chance_on_training_captions(t2i_train_s
     assert t2i_train_scores["colour"] > 2 * _CHANCE_COLOUR, t2i_train_scores
 
 
-@pytest.mark.xfail(reason="the t2i checkpoint bundled at the time of writing (first ~30 min of training) draws the "
-                          "right colours but not yet recognisable shapes; remove this mark once the resumed "
-                          "training is bundled", strict=False)
 def test_bundled_t2i_objects_score_above_chance_on_training_captions(t2i_train_scores):
     assert t2i_train_scores["object_accuracy"] > 2 * _CHANCE_OBJECT, t2i_train_scores
