@@ -82,10 +82,14 @@ class DitAttnProcessor:
         active = [c for c in self.controls if c.applies_to(layout)]
         for control in active:
             call = control.prepare(call)
-        out = execute(call)
+        out = self._run(call, active)
         for control in reversed(active):
             out = control.finish(call, out)
         return out
+
+    def _run(self, call: AttentionCall, active: list) -> torch.Tensor:
+        """The attention itself (subclasses swap it, e.g. multi-condition attention); controls run around it."""
+        return execute(call)
 
     def __repr__(self) -> str:
         where = self.site.module_name if self.site else "?"

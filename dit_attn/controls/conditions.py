@@ -432,22 +432,7 @@ class ConditionProcessor(DitAttnProcessor):
         self._parallel_config = base._parallel_config
         self.condition_control = control
 
-    def _attend(self, attn, spec) -> torch.Tensor:
-        layout = Layout(
-            family=self.family.name, site=self.site, kind=spec.kind, heads=spec.query.shape[2],
-            head_dim=spec.query.shape[3], query_segments=spec.query_segments, key_segments=spec.key_segments,
-            batch_size=spec.query.shape[0], state=self.state_box.current,
-        )
-        call = AttentionCall(
-            spec.query, spec.key, spec.value, layout, attn_mask=spec.attn_mask,
-            backend=self._attention_backend, parallel_config=self._parallel_config if spec.parallel else None,
-        )
-        active = [c for c in self.controls if c.applies_to(layout)]
-        for control in active:
-            call = control.prepare(call)
+    def _run(self, call: AttentionCall, active: list) -> torch.Tensor:
         mine = any(c is self.condition_control for c in active) or \
             self.condition_control._state["writing"] is not None
-        out = self.condition_control.attend(call) if mine else execute(call)
-        for control in reversed(active):
-            out = control.finish(call, out)
-        return out
+        return self.condition_control.attend(call) if mine else execute(call)
