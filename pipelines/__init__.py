@@ -8,11 +8,12 @@ Example::
 """
 
 
-def load_shapes(kind: str = "t2i", torch_dtype=None):
-    """The bundled ShapesWorld pipeline of ``kind`` ("t2i", "t2v", "flux"); see :mod:`.shapes.bundled`."""
+def load_shapes(kind: str = "t2i", torch_dtype=None, adapters: bool = True):
+    """The bundled ShapesWorld pipeline of ``kind`` ("t2i", "t2v", "flux"); see :mod:`.shapes.bundled`
+    (``adapters``: load flux's bundled condition adapters "edges" and "subject", off until a condition uses them)."""
     from .shapes.bundled import load_shapes as _load
 
-    return _load(kind, torch_dtype=torch_dtype)
+    return _load(kind, torch_dtype=torch_dtype, adapters=adapters)
 
 
 def shapes_call_kwargs(kind: str = "t2i", steps=None, guidance=None) -> dict:

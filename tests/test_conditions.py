@@ -71,6 +71,35 @@ def test_fast_path_equals_dense_oracle(mode, combine, text_sees, n_sp, n_sj):
     torch.testing.assert_close(fast, ref, rtol=1e-10, atol=1e-10)
 
 
+@pytest.mark.parametrize("mode", ["pka", "cached-full"])
+@pytest.mark.parametrize("rows", ["image", "text", "all"])
+def test_key_bias_on_some_rows_equals_dense_oracle(mode, rows):
+    """A key bias on the call's own keys (prompt emphasis) applied to some query rows only, e.g. image rows:
+    the fast path equals one dense masked softmax with the bias added to exactly those rows' own-key logits."""
+    q, k, v, sp, sj, t = _case(21, 2, 1, cond_grids=[(4, 6), (2, 3)])
+    b, tx = q.shape[:2]
+    bias = torch.randn(b, 1, tx, generator=torch.Generator().manual_seed(2), dtype=F64)
+    sl = {"image": slice(t, None), "text": slice(0, t), "all": None}[rows]
+    fast = A.condition_attention(q, k, v, text_len=t, spatial=sp, subjects=sj, mode=mode, key_bias=bias,
+                                 key_bias_rows=sl)
+    conds = sp + sj
+    keys = torch.cat([k] + [c.key for c in conds], dim=1)
+    values = torch.cat([v] + [c.value for c in conds], dim=1)
+    mask = A.group_mask(b, t, tx - t, [c.key.shape[1] for c in sp], [c.index for c in sp],
+                        [c.key.shape[1] for c in sj], [c.mask for c in sj], mode)[:, :tx]
+    logits = torch.einsum("bqhd,bkhd->bhqk", q, keys) * q.shape[-1] ** -0.5
+    full_bias = torch.zeros_like(logits)
+    full_bias[:, :, sl if sl is not None else slice(None), :tx] = bias[:, :, None, :]
+    probs = torch.softmax((logits + full_bias).masked_fill(~mask[:, None], float("-inf")), dim=-1)
+    ref = torch.einsum("bhqk,bkhd->bqhd", probs, values)
+    torch.testing.assert_close(fast, ref, rtol=1e-10, atol=1e-10)
+    if rows != "all":  # and the rows outside get no bias at all
+        plain = A.condition_attention(q, k, v, text_len=t, spatial=sp, subjects=sj, mode=mode)
+        other = slice(0, t) if rows == "image" else slice(t, None)
+        torch.testing.assert_close(fast[:, other], plain[:, other], rtol=1e-12, atol=1e-12)
+        assert (fast[:, sl] - plain[:, sl]).abs().max() > 1e-3
+
+
 @pytest.mark.parametrize("masks", ["empty", "full", None])
 def test_ksa_empty_full_and_unmasked(masks):
     q, k, v, sp, sj, t = _case(3, 1, 2, masks=masks)
@@ -216,13 +245,28 @@ def _run(pipe, control, **overrides):
     kw.update(overrides)
     if control is None:
         return pipe(**kw).images
-    with dit_attn.attach(pipe, control):
+    with dit_attn.attach(pipe, *(control if isinstance(control, list) else [control])):
         return pipe(**kw).images
 
 
 def test_no_conditions_equals_stock(pipe):
     stock = _run(pipe, None)
     np.testing.assert_array_equal(_run(pipe, dit_attn.MultiCondition()), stock)
+
+
+def test_composes_with_image_row_emphasis(pipe):
+    """Prompt emphasis on image rows (a row-restricted key bias) shares the attention call with the conditions:
+    weight 1 is the conditions alone, other weights change the output; both attach orders agree."""
+    conditions = dict(spatial=[_img(0)], subjects=[(_img(1, 32, 32), "circle")])
+    alone = _run(pipe, dit_attn.MultiCondition(**conditions))
+    neutral = _run(pipe, [dit_attn.MultiCondition(**conditions), dit_attn.Emphasis(queries="image")],
+                   prompt="a (red:1.0) circle above a blue square")
+    np.testing.assert_allclose(neutral, alone, atol=1e-6)
+    weighted = [_run(pipe, controls, prompt="a (red:2.0) circle above a blue square")
+                for controls in ([dit_attn.MultiCondition(**conditions), dit_attn.Emphasis(queries="image")],
+                                 [dit_attn.Emphasis(queries="image"), dit_attn.MultiCondition(**conditions)])]
+    assert np.abs(weighted[0] - alone).max() > 1e-4
+    np.testing.assert_allclose(weighted[0], weighted[1], atol=1e-6)
 
 
 def test_conditions_change_the_output_and_cache_reports_memory(pipe):
@@ -281,7 +325,7 @@ def test_model_level_fast_path_equals_oracle(pipe, monkeypatch, mode, combine):
     fast = _run(pipe, fast_control, num_images_per_prompt=2, num_inference_steps=3)
     seen = []
 
-    def oracle(q, k, v, *, key_bias=None, **kw):
+    def oracle(q, k, v, *, key_bias=None, key_bias_rows=None, **kw):
         assert key_bias is None
         seen.append([s.mask for s in kw["subjects"]])
         return A.dense_oracle(q, k, v, **kw)

@@ -63,7 +63,7 @@ def test_lora_gradients_equal_dense_oracle(monkeypatch, condition, mode):
 
     loss_fast, g_fast = grads()
     monkeypatch.setattr(C, "condition_attention",
-                        lambda q, k, v, *, key_bias=None, **kw: A.dense_oracle(q, k, v, **kw))
+                        lambda q, k, v, *, key_bias=None, key_bias_rows=None, **kw: A.dense_oracle(q, k, v, **kw))
     loss_ref, g_ref = grads()
     torch.testing.assert_close(loss_fast, loss_ref, rtol=1e-5, atol=1e-7)
     used = [i for i, g in enumerate(g_fast) if g is not None]
@@ -144,6 +144,32 @@ def test_train_resumes_exactly(tmp_path):
     assert os.path.exists(tmp_path / "b" / "checkpoint-2" / "condition.safetensors")
 
 
+@pytest.mark.parametrize("condition", ["edge", "subject"])
+def test_cached_latents_train_like_pixels(tmp_path, condition):
+    """Training on the pre-encoded dataset gives the losses and adapter of training on pixels; the cache file is
+    reused by a second run with the same data settings and rebuilt when they change."""
+
+    def run(out, **kw):
+        cfg = T.TrainConfig(output_dir=str(out), condition=condition, steps=3, batch_size=2, size=32, rank=4,
+                            save_every=10, learning_rate=1e-3, dataset_length=8, **kw)
+        return T.train(cfg, pipe=tiny_pipeline("flux"), progress=False)
+
+    cache = str(tmp_path / "shared" / "latents.safetensors")
+    pixels = run(tmp_path / "a")
+    cached = run(tmp_path / "b", cache_latents=True, latent_cache=cache)
+    np.testing.assert_allclose(cached["losses"], pixels["losses"], rtol=1e-5)
+    stamp = os.path.getmtime(cache)
+    again = run(tmp_path / "c", cache_latents=True, latent_cache=cache)
+    assert os.path.getmtime(cache) == stamp  # reused, not rebuilt
+    np.testing.assert_allclose(again["losses"], pixels["losses"], rtol=1e-5)
+    meta = json.load(open(cache + ".json"))
+    assert len(meta["caption"]) == 8 and meta["key"]["dataset_length"] == 8
+    other = T.TrainConfig(output_dir=str(tmp_path / "d"), condition=condition, steps=1, batch_size=2, size=32,
+                          rank=4, dataset_length=6, cache_latents=True, latent_cache=cache)
+    T.train(other, pipe=tiny_pipeline("flux"), progress=False)
+    assert json.load(open(cache + ".json"))["key"]["dataset_length"] == 6  # other settings: rebuilt
+
+
 def test_folder_dataset_and_cli(tmp_path):
     from PIL import Image
 
@@ -167,3 +193,37 @@ def test_folder_dataset_and_cli(tmp_path):
         T.FolderConditionDataset(str(tmp_path / "out"))
     with pytest.raises(ValueError, match="timestep_sampling"):
         T.TrainConfig(output_dir="x", timestep_sampling="uniform")
+
+
+def test_trained_adapter_loads_disabled_and_drives_its_condition(tmp_path):
+    """An adapter saved by train() loads by file name onto a fresh pipeline (LoRA settings from the JSON beside it),
+    leaves ordinary forwards stock, and is what a condition's write pass uses when named."""
+    import dit_attn
+    from dit_attn.conditions.adapters import adapter_names, load_condition_adapter
+    from dit_attn.testing import tiny_call_kwargs
+
+    cfg = T.TrainConfig(output_dir=str(tmp_path / "run"), steps=2, batch_size=1, size=32, rank=4,
+                        learning_rate=1e-2, dataset_length=4, adapter_name="edges")
+    path = T.train(cfg, pipe=tiny_pipeline("flux"), progress=False)["adapter"]
+    assert json.load(open(tmp_path / "run" / "edges.json"))["rank"] == 4
+
+    pipe = tiny_pipeline("flux")
+    stock = pipe(**tiny_call_kwargs("flux")).images
+    assert load_condition_adapter(pipe.transformer, path) == "edges" and adapter_names(pipe.transformer) == {"edges"}
+    np.testing.assert_array_equal(pipe(**tiny_call_kwargs("flux")).images, stock)  # disabled: stock
+
+    cond = torch.rand(3, 48, 64, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    for mode in ("pka", "concat"):  # pka: the adapter acts in the write pass; concat: in the joint forward
+        outs = {}
+        for adapter in (None, "edges"):
+            control = dit_attn.MultiCondition(spatial=[dit_attn.SpatialCondition(cond, adapter=adapter)], mode=mode)
+            with dit_attn.attach(pipe, control):
+                outs[adapter] = pipe(**tiny_call_kwargs("flux")).images
+        assert np.abs(outs["edges"] - outs[None]).max() > 1e-4, mode
+        np.testing.assert_array_equal(pipe(**tiny_call_kwargs("flux")).images, stock)  # and it is off again
+
+    with pytest.raises(FileNotFoundError, match="no condition adapter"):
+        load_condition_adapter(pipe.transformer, str(tmp_path / "missing.safetensors"))
+    os.remove(tmp_path / "run" / "edges.json")
+    with pytest.raises(FileNotFoundError, match="LoRA"):
+        load_condition_adapter(pipe.transformer, path, "other")

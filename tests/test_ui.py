@@ -165,3 +165,7 @@ def test_multi_condition_accordion_on_tiny_flux():
         App().infer(**flux, conditions=ui_conditions(True, None, None, sprite, "zorb"))
     with pytest.raises(gr.Error, match="Generation failed"):  # not a FLUX-architecture model
         App().infer(**ARGS, conditions=ui_conditions(True, edges))
+    named = ui_conditions(True, edges, None, sprite, "circle", spatial_adapter=" edges ", subject_adapter="")
+    assert named[0].spatial[0].adapter == "edges" and named[0].subjects[0].adapter is None
+    with pytest.raises(gr.Error, match="not loaded"):  # an adapter name the model does not have
+        App().infer(**flux, conditions=named)

@@ -68,9 +68,13 @@ def model_defaults(model: str) -> dict:
             from dit_attn.pipelines import shapes_call_kwargs
         except ImportError:
             return {}
-        kw = shapes_call_kwargs(model[len("shapes:"):])
-        return {"steps": kw.get("num_inference_steps"), "guidance": kw.get("guidance_scale"),
-                "width": kw.get("width"), "height": kw.get("height")}
+        kind = model[len("shapes:"):]
+        kw = shapes_call_kwargs(kind)
+        found = {"steps": kw.get("num_inference_steps"), "guidance": kw.get("guidance_scale"),
+                 "width": kw.get("width"), "height": kw.get("height")}
+        if kind == "flux":  # the bundled condition adapters (load_shapes loads them)
+            found.update(spatial_adapter="edges", subject_adapter="subject")
+        return found
     return {}
 
 
@@ -197,21 +201,29 @@ def ui_controls(emphasis=False, emphasis_mode="attention", emphasis_queries="ima
 
 
 def ui_conditions(enabled=False, spatial_1=None, spatial_2=None, subject=None, keyword="", mode="pka",
-                  epsilon=0.2) -> list:
-    """The multi-condition control from the accordion's uploads (FLUX-architecture models), or []."""
+                  epsilon=0.2, spatial_adapter="", subject_adapter="") -> list:
+    """The multi-condition control from the accordion's uploads (FLUX-architecture models), or [].
+
+    ``spatial_adapter`` / ``subject_adapter``: names of LoRA condition adapters loaded on the transformer (the
+    bundled ShapesWorld flux model has ``"edges"`` and ``"subject"``); empty: the condition runs without one.
+    """
     import gradio as gr
 
     if not enabled:
         return []
     import dit_attn
 
-    spatial = [im.convert("RGB") for im in (spatial_1, spatial_2) if im is not None]
+    spatial_adapter = (spatial_adapter or "").strip() or None
+    subject_adapter = (subject_adapter or "").strip() or None
+    spatial = [dit_attn.SpatialCondition(im.convert("RGB"), adapter=spatial_adapter)
+               for im in (spatial_1, spatial_2) if im is not None]
     keyword = (keyword or "").strip()
     if subject is not None and not keyword:
         raise gr.Error("Multi-condition: a subject image needs its keyword (a word of the prompt, e.g. 'zorb').")
     if keyword and subject is None:
         raise gr.Error(f"Multi-condition: keyword {keyword!r} given without a subject image.")
-    subjects = [(subject.convert("RGB"), keyword)] if subject is not None else []
+    subjects = ([dit_attn.SubjectCondition(subject.convert("RGB"), keyword, adapter=subject_adapter)]
+                if subject is not None else [])
     if not spatial and not subjects:
         raise gr.Error("Multi-condition: upload a spatial condition (edge, depth, mask...) or a subject image.")
     try:
@@ -325,25 +337,34 @@ def build_app(models: list[str] | None = None):
             keyword = gr.Textbox("", label="Subject keyword (must appear in the prompt)")
             cond_mode = gr.Radio(["pka", "cached-full", "concat"], value="pka", label="Mode")
             epsilon = gr.Slider(0.0, 1.0, value=0.2, step=0.05, label="Keyword mask threshold epsilon")
+            with gr.Row():
+                spatial_adapter = gr.Textbox("", label="Spatial condition adapter (LoRA name; empty: none)")
+                subject_adapter = gr.Textbox("", label="Subject adapter (LoRA name; empty: none)")
 
         prompt.change(emphasis_preview, inputs=prompt, outputs=preview)
 
         def on_model(name):
             found = model_defaults(name or "")
-            return tuple(gr.update(value=found[k]) if found.get(k) is not None else gr.update()
-                         for k in ("steps", "guidance", "width", "height"))
+            fields = tuple(gr.update(value=found[k]) if found.get(k) is not None else gr.update()
+                           for k in ("steps", "guidance", "width", "height"))
+            # Adapter names belong to a model: cleared when the new model names none.
+            return fields + (gr.update(value=found.get("spatial_adapter", "")),
+                             gr.update(value=found.get("subject_adapter", "")))
 
-        model.change(on_model, inputs=model, outputs=[steps, guidance, width, height])
-        demo.load(on_model, inputs=model, outputs=[steps, guidance, width, height])
+        defaults_out = [steps, guidance, width, height, spatial_adapter, subject_adapter]
+        model.change(on_model, inputs=model, outputs=defaults_out)
+        demo.load(on_model, inputs=model, outputs=defaults_out)
 
         def infer(model, prompt, negative, seed, randomize, steps, guidance, width, height, compare, emphasis,
                   emphasis_mode, emphasis_queries, entropy, train_tokens, pag, pag_heads, pag_strength,
                   pag_scale, pag_scope, pag_start, pag_stop, pag_mode, sparse, sparsity, sparse_tau, cond,
-                  spatial_1, spatial_2, subject, keyword, cond_mode, epsilon, progress=gr.Progress(track_tqdm=True)):
+                  spatial_1, spatial_2, subject, keyword, cond_mode, epsilon, spatial_adapter, subject_adapter,
+                  progress=gr.Progress(track_tqdm=True)):
             controls = ui_controls(emphasis, emphasis_mode, emphasis_queries, entropy, train_tokens, pag,
                                    pag_heads, pag_strength, pag_scale, pag_scope, pag_start, pag_stop,
                                    pag_mode, sparse, sparsity, sparse_tau)
-            conditions = ui_conditions(cond, spatial_1, spatial_2, subject, keyword, cond_mode, epsilon)
+            conditions = ui_conditions(cond, spatial_1, spatial_2, subject, keyword, cond_mode, epsilon,
+                                       spatial_adapter, subject_adapter)
             return app.infer(model, prompt, negative, seed, randomize, steps, guidance, width, height, compare,
                              controls, progress, conditions)
 
@@ -351,7 +372,7 @@ def build_app(models: list[str] | None = None):
               inputs=[model, prompt, negative, seed, randomize, steps, guidance, width, height, compare, emphasis,
                       emphasis_mode, emphasis_queries, entropy, train_tokens, pag, pag_heads, pag_strength,
                       pag_scale, pag_scope, pag_start, pag_stop, pag_mode, sparse, sparsity, sparse_tau, cond,
-                      spatial_1, spatial_2, subject, keyword, cond_mode, epsilon],
+                      spatial_1, spatial_2, subject, keyword, cond_mode, epsilon, spatial_adapter, subject_adapter],
               outputs=[result, comparison, video, seed], api_name="infer", concurrency_limit=1,
               concurrency_id="gpu_queue")
     demo.queue()

@@ -9,6 +9,8 @@ trained the moment a pass switches it off.
 from __future__ import annotations
 
 import contextlib
+import json
+import os
 
 
 def _tuner_layers(model):
@@ -27,22 +29,25 @@ def adapter_names(model) -> set[str]:
 
 
 @contextlib.contextmanager
-def adapter_scope(model, only: str | None = None, exclude: set[str] | frozenset = frozenset()):
-    """Within the block, ``only`` (if given) is the single active adapter; otherwise the active ones minus
-    ``exclude``. Restores every layer's active set and enabled flag afterwards. A no-op without peft layers."""
+def adapter_scope(model, only: str | set[str] | None = None, exclude: set[str] | frozenset = frozenset()):
+    """Within the block, ``only`` (a name or a set of names, if given) is exactly the active set of adapters;
+    otherwise the active ones minus ``exclude``. Restores every layer's active set and enabled flag afterwards. A
+    no-op without peft layers."""
     layers = _tuner_layers(model)
+    wanted = None if only is None else sorted({only} if isinstance(only, str) else set(only))
+    for name in wanted or ():  # also when no adapter is loaded at all
+        if name not in adapter_names(model):
+            raise ValueError(f"condition adapter {name!r} is not loaded on the transformer; loaded: "
+                             f"{sorted(adapter_names(model)) or 'none'}")
     if not layers or (only is None and not exclude):
         yield
         return
-    if only is not None and only not in adapter_names(model):
-        raise ValueError(f"condition adapter {only!r} is not loaded on the transformer; loaded: "
-                         f"{sorted(adapter_names(model)) or 'none'}")
     saved = [(m, m._active_adapter, m._disable_adapters) for m in layers]
     try:
         for m, active, _ in saved:
             current = [active] if isinstance(active, str) else list(active)
-            if only is not None:
-                m._active_adapter = [only]
+            if wanted is not None:
+                m._active_adapter = list(wanted)
                 m._disable_adapters = False
             else:
                 m._active_adapter = [a for a in current if a not in exclude]
@@ -51,3 +56,57 @@ def adapter_scope(model, only: str | None = None, exclude: set[str] | frozenset 
         for m, active, disabled in saved:
             m._active_adapter = active
             m._disable_adapters = disabled
+
+
+def adapter_config_path(weights_path: str) -> str:
+    """``edges.safetensors`` -> ``edges.json``: the LoRA settings saved beside a trained adapter."""
+    root, _ = os.path.splitext(weights_path)
+    return root + ".json"
+
+
+def load_condition_adapter(transformer, weights_path: str, adapter_name: str | None = None,
+                           config: dict | None = None) -> str:
+    """Load a condition adapter saved by :func:`dit_attn.conditions.train.train` onto ``transformer``.
+
+    ``weights_path``: the adapter's ``.safetensors`` (peft state dict); its LoRA settings (``rank``, ``alpha``,
+    ``target_modules``) come from ``config`` or the ``.json`` beside it. ``adapter_name`` defaults to the file
+    name (``edges.safetensors`` -> ``"edges"``). Loading an adapter under a name that exists replaces its weights.
+    Condition adapters are **disabled for ordinary forwards** (the transformer stays stock);
+    :class:`dit_attn.MultiCondition` switches one on for its condition's write pass only
+    (``SpatialCondition(image, adapter="edges")``). Returns the adapter name.
+
+    Example::
+
+        >>> from dit_attn.pipelines import load_shapes
+        >>> pipe = load_shapes("flux", adapters=False)
+        >>> from dit_attn.pipelines.shapes.bundled import adapter_files
+        >>> load_condition_adapter(pipe.transformer, adapter_files()["edges"])
+        'edges'
+    """
+    from peft import LoraConfig
+    from peft.utils import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    if not os.path.isfile(weights_path):
+        raise FileNotFoundError(f"no condition adapter at {weights_path}")
+    name = adapter_name or os.path.splitext(os.path.basename(weights_path))[0]
+    if config is None:
+        meta_path = adapter_config_path(weights_path)
+        if not os.path.isfile(meta_path):
+            raise FileNotFoundError(f"{weights_path} has no {os.path.basename(meta_path)} beside it with its LoRA "
+                                    "settings (rank, alpha, target_modules); pass config=")
+        with open(meta_path) as f:
+            config = json.load(f)
+    missing = {"rank", "alpha", "target_modules"} - set(config)
+    if missing:
+        raise ValueError(f"condition adapter config lacks {sorted(missing)}")
+    if name not in adapter_names(transformer):
+        transformer.add_adapter(LoraConfig(r=int(config["rank"]), lora_alpha=float(config["alpha"]),
+                                           target_modules=list(config["target_modules"])), adapter_name=name)
+    result = set_peft_model_state_dict(transformer, load_file(weights_path), adapter_name=name)
+    unexpected = getattr(result, "unexpected_keys", None)
+    if unexpected:
+        raise ValueError(f"{weights_path} does not fit the transformer: unexpected keys {unexpected[:4]}")
+    for layer in _tuner_layers(transformer):  # stock forwards: condition adapters off until a write pass
+        layer._disable_adapters = True
+    return name

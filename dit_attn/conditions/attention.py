@@ -182,9 +182,28 @@ def _cat_conditions(kvs, batch):
     return keys, values
 
 
+def _own_attention(q, k, v, scale, key_bias, key_bias_rows):
+    """:func:`attention_lse` of the call's queries over its own keys, the key bias on ``key_bias_rows`` only."""
+    if key_bias is None or key_bias_rows is None:
+        return attention_lse(q, k, v, scale, key_bias)
+    n = q.shape[1]
+    biased = torch.zeros(n, dtype=torch.bool)
+    biased[key_bias_rows] = True
+    rows_b = biased.nonzero().squeeze(1).to(q.device)
+    rows_u = (~biased).nonzero().squeeze(1).to(q.device)
+    out_b, lse_b = attention_lse(q.index_select(1, rows_b), k, v, scale, key_bias)
+    out_u, lse_u = attention_lse(q.index_select(1, rows_u), k, v, scale, None)
+    out = out_b.new_empty(out_b.shape[:2] + (n,) + out_b.shape[3:])
+    lse = lse_b.new_empty(lse_b.shape[:2] + (n,))
+    out = out.index_copy(2, rows_b, out_b).index_copy(2, rows_u, out_u.to(out.dtype))
+    lse = lse.index_copy(2, rows_b, lse_b).index_copy(2, rows_u, lse_u.to(lse.dtype))
+    return out, lse
+
+
 def condition_attention(q, k, v, *, text_len: int, spatial=(), subjects=(), mode: str = "pka",
                         combine: str = "joint", scale: float | None = None, key_bias: torch.Tensor | None = None,
-                        text_sees_conditions: bool = False, return_lse: bool = False):
+                        key_bias_rows: slice | None = None, text_sees_conditions: bool = False,
+                        return_lse: bool = False):
     """Attention of a denoising call's ``[T; X]`` queries over their own keys plus the cached condition keys.
 
     Args:
@@ -193,7 +212,9 @@ def condition_attention(q, k, v, *, text_len: int, spatial=(), subjects=(), mode
         spatial: :class:`SpatialKV` per spatial condition; subjects: :class:`SubjectKV` per subject.
         mode: ``"pka"`` (PAA + KSA) or ``"cached-full"`` (image rows see every condition token).
         combine: ``"joint"`` (one softmax, exact LSE merge) or ``"sum"`` (separate branches summed; pka only).
-        scale: logit scale (default ``D**-0.5``); key_bias: optional bias on the call's own keys ``[B|1, H|1, T+N]``.
+        scale: logit scale (default ``D**-0.5``); key_bias: optional bias on the call's own keys ``[B|1, H|1, T+N]``,
+            added to the logits of the query rows ``key_bias_rows`` only (a slice; ``None``: every row), e.g.
+            prompt emphasis on image rows (condition keys are never biased).
         text_sees_conditions: text rows also see every condition token (OminiControl's choice; off by default).
 
     Returns ``out`` ``[B, T + N, H, D]`` in ``q``'s dtype (and the merged ``lse`` ``[B, H, T + N]`` if asked; not
@@ -206,7 +227,7 @@ def condition_attention(q, k, v, *, text_len: int, spatial=(), subjects=(), mode
         raise ValueError(f"combine must be one of {COMBINES}, got {combine!r}")
     scale = scale if scale is not None else q.shape[-1] ** -0.5
     b = q.shape[0]
-    out, lse = attention_lse(q, k, v, scale, key_bias)
+    out, lse = _own_attention(q, k, v, scale, key_bias, key_bias_rows)
     conds = list(spatial) + list(subjects)
     if not conds:
         result = out.transpose(1, 2).to(q.dtype)

@@ -68,6 +68,11 @@ class TrainConfig:
     resume: bool = True
     mixed_precision: str = "no"
     epsilon: float = 0.2
+    # Encode the whole dataset (``dataset_length`` items) with the VAE once, up front, and train on the stored
+    # latents: the VAE encode and the rendering are most of a step on small models. A path to a
+    # ``.safetensors`` file reuses the cache across runs (it is rebuilt when the data settings differ).
+    cache_latents: bool = False
+    latent_cache: str = ""
 
     def __post_init__(self):
         if self.timestep_sampling not in SAMPLINGS:
@@ -215,18 +220,21 @@ class ConditionTrainer:
                                                                   self.pipe.tokenizer_2.model_max_length)
         return prompt_embeds, pooled, text_ids
 
-    def loss(self, batch, generator: torch.Generator, model=None) -> torch.Tensor:
-        """The flow-matching loss of one batch; ``generator`` fixes the noise and the noise levels."""
+    def loss(self, batch, generator: torch.Generator, model=None, t: torch.Tensor | None = None) -> torch.Tensor:
+        """The flow-matching loss of one batch; ``generator`` fixes the noise and the noise levels (``t``: given
+        noise levels ``[B]`` instead of sampled ones, e.g. for a validation loss at fixed levels)."""
         from .keywords import keyword_weights
         from .tokens import ConditionTokens, spatial_ids, subject_ids
 
         cfg, model = self.config, model if model is not None else self.transformer
-        x0 = self._latent_tokens(batch["image"])
-        cond = self._latent_tokens(batch["condition"])
+        x0 = batch["image_latents"] if "image_latents" in batch else self._latent_tokens(batch["image"])
+        cond = batch["condition_latents"] if "condition_latents" in batch else self._latent_tokens(batch["condition"])
         grid = x0.grid
         device, dtype = x0.tokens.device, x0.tokens.dtype
         b = x0.tokens.shape[0]
-        t = sample_sigmas(b, cfg.timestep_sampling, generator, cfg.csas_mu, cfg.csas_delta).to(device, dtype)
+        if t is None:
+            t = sample_sigmas(b, cfg.timestep_sampling, generator, cfg.csas_mu, cfg.csas_delta)
+        t = t.to(device, dtype)
         noise = torch.randn(x0.tokens.shape, generator=generator).to(device, dtype)
         xt = (1 - t[:, None, None]) * x0.tokens + t[:, None, None] * noise
         text, pooled, text_ids = self._text(batch["caption"])
@@ -247,6 +255,70 @@ class ConditionTrainer:
         pred = model(hidden_states=xt, encoder_hidden_states=text, pooled_projections=pooled, timestep=t,
                      img_ids=img_ids, txt_ids=text_ids, guidance=guidance, return_dict=False)[0]
         return torch.nn.functional.mse_loss(pred.float(), (noise - x0.tokens).float())
+
+
+    @torch.no_grad()
+    def encode_dataset(self, dataset, chunk: int = 64, progress: bool = True) -> dict:
+        """Every item of ``dataset`` encoded: ``{"image", "condition"}`` packed latent tokens ``[N, L, C]``, their
+        grids, ``"caption"`` and ``"keyword"`` lists (what :meth:`loss` needs instead of pixels)."""
+        from tqdm.auto import tqdm
+
+        images, conds, captions, keywords = [], [], [], []
+        grids = {}
+        for start in tqdm(range(0, len(dataset), chunk), desc="encode condition data", disable=not progress,
+                          mininterval=10):
+            batch = _collate([dataset[i] for i in range(start, min(len(dataset), start + chunk))])
+            for key, out in (("image", images), ("condition", conds)):
+                enc = self._latent_tokens(batch[key])
+                out.append(enc.tokens.float().cpu())
+                grids[key] = list(enc.grid)
+            captions += batch["caption"]
+            keywords += batch["keyword"]
+        return {"image": torch.cat(images), "condition": torch.cat(conds), "grids": grids, "caption": captions,
+                "keyword": keywords}
+
+
+def _cache_key(config: TrainConfig, vae) -> dict:
+    """What the cached latents depend on: a cache built with other data settings or another VAE is rebuilt."""
+    vae_sum = float(sum(p.detach().double().sum() for p in vae.parameters()))
+    return {"data": config.data, "condition": config.condition, "size": config.size,
+            "dataset_length": config.dataset_length, "seed": config.seed, "vae_checksum": round(vae_sum, 6),
+            "vae_scaling": vae.config.scaling_factor, "vae_shift": getattr(vae.config, "shift_factor", None)}
+
+
+def load_or_build_latent_cache(trainer: ConditionTrainer, dataset, config: TrainConfig, progress: bool = True) -> dict:
+    """The encoded dataset, from ``config.latent_cache`` (default ``output_dir/latent_cache.safetensors``) when it
+    was built with the same settings, else encoded now and written there atomically."""
+    from safetensors.torch import load_file, save_file
+
+    path = config.latent_cache or os.path.join(config.output_dir, "latent_cache.safetensors")
+    meta_path = path + ".json"
+    key = _cache_key(config, trainer.pipe.vae)
+    if os.path.exists(path) and os.path.exists(meta_path):
+        with open(meta_path) as f:
+            meta = json.load(f)
+        if meta.get("key") == key:
+            tensors = load_file(path)
+            return {"image": tensors["image"], "condition": tensors["condition"], "grids": meta["grids"],
+                    "caption": meta["caption"], "keyword": meta["keyword"]}
+    cache = trainer.encode_dataset(dataset, progress=progress)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    save_file({"image": cache["image"].contiguous(), "condition": cache["condition"].contiguous()}, path + ".tmp")
+    with open(meta_path + ".tmp", "w") as f:
+        json.dump({"key": key, "grids": cache["grids"], "caption": cache["caption"], "keyword": cache["keyword"]}, f)
+    os.replace(path + ".tmp", path)
+    os.replace(meta_path + ".tmp", meta_path)
+    return cache
+
+
+def _cached_batch(cache: dict, ids: list[int], device, dtype) -> dict:
+    from .tokens import ConditionTokens
+
+    index = torch.tensor(ids)
+    return {"image_latents": ConditionTokens(cache["image"][index].to(device, dtype), tuple(cache["grids"]["image"])),
+            "condition_latents": ConditionTokens(cache["condition"][index].to(device, dtype),
+                                                 tuple(cache["grids"]["condition"])),
+            "caption": [cache["caption"][i] for i in ids], "keyword": [cache["keyword"][i] for i in ids]}
 
 
 def _spatial(tokens, adapter):
@@ -318,6 +390,8 @@ def train(config: TrainConfig, pipe=None, progress: bool = True) -> dict:
     trainer = ConditionTrainer(pipe, config, transformer)
     model, optimizer = accelerator.prepare(transformer, optimizer)
     dataset = make_dataset(config)
+    cache = load_or_build_latent_cache(trainer, dataset, config, progress) if config.cache_latents else None
+    vae_param = next(pipe.vae.parameters())
     start = 0
     latest = _latest_checkpoint(config.output_dir) if config.resume else None
     if latest is not None:
@@ -331,7 +405,8 @@ def train(config: TrainConfig, pipe=None, progress: bool = True) -> dict:
             # Data order and noise are functions of the step: a resumed run continues exactly.
             gen = torch.Generator().manual_seed(config.seed * 1_000_003 + step)
             ids = torch.randint(len(dataset), (config.batch_size,), generator=gen).tolist()
-            batch = _collate([dataset[i] for i in ids])
+            batch = (_cached_batch(cache, ids, vae_param.device, vae_param.dtype) if cache is not None
+                     else _collate([dataset[i] for i in ids]))
             with accelerator.accumulate(model):
                 loss = trainer.loss(batch, gen, model)
                 accelerator.backward(loss)
@@ -356,6 +431,9 @@ def train(config: TrainConfig, pipe=None, progress: bool = True) -> dict:
     path = os.path.join(config.output_dir, f"{config.adapter_name}.safetensors")
     if accelerator.is_main_process:
         save_file(adapter_state_dict(accelerator.unwrap_model(model), config.adapter_name), path)
+        # The LoRA settings beside the weights: dit_attn.conditions.adapters.load_condition_adapter reads them.
+        with open(os.path.join(config.output_dir, f"{config.adapter_name}.json"), "w") as f:
+            json.dump(dict(asdict(config), trained_steps=config.steps), f, indent=1, default=str)
     return {"step": config.steps, "losses": losses, "adapter": path}
 
 
@@ -392,10 +470,13 @@ def _load_pipeline(name: str):
         if loader is None:
             raise ValueError("the ShapesWorld flux model is not available yet (dit_attn.pipelines.load_shapes); "
                              "pass --pipeline PATH to a FLUX-architecture diffusers folder")
-        return loader("flux")
+        return loader("flux", adapters=False)  # train a new adapter on the base model alone
     from diffusers import DiffusionPipeline
 
-    return DiffusionPipeline.from_pretrained(name)
+    # float32: weights stored in half precision would otherwise train in half precision (slow and lossy on CPU).
+    pipe = DiffusionPipeline.from_pretrained(name, torch_dtype=torch.float32, use_safetensors=True)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
 
 
 def _cli_main(args) -> int:

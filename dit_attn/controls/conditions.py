@@ -193,7 +193,7 @@ class MultiCondition(Control):
                 raise ValueError(f"MultiCondition supports FLUX-architecture transformers (FluxTransformer2DModel); "
                                  f"got the {family!r} family ({type(transformer).__name__})")
         transformer = attachment.transformers[0]
-        self._state.update(transformer=transformer, hook=ensure_forward_hook(transformer))
+        self._state.update(transformer=transformer, hook=ensure_forward_hook(transformer), attachment=attachment)
         procs = {name: ConditionProcessor(p, self) if isinstance(p, DitAttnProcessor) else p
                  for name, p in transformer.attn_processors.items()}
         transformer.set_attn_processor(procs)  # attach's detach() restores the stock processors
@@ -219,7 +219,7 @@ class MultiCondition(Control):
         if pipe is not None:
             pipe.__dict__.pop("check_inputs", None)
         self._reset()
-        for key in ("transformer", "hook", "pipe"):
+        for key in ("transformer", "hook", "pipe", "attachment"):
             self._state.pop(key, None)
 
     def _begin_call(self, pipe, args: dict) -> None:
@@ -244,6 +244,10 @@ class MultiCondition(Control):
             return
         max_len = args.get("max_sequence_length") or 512
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        attachment = self._state.get("attachment")
+        for control in attachment.controls if attachment is not None else ():
+            if control is not self and hasattr(control, "prompt_as_encoded"):  # e.g. Emphasis strips its syntax
+                prompts = [control.prompt_as_encoded(p) for p in prompts]
         self._state["keywords"] = [keyword_weights(pipe.tokenizer_2, prompts, s.keyword, max_length=max_len)
                                    for s in self.subjects]
 
@@ -307,6 +311,12 @@ class MultiCondition(Control):
             bound["hidden_states"] = torch.cat([x] + tokens, dim=1)
             bound["img_ids"] = torch.cat(ids, dim=0)
             state.extra[id(self)] = {"image_len": x.shape[1]}
+            self._close_scope()
+            names = {p.adapter for p in prepared if p.adapter}
+            if names:  # one joint forward: the named adapters act on all its tokens (as concat-mode training does)
+                scope = contextlib.ExitStack()
+                scope.enter_context(adapter_scope(st["transformer"], only=names))
+                st["denoise_scope"] = scope
             return (), bound
         key = (tuple(grid), batch, str(x.device), x.dtype)
         if not self.cache or st["cache_key"] != key or not self._kv.layers:
@@ -388,9 +398,9 @@ class MultiCondition(Control):
         info = call.layout.state.extra.get(id(self))
         if info is None or not self._kv.has(layer, len(info["prepared"])):
             return execute(call)
-        if call.extra_keys or call.sparse is not None or call.attn_mask is not None or call.key_bias_rows:
-            raise NotImplementedError("MultiCondition cannot yet be combined with controls that add extra key sets, "
-                                      "sparse plans or row-restricted key biases, nor with attention masks")
+        if call.extra_keys or call.sparse is not None or call.attn_mask is not None:
+            raise NotImplementedError("MultiCondition cannot yet be combined with controls that add extra key sets "
+                                      "or sparse plans (e.g. RectifiedSparse, SoftPAG), nor with attention masks")
         text = call.layout.query_segments.get("text", (0, 0))
         t = text[1] - text[0]
         dtype = call.query.dtype
@@ -420,7 +430,8 @@ class MultiCondition(Control):
                 subjects.append(SubjectKV(key, value, mask if self.mode == "pka" else None))
         return condition_attention(call.query, call.key, call.value, text_len=t, spatial=spatial, subjects=subjects,
                                    mode=self.mode, combine=self.combine, scale=call.effective_scale,
-                                   key_bias=call.key_bias, text_sees_conditions=self.text_sees_conditions)
+                                   key_bias=call.key_bias, key_bias_rows=call.key_bias_rows,
+                                   text_sees_conditions=self.text_sees_conditions)
 
 
 class ConditionProcessor(DitAttnProcessor):

@@ -118,6 +118,11 @@ class Emphasis(Control):
         self._by_embeds.clear()
         self._last.clear()
 
+    def prompt_as_encoded(self, text: str) -> str:
+        """The text the text encoders see for ``text`` while attached (the syntax stripped): controls that locate
+        words in the prompt (``MultiCondition`` keywords) read positions from this text."""
+        return self._parse(text).text
+
     @staticmethod
     def _parse(text):
         from ..prompt import parse_emphasis

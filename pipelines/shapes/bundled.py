@@ -44,12 +44,25 @@ def available_kinds() -> tuple[str, ...]:
     return tuple(k for k in KINDS if has_weights(k))
 
 
-def load_shapes(kind: str = "t2i", torch_dtype: Optional[torch.dtype] = None):
+def adapter_files(kind: str = "flux") -> dict[str, str]:
+    """The condition adapters bundled with the model of ``kind``: ``{name: path to .safetensors}`` (flux:
+    ``"edges"``, a spatial adapter for edge maps, and ``"subject"``, a subject adapter for sprite references)."""
+    folder = os.path.join(model_dir(kind), "adapters")
+    if not os.path.isdir(folder):
+        return {}
+    return {os.path.splitext(f)[0]: os.path.join(folder, f) for f in sorted(os.listdir(folder))
+            if f.endswith(".safetensors")}
+
+
+def load_shapes(kind: str = "t2i", torch_dtype: Optional[torch.dtype] = None, adapters: bool = True):
     """The bundled ShapesWorld pipeline of ``kind``, loaded offline from safetensors.
 
     ``kind``: ``"t2i"`` (``StableDiffusion3Pipeline``), ``"flux"`` (``FluxPipeline``) or ``"t2v"``
     (``WanPipeline``). ``torch_dtype`` defaults to float32 (weights are stored partly in float16). The progress bar
     is off; use :func:`dit_attn.pipelines.shapes_call_kwargs` for the default size / steps / guidance.
+    ``adapters``: load the bundled condition adapters (flux: ``"edges"``, ``"subject"``; see
+    :func:`adapter_files`) onto the transformer, disabled for ordinary forwards, for
+    ``dit_attn.SpatialCondition(image, adapter="edges")`` / ``SubjectCondition(image, keyword, adapter="subject")``.
     """
     import diffusers
 
@@ -62,7 +75,13 @@ def load_shapes(kind: str = "t2i", torch_dtype: Optional[torch.dtype] = None):
     pipe = cls.from_pretrained(path, torch_dtype=torch_dtype or torch.float32, use_safetensors=True,
                                local_files_only=True)
     pipe.set_progress_bar_config(disable=True)
+    if adapters and adapter_files(kind):
+        from dit_attn.conditions.adapters import load_condition_adapter
+
+        for name, path in adapter_files(kind).items():
+            load_condition_adapter(pipe.transformer, path, name)
+        pipe.transformer.to(torch_dtype or torch.float32)
     return pipe
 
 
-__all__ = ["MODELS_DIR", "model_dir", "has_weights", "available_kinds", "load_shapes"]
+__all__ = ["MODELS_DIR", "model_dir", "has_weights", "available_kinds", "adapter_files", "load_shapes"]

@@ -265,11 +265,13 @@ def _encode_text(pipe, kind: str, prompts: list[str]):
     return {"encoder_hidden_states": pe}
 
 
-def flow_loss(pipe, kind: str, x0: torch.Tensor, prompts: list[str], gen: torch.Generator) -> torch.Tensor:
-    """Rectified-flow loss of one batch of normalised latents ``x0`` with their prompts."""
+def flow_loss(pipe, kind: str, x0: torch.Tensor, prompts: list[str], gen: torch.Generator,
+              logit_mean: float = 0.0, logit_std: float = 1.0) -> torch.Tensor:
+    """Rectified-flow loss of one batch of normalised latents ``x0`` with their prompts; noise levels
+    ``s = sigmoid(logit_mean + logit_std * z)`` (``s = 1``: pure noise)."""
     b = x0.shape[0]
     noise = torch.randn(x0.shape, generator=gen)
-    s = torch.sigmoid(torch.randn(b, generator=gen))
+    s = torch.sigmoid(logit_mean + logit_std * torch.randn(b, generator=gen))
     sv = s.view(-1, *([1] * (x0.dim() - 1)))
     xt = (1 - sv) * x0 + sv * noise
     target = noise - x0
@@ -334,7 +336,8 @@ def _quick_eval(pipe, kind: str, modules, ema, n: int, seed: int) -> dict:
 
 def train(kind: str, out: str, work: str, minutes: float, vae_minutes: float, batch: int, cache_size: int,
           lr: float, seed: int, resume: bool, init_vae: Optional[str], log_every: int, ckpt_minutes: float,
-          eval_n: int) -> None:
+          eval_n: int, logit_mean: float = 0.0, logit_std: float = 1.0, init_from: Optional[str] = None,
+          warmup: int = 200) -> None:
     torch.manual_seed(seed)
     np.random.seed(seed)
     os.makedirs(work, exist_ok=True)
@@ -351,6 +354,16 @@ def train(kind: str, out: str, work: str, minutes: float, vae_minutes: float, ba
         shutil.rmtree(os.path.join(work, "vae"), ignore_errors=True)
     budget = minutes * 60.0
     pipe = build_pipeline(kind, seed=seed)
+    if init_from and meta is None:  # continue from an exported pipeline (a new recipe on trained weights)
+        pipe = type(pipe).from_pretrained(init_from, torch_dtype=torch.float32, use_safetensors=True,
+                                          local_files_only=True)
+        pipe.vae.save_pretrained(os.path.join(work, "vae"), safe_serialization=True)
+        with open(os.path.join(work, "vae_done.json"), "w") as f:
+            json.dump({"vae_step": 0, "vae_elapsed": 0.0, "init_from": init_from}, f)
+        log.write(phase="init", init_from=init_from)
+    elif init_from:  # resuming: the state file holds the weights; only the architecture comes from init_from
+        pipe = type(pipe).from_pretrained(init_from, torch_dtype=torch.float32, use_safetensors=True,
+                                          local_files_only=True)
     pipe.set_progress_bar_config(disable=True)
     vae_cls = type(pipe.vae)
 
@@ -391,7 +404,6 @@ def train(kind: str, out: str, work: str, minutes: float, vae_minutes: float, ba
     seconds = budget - vae_elapsed - cache_s
     gen = torch.Generator().manual_seed(seed * 7919 + step)  # a resumed run continues with fresh, seeded draws
     order_rng = np.random.default_rng([seed, step])
-    warmup = 200
     bar = tqdm(desc=f"{kind} flow", unit="step", initial=step, mininterval=20)
     last_ckpt, run_loss, run_n = time.time(), 0.0, 0
 
@@ -400,7 +412,8 @@ def train(kind: str, out: str, work: str, minutes: float, vae_minutes: float, ba
         log.write(phase="eval", step=step, elapsed_s=round(elapsed, 1), final=final, **scores)
         state_meta = {"phase": "transformer", "step": step, "elapsed": elapsed, "kind": kind, "batch": batch,
                       "lr": lr, "seed": seed, "cache_size": cache_size, "vae_elapsed": vae_elapsed,
-                      "cache_seconds": cache_s, "minutes": minutes}
+                      "cache_seconds": cache_s, "minutes": minutes, "logit_mean": logit_mean,
+                      "logit_std": logit_std, "init_from": init_from}
         save_state(work, modules, ema, opt, state_meta)
         export(pipe, kind, modules, ema, out, work)
         tqdm.write(f"[{kind}] step {step}: checkpoint saved, exported to {out}; eval {scores}")
@@ -411,7 +424,7 @@ def train(kind: str, out: str, work: str, minutes: float, vae_minutes: float, ba
         prompts = ["" if order_rng.random() < 0.1 else captions[i] for i in idx]
         for g in opt.param_groups:
             g["lr"] = lr * min(1.0, (step + 1) / warmup)
-        loss = flow_loss(pipe, kind, latents[torch.from_numpy(idx)], prompts, gen)
+        loss = flow_loss(pipe, kind, latents[torch.from_numpy(idx)], prompts, gen, logit_mean, logit_std)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -456,13 +469,19 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--ckpt-minutes", type=float, default=6.0)
     p.add_argument("--eval-n", type=int, default=32, help="prompts per split scored at each checkpoint (0: off)")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--logit-mean", type=float, default=0.0,
+                   help="noise levels s = sigmoid(mean + std z) (s = 1 is noise); > 0 trains more at high noise")
+    p.add_argument("--logit-std", type=float, default=1.0)
+    p.add_argument("--init-from", default=None,
+                   help="start from an exported ShapesWorld pipeline folder (its VAE is kept; no VAE phase)")
+    p.add_argument("--warmup", type=int, default=200, help="learning-rate warm-up steps")
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
     d_minutes, d_vae, d_batch, d_cache = _DEFAULTS[a.kind]
     train(a.kind, a.out, a.work or os.path.join("outputs", "shapes_train", a.kind),
           a.minutes if a.minutes is not None else d_minutes, a.vae_minutes if a.vae_minutes is not None else d_vae,
           a.batch or d_batch, a.cache_size or d_cache, a.lr, a.seed, a.resume, a.init_vae, a.log_every,
-          a.ckpt_minutes, a.eval_n)
+          a.ckpt_minutes, a.eval_n, a.logit_mean, a.logit_std, a.init_from, a.warmup)
     return 0
 
 

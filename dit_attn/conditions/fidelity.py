@@ -1,0 +1,304 @@
+"""Condition fidelity of trained adapters on ShapesWorld, per attention mode, and adapter convergence curves.
+
+``python -m dit_attn.conditions.fidelity`` generates with the bundled ShapesWorld ``flux`` model on held-out
+condition scenes and scores every image with the exact evaluator (:func:`dit_attn.pipelines.shapes.score_conditions`):
+
+* **spatial** (edge maps through the ``edges`` adapter): edge F1 (1-pixel tolerance) and foreground-mask IoU
+  against the scene the edge map was rendered from;
+* **subject** (a sprite reference + its made-up keyword through the ``subject`` adapter): whether the subject is
+  drawn inside its keyword region (the region the caption puts it in), and edge F1 / mask IoU of the whole scene;
+* per-object colour + shape accuracy of the caption's other objects (the text is still followed).
+
+Each mode (``pka``, ``cached-full``, ``concat``) runs with the same adapter, prompts and seeds; ``none`` is the
+stock model without conditions (what the adapter adds). ``--curves RUN [RUN ...]`` instead scores every
+``checkpoint-N`` of adapter training runs (e.g. CSAS vs logit-normal): a validation loss on a fixed held-out batch
+at fixed noise levels ``t = 0.05 .. 0.95`` (the same for every run, whatever the training sampling) and the edge
+F1 of a few pka generations.
+
+Example (about a minute on one CPU thread)::
+
+    >>> from dit_attn.conditions.fidelity import fidelity
+    >>> from dit_attn.pipelines import load_shapes
+    >>> scores = fidelity(load_shapes("flux"), condition="edge", modes=("none", "pka"), n=4)
+    >>> sorted(scores["pka"])[:2]
+    ['colour', 'edge_f1']
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+
+MODES = ("none", "pka", "cached-full", "concat")
+ADAPTERS = {"edge": "edges", "subject": "subject"}
+
+
+def heldout_scenes(condition: str, n: int, seed: int = 0) -> list:
+    """``n`` held-out condition scenes: image scenes for ``"edge"``, subject scenes for ``"subject"``."""
+    from dit_attn.pipelines.shapes.world import condition_scene
+
+    prob = 1.0 if condition == "subject" else 0.0
+    return [condition_scene(seed, "heldout", i, subject_prob=prob) for i in range(n)]
+
+
+def condition_image(scene, condition: str, size: int = 64) -> torch.Tensor:
+    """The condition input of ``scene`` as a ``[3, size, size]`` tensor in [-1, 1]: its edge map, or its subject
+    reference sprite on the scene's background."""
+    from dit_attn.pipelines.shapes.render import (grey_to_rgb, render_edges, render_subject_reference,
+                                                  to_tensor_image)
+
+    if condition == "edge":
+        return to_tensor_image(grey_to_rgb(render_edges(scene, size)))
+    if condition == "subject":
+        return to_tensor_image(render_subject_reference(scene.subject, size, scene.background))
+    raise ValueError(f"condition must be 'edge' or 'subject', got {condition!r}")
+
+
+def _control(mode: str, condition: str, images: torch.Tensor, keyword: str, adapter: Optional[str],
+             epsilon: float):
+    import dit_attn
+
+    if condition == "edge":
+        return dit_attn.MultiCondition(spatial=[dit_attn.SpatialCondition(images, adapter=adapter)], mode=mode,
+                                       epsilon=epsilon)
+    return dit_attn.MultiCondition(subjects=[dit_attn.SubjectCondition(images, keyword, adapter=adapter)],
+                                   mode=mode, epsilon=epsilon)
+
+
+@torch.no_grad()
+def generate_conditioned(pipe, scenes: Sequence, condition: str, mode: str, adapter: Optional[str] = None,
+                         seed: int = 0, batch: int = 8, epsilon: float = 0.2, steps: Optional[int] = None,
+                         guidance: Optional[float] = None) -> list[np.ndarray]:
+    """One uint8 image per scene (prompt = the scene's caption, generator ``seed + i``); ``mode="none"``: stock."""
+    import dit_attn
+    from dit_attn.pipelines.shapes.generate import shapes_call_kwargs
+
+    kw = shapes_call_kwargs("flux", steps=steps, guidance=guidance)
+    size = kw["height"]
+    # Subjects are batched per keyword (one SubjectCondition per call); spatial scenes in plain chunks.
+    groups: dict[str, list[int]] = {}
+    for i, s in enumerate(scenes):
+        groups.setdefault(s.subject if condition == "subject" else "", []).append(i)
+    out: dict[int, np.ndarray] = {}
+    for keyword, members in groups.items():
+        for start in range(0, len(members), batch):
+            ids = members[start:start + batch]
+            call = dict(kw, prompt=[scenes[i].caption for i in ids], negative_prompt=[""] * len(ids),
+                        generator=[torch.Generator().manual_seed(seed + i) for i in ids], output_type="np")
+            if mode == "none":
+                images = pipe(**call).images
+            else:
+                cond = torch.stack([condition_image(scenes[i], condition, size) for i in ids])
+                control = _control(mode, condition, cond, keyword, adapter, epsilon)
+                with dit_attn.attach(pipe, control):
+                    images = pipe(**call).images
+            for i, img in zip(ids, images):
+                out[i] = np.clip(np.rint(np.asarray(img) * 255.0), 0, 255).astype(np.uint8)
+    return [out[i] for i in range(len(scenes))]
+
+
+def score(images: Sequence[np.ndarray], scenes: Sequence) -> dict[str, float]:
+    """Mean condition fidelity (edge F1, mask IoU, subject placement) and caption accuracy of ``images``."""
+    from dit_attn.pipelines.shapes.evaluate import aggregate, score_conditions, score_image
+
+    cond = aggregate([score_conditions(img, s) for img, s in zip(images, scenes)])
+    caption = aggregate([score_image(img, s) for img, s in zip(images, scenes)])
+    out = {k: cond[k] for k in ("edge_f1", "mask_iou", "subject") if k in cond}
+    out.update({k: caption[k] for k in ("colour", "object_accuracy") if k in caption})
+    out["n"] = float(len(images))
+    return out
+
+
+def fidelity(pipe, condition: str = "edge", modes: Sequence[str] = MODES, n: int = 32, seed: int = 0,
+             adapter: Optional[str] = "default", batch: int = 8, epsilon: float = 0.2, steps: Optional[int] = None,
+             guidance: Optional[float] = None, progress: bool = True,
+             mode_adapters: Optional[dict[str, str]] = None) -> dict[str, dict[str, float]]:
+    """``{mode: scores}`` on ``n`` held-out scenes (see the module docstring). ``adapter="default"`` uses the
+    bundled adapter of ``condition`` (``"edges"`` / ``"subject"``); ``None`` runs the condition without one.
+    ``mode_adapters``: ``{mode: adapter .safetensors}`` trained in that mode, loaded under the adapter's name
+    before that mode runs (each mode with its own adapter: the fair comparison)."""
+    from tqdm.auto import tqdm
+
+    from .adapters import load_condition_adapter
+
+    bad = [m for m in modes if m not in MODES]
+    if bad:
+        raise ValueError(f"unknown modes {bad}; expected some of {MODES}")
+    if adapter == "default":
+        adapter = ADAPTERS[condition]
+    scenes = heldout_scenes(condition, n, seed)
+    results = {}
+    for mode in tqdm(list(modes), desc=f"fidelity ({condition})", disable=not progress):
+        if mode_adapters and mode in mode_adapters:
+            load_condition_adapter(pipe.transformer, mode_adapters[mode], adapter)
+        images = generate_conditioned(pipe, scenes, condition, mode, adapter, seed=seed, batch=batch,
+                                      epsilon=epsilon, steps=steps, guidance=guidance)
+        results[mode] = {k: round(v, 4) for k, v in score(images, scenes).items()}
+    return results
+
+
+# --- convergence curves of training runs --------------------------------------------------------------------------
+def _checkpoints(run: str) -> list[tuple[int, str]]:
+    found = []
+    for d in os.listdir(run):
+        if d.startswith("checkpoint-") and d.split("-")[1].isdigit():
+            found.append((int(d.split("-")[1]), os.path.join(run, d)))
+    return sorted(found)
+
+
+@torch.no_grad()
+def validation_loss(pipe, config, n: int = 32, levels: Sequence[float] = tuple(np.linspace(0.05, 0.95, 10)),
+                    seed: int = 1) -> float:
+    """Flow-matching loss of the loaded adapter on ``n`` held-out items, averaged over fixed noise levels ``t``
+    with fixed noise (comparable across runs trained with different timestep samplings)."""
+    from dataclasses import replace
+
+    from dit_attn.pipelines.shapes import ShapesConditionDataset
+
+    from .train import ConditionTrainer, _collate
+
+    cfg = replace(config, mode="pka")
+    prob = 1.0 if cfg.condition == "subject" else 0.0
+    ds = ShapesConditionDataset("heldout", size=cfg.size, length=n, seed=seed, subject_prob=prob)
+    items = []
+    for i in range(n):
+        it = ds[i]
+        cond = it["reference"] if cfg.condition == "subject" else it[cfg.condition]
+        items.append({"image": it["image"], "condition": cond, "caption": it["caption"], "keyword": it["subject"]})
+    batch = _collate(items)
+    trainer = ConditionTrainer(pipe, cfg)
+    try:
+        x0 = trainer._latent_tokens(batch["image"])
+        batch = dict(batch, image_latents=x0, condition_latents=trainer._latent_tokens(batch["condition"]))
+        losses = []
+        for j, t in enumerate(levels):
+            gen = torch.Generator().manual_seed(seed * 1000 + j)
+            losses.append(float(trainer.loss(batch, gen, t=torch.full((n,), float(t)))))
+        return float(np.mean(losses))
+    finally:
+        trainer.close()
+
+
+def convergence_curves(runs: Sequence[str], pipe_loader, n_loss: int = 32, n_gen: int = 16,
+                       progress: bool = True) -> dict[str, list[dict]]:
+    """``{run: [{"step", "val_loss", "edge_f1", ...}]}`` for every checkpoint of each adapter training run."""
+    from tqdm.auto import tqdm
+
+    from .adapters import load_condition_adapter
+    from .train import TrainConfig
+
+    curves = {}
+    for run in runs:
+        with open(os.path.join(run, "state.json")) as f:
+            cfg_dict = json.load(f)["config"]
+        cfg_dict["target_modules"] = tuple(cfg_dict["target_modules"])
+        config = TrainConfig(**cfg_dict)
+        pipe = pipe_loader()
+        rows = []
+        for step, folder in tqdm(_checkpoints(run), desc=f"curve {os.path.basename(run)}", disable=not progress):
+            name = load_condition_adapter(pipe.transformer, os.path.join(folder, f"{config.adapter_name}.safetensors"),
+                                          config.adapter_name, config={"rank": config.rank, "alpha": config.alpha,
+                                                                       "target_modules": config.target_modules})
+            row = {"step": step, "val_loss": round(validation_loss(pipe, config, n=n_loss), 5)}
+            if n_gen:
+                scenes = heldout_scenes(config.condition, n_gen)
+                images = generate_conditioned(pipe, scenes, config.condition, "pka", name)
+                row.update({k: round(v, 4) for k, v in score(images, scenes).items() if k != "n"})
+            rows.append(row)
+        curves[run] = rows
+    return curves
+
+
+def plot_curves(curves: dict[str, list[dict]], path: str, labels: Optional[dict[str, str]] = None) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keys = ["val_loss"] + [k for k in ("edge_f1", "subject") if any(k in r for rows in curves.values() for r in rows)]
+    fig, axes = plt.subplots(1, len(keys), figsize=(4.2 * len(keys), 3.2))
+    axes = np.atleast_1d(axes)
+    for run, rows in curves.items():
+        for ax, key in zip(axes, keys):
+            pts = [(r["step"], r[key]) for r in rows if key in r]
+            if pts:
+                ax.plot(*zip(*pts), marker="o", label=(labels or {}).get(run, os.path.basename(run)))
+    for ax, key in zip(axes, keys):
+        ax.set_xlabel("adapter training step")
+        ax.set_title(key.replace("_", " "))
+        ax.grid(alpha=0.3)
+    axes[0].legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m dit_attn.conditions.fidelity", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--condition", choices=sorted(ADAPTERS), nargs="+", default=["edge", "subject"])
+    p.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
+    p.add_argument("--n", type=int, default=32, help="held-out scenes per condition")
+    p.add_argument("--model", default=None, help="a FLUX-architecture ShapesWorld folder (default: the bundled flux)")
+    p.add_argument("--curves", nargs="+", default=None, help="adapter training runs to score checkpoint by checkpoint")
+    p.add_argument("--n-gen", type=int, default=16, help="--curves: generations per checkpoint (0: loss only)")
+    p.add_argument("--mode-adapters", nargs="+", default=None, metavar="MODE=PATH",
+                   help="an adapter .safetensors trained in each mode (e.g. pka=runs/pka/edges.safetensors), loaded "
+                        "under the condition's adapter name before that mode runs; one --condition only")
+    p.add_argument("--out", default=None, help="JSON file for the results (a PNG beside it for --curves)")
+    p.add_argument("--threads", type=int, default=None)
+    a = p.parse_args(argv)
+    if a.threads:
+        torch.set_num_threads(a.threads)
+
+    def loader(adapters=True):
+        if a.model:
+            import diffusers
+
+            pipe = diffusers.FluxPipeline.from_pretrained(a.model, torch_dtype=torch.float32, use_safetensors=True,
+                                                          local_files_only=True)
+            pipe.set_progress_bar_config(disable=True)
+            if adapters:
+                from .adapters import load_condition_adapter
+
+                folder = os.path.join(a.model, "adapters")
+                for f in sorted(os.listdir(folder)) if os.path.isdir(folder) else []:
+                    if f.endswith(".safetensors"):
+                        load_condition_adapter(pipe.transformer, os.path.join(folder, f))
+            return pipe
+        from dit_attn.pipelines import load_shapes
+
+        return load_shapes("flux", adapters=adapters)
+
+    if a.curves:
+        result = convergence_curves(a.curves, lambda: loader(adapters=False), n_gen=a.n_gen)
+        if a.out:
+            plot_curves(result, os.path.splitext(a.out)[0] + ".png")
+    else:
+        mode_adapters = None
+        if a.mode_adapters:
+            if len(a.condition) != 1:
+                p.error("--mode-adapters needs exactly one --condition")
+            pairs = [m.split("=", 1) for m in a.mode_adapters]
+            bad = [m for m, pair in zip(a.mode_adapters, pairs) if len(pair) != 2 or pair[0] not in MODES[1:]]
+            if bad:
+                p.error(f"--mode-adapters takes MODE=PATH with MODE in {MODES[1:]}; got {bad}")
+            mode_adapters = dict(pairs)
+        pipe = loader()
+        result = {c: fidelity(pipe, c, a.modes, n=a.n, mode_adapters=mode_adapters) for c in a.condition}
+    text = json.dumps(result, indent=1)
+    if a.out:
+        os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
+        with open(a.out, "w") as f:
+            f.write(text + "\n")
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
