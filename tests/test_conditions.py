@@ -3,8 +3,6 @@ cache and the control on the tiny FLUX pipeline."""
 
 from __future__ import annotations
 
-import itertools
-
 import numpy as np
 import pytest
 import torch

@@ -142,6 +142,7 @@ def test_train_resumes_exactly(tmp_path):
         torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-7)
     assert json.load(open(tmp_path / "b" / "state.json"))["step"] == 4
     assert os.path.exists(tmp_path / "b" / "checkpoint-2" / "condition.safetensors")
+    assert json.load(open(tmp_path / "b" / "checkpoint-2" / "condition.json"))["rank"] == 4  # self-describing
 
 
 @pytest.mark.parametrize("condition", ["edge", "subject"])

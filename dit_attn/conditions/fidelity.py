@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+from dataclasses import asdict
 from typing import Optional, Sequence
 
 import numpy as np
@@ -202,8 +203,7 @@ def convergence_curves(runs: Sequence[str], pipe_loader, n_loss: int = 32, n_gen
         rows = []
         for step, folder in tqdm(_checkpoints(run), desc=f"curve {os.path.basename(run)}", disable=not progress):
             name = load_condition_adapter(pipe.transformer, os.path.join(folder, f"{config.adapter_name}.safetensors"),
-                                          config.adapter_name, config={"rank": config.rank, "alpha": config.alpha,
-                                                                       "target_modules": config.target_modules})
+                                          config.adapter_name, config=asdict(config))
             row = {"step": step, "val_loss": round(validation_loss(pipe, config, n=n_loss), 5)}
             if n_gen:
                 scenes = heldout_scenes(config.condition, n_gen)

@@ -33,7 +33,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import torch
 
@@ -333,9 +333,15 @@ def _subject(tokens, adapter):
     return SubjectCondition(tokens, "subject", adapter=adapter)
 
 
-def _lora_only_checkpoints(accelerator, name: str) -> None:
-    """Checkpoints hold the adapter only (not the frozen base model: 24 GB for FLUX.1), plus accelerate's
-    optimizer, RNG and step state."""
+def _adapter_config(config: TrainConfig) -> dict:
+    """The JSON saved beside an adapter's weights (``load_condition_adapter`` reads rank, alpha, targets)."""
+    return dict(asdict(config), trained_steps=config.steps)
+
+
+def _lora_only_checkpoints(accelerator, name: str, config: TrainConfig) -> None:
+    """Checkpoints hold the adapter only (not the frozen base model: 24 GB for FLUX.1) with its LoRA settings,
+    plus accelerate's optimizer, RNG and step state; each ``checkpoint-N/<name>.safetensors`` loads with
+    :func:`dit_attn.conditions.adapters.load_condition_adapter`."""
     from peft.utils import set_peft_model_state_dict
     from safetensors.torch import load_file, save_file
 
@@ -343,6 +349,8 @@ def _lora_only_checkpoints(accelerator, name: str) -> None:
         for model in models:
             save_file(adapter_state_dict(accelerator.unwrap_model(model), name),
                       os.path.join(output_dir, f"{name}.safetensors"))
+            with open(os.path.join(output_dir, f"{name}.json"), "w") as f:
+                json.dump(_adapter_config(config), f, indent=1, default=str)
         weights.clear()
 
     def load(models, input_dir):
@@ -385,7 +393,7 @@ def train(config: TrainConfig, pipe=None, progress: bool = True) -> dict:
     with torch.random.fork_rng():
         torch.manual_seed(config.seed)  # the adapter's initial weights are a function of the seed
         params = add_condition_adapter(transformer, config)
-    _lora_only_checkpoints(accelerator, config.adapter_name)
+    _lora_only_checkpoints(accelerator, config.adapter_name, config)
     optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=0.0)
     trainer = ConditionTrainer(pipe, config, transformer)
     model, optimizer = accelerator.prepare(transformer, optimizer)
@@ -433,7 +441,7 @@ def train(config: TrainConfig, pipe=None, progress: bool = True) -> dict:
         save_file(adapter_state_dict(accelerator.unwrap_model(model), config.adapter_name), path)
         # The LoRA settings beside the weights: dit_attn.conditions.adapters.load_condition_adapter reads them.
         with open(os.path.join(config.output_dir, f"{config.adapter_name}.json"), "w") as f:
-            json.dump(dict(asdict(config), trained_steps=config.steps), f, indent=1, default=str)
+            json.dump(_adapter_config(config), f, indent=1, default=str)
     return {"step": config.steps, "losses": losses, "adapter": path}
 
 

@@ -135,11 +135,14 @@ class _Log:
 # Phase 1: VAE
 # ------------------------------------------------------------------------------------------------------------
 def train_vae(kind: str, vae: torch.nn.Module, work: str, seconds: float, seed: int, batch: int, log: _Log,
-              resume_meta: Optional[dict], crop: int = 32) -> None:
+              resume_meta: Optional[dict], crop: int = 32, fg_weight: float = 0.0) -> None:
     """Autoencoder training on fresh renders for ``seconds`` (continuing a saved VAE phase when resuming).
 
     Trains on random ``crop`` x ``crop`` windows (4x4 latent-aligned offsets are not needed: the model has no
-    positional parameters); the reconstruction scores logged at the end are on full 64 x 64 renders.
+    positional parameters; 0: full frames); the reconstruction scores logged at the end are on full 64 x 64
+    renders. ``fg_weight`` > 0 weighs the reconstruction error of object pixels (those away from the clip's
+    median colour) ``1 + fg_weight`` times: objects are a few percent of the pixels, and a VAE that paints the
+    background alone is a deep local minimum (seen with the video VAE on background-heavy crops).
     """
     opt = torch.optim.AdamW(vae.parameters(), lr=1e-3, weight_decay=0.0)
     meta = {"phase": "vae", "vae_step": 0, "vae_elapsed": 0.0}
@@ -161,7 +164,12 @@ def train_vae(kind: str, vae: torch.nn.Module, work: str, seconds: float, seed: 
         z = post.mean + post.std * torch.randn(post.mean.shape, generator=gen)
         rec = vae.decode(z).sample
         kl = 0.5 * (post.mean.pow(2) + post.var - 1.0 - post.logvar).mean()
-        loss = F.mse_loss(rec, x) + 0.5 * F.l1_loss(rec, x) + 1e-4 * kl
+        err = (rec - x).pow(2) + 0.5 * (rec - x).abs()
+        if fg_weight > 0:
+            background = x.flatten(2).median(dim=2).values.view(x.shape[0], x.shape[1], *([1] * (x.dim() - 2)))
+            foreground = ((x - background).abs().sum(dim=1, keepdim=True) > 0.1).float()
+            err = err * (1.0 + fg_weight * foreground)
+        loss = err.mean() + 1e-4 * kl
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
@@ -337,7 +345,7 @@ def _quick_eval(pipe, kind: str, modules, ema, n: int, seed: int) -> dict:
 def train(kind: str, out: str, work: str, minutes: float, vae_minutes: float, batch: int, cache_size: int,
           lr: float, seed: int, resume: bool, init_vae: Optional[str], log_every: int, ckpt_minutes: float,
           eval_n: int, logit_mean: float = 0.0, logit_std: float = 1.0, init_from: Optional[str] = None,
-          warmup: int = 200) -> None:
+          warmup: int = 200, vae_crop: int = 32, vae_fg_weight: float = 0.0) -> None:
     torch.manual_seed(seed)
     np.random.seed(seed)
     os.makedirs(work, exist_ok=True)
@@ -375,7 +383,8 @@ def train(kind: str, out: str, work: str, minutes: float, vae_minutes: float, ba
     else:
         if init_vae:
             pipe.register_modules(vae=vae_cls.from_pretrained(init_vae, torch_dtype=torch.float32))
-        train_vae(kind, pipe.vae, work, vae_minutes * 60.0, seed, 16 if kind != "t2v" else 4, log, meta)
+        train_vae(kind, pipe.vae, work, vae_minutes * 60.0, seed, 16 if kind != "t2v" else 4, log, meta,
+                  crop=vae_crop, fg_weight=vae_fg_weight)
         meta = None
     with open(os.path.join(work, "vae_done.json")) as f:
         vae_elapsed = float(json.load(f)["vae_elapsed"])
@@ -475,13 +484,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--init-from", default=None,
                    help="start from an exported ShapesWorld pipeline folder (its VAE is kept; no VAE phase)")
     p.add_argument("--warmup", type=int, default=200, help="learning-rate warm-up steps")
+    p.add_argument("--vae-crop", type=int, default=32, help="VAE training crop size in pixels (0: full frames)")
+    p.add_argument("--vae-fg-weight", type=float, default=0.0,
+                   help="extra weight of object pixels in the VAE loss (e.g. 4 for the video VAE)")
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
     d_minutes, d_vae, d_batch, d_cache = _DEFAULTS[a.kind]
     train(a.kind, a.out, a.work or os.path.join("outputs", "shapes_train", a.kind),
           a.minutes if a.minutes is not None else d_minutes, a.vae_minutes if a.vae_minutes is not None else d_vae,
           a.batch or d_batch, a.cache_size or d_cache, a.lr, a.seed, a.resume, a.init_vae, a.log_every,
-          a.ckpt_minutes, a.eval_n, a.logit_mean, a.logit_std, a.init_from, a.warmup)
+          a.ckpt_minutes, a.eval_n, a.logit_mean, a.logit_std, a.init_from, a.warmup, a.vae_crop, a.vae_fg_weight)
     return 0
 
 

@@ -1,7 +1,6 @@
 """The bundled ShapesWorld flux model's condition adapters: loaded disabled, effective when named, and the
 fidelity / convergence tools that measure them."""
 
-import json
 import os
 
 import numpy as np
@@ -10,7 +9,6 @@ import torch
 
 pytest.importorskip("peft")  # a core dependency; the import is the adapter loader's
 
-import dit_attn  # noqa: E402
 from dit_attn.conditions import fidelity as FID  # noqa: E402
 from dit_attn.conditions.adapters import adapter_names  # noqa: E402
 from dit_attn.pipelines.shapes import bundled  # noqa: E402

@@ -156,3 +156,17 @@ def test_bundled_t2i_colours_score_above_chance_on_training_captions(t2i_train_s
 
 def test_bundled_t2i_objects_score_above_chance_on_training_captions(t2i_train_scores):
     assert t2i_train_scores["object_accuracy"] > 2 * _CHANCE_OBJECT, t2i_train_scores
+
+
+def test_diagnose_separates_denoising_from_layout():
+    """SDEdit from light noise keeps the ground truth's objects far better than generation from pure noise, and the
+    word-sensitivity probe reports one finite number per word class."""
+    from dit_attn.pipelines.shapes.diagnose import diagnose
+
+    report = diagnose(bundled.load_shapes("t2i"), "t2i", n=6, levels=(0.3, 1.0), sensitivity_levels=(0.7,))
+    assert report["sdedit"]["0.3"]["object_accuracy"] > report["sdedit"]["1.0"]["object_accuracy"] + 0.2, report
+    sens = report["word_sensitivity"]["0.7"]
+    assert sens["colour"] > 0 and sens["shape"] > 0, report
+    with pytest.raises(ValueError, match="image models"):
+        diagnose(None, "t2v")
+
