@@ -223,6 +223,17 @@ def test_trained_adapter_loads_disabled_and_drives_its_condition(tmp_path):
         assert np.abs(outs["edges"] - outs[None]).max() > 1e-4, mode
         np.testing.assert_array_equal(pipe(**tiny_call_kwargs("flux")).images, stock)  # and it is off again
 
+    # An adapter the user had active (a style LoRA) stays active in ordinary forwards when a condition adapter loads.
+    from peft import LoraConfig
+
+    styled = tiny_pipeline("flux")
+    styled.transformer.add_adapter(LoraConfig(r=2, lora_alpha=2, target_modules=["to_q"], init_lora_weights=False),
+                                   adapter_name="style")
+    with_style = styled(**tiny_call_kwargs("flux")).images
+    assert np.abs(with_style - stock).max() > 1e-4
+    load_condition_adapter(styled.transformer, path)
+    np.testing.assert_array_equal(styled(**tiny_call_kwargs("flux")).images, with_style)
+
     with pytest.raises(FileNotFoundError, match="no condition adapter"):
         load_condition_adapter(pipe.transformer, str(tmp_path / "missing.safetensors"))
     os.remove(tmp_path / "run" / "edges.json")

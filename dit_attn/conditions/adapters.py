@@ -71,7 +71,8 @@ def load_condition_adapter(transformer, weights_path: str, adapter_name: str | N
     ``weights_path``: the adapter's ``.safetensors`` (peft state dict); its LoRA settings (``rank``, ``alpha``,
     ``target_modules``) come from ``config`` or the ``.json`` beside it. ``adapter_name`` defaults to the file
     name (``edges.safetensors`` -> ``"edges"``). Loading an adapter under a name that exists replaces its weights.
-    Condition adapters are **disabled for ordinary forwards** (the transformer stays stock);
+    Condition adapters are **inactive in ordinary forwards** (the transformer stays as it was: stock, or with the
+    LoRA adapters that were active before, e.g. a style LoRA);
     :class:`dit_attn.MultiCondition` switches one on for its condition's write pass only
     (``SpatialCondition(image, adapter="edges")``). Returns the adapter name.
 
@@ -100,6 +101,8 @@ def load_condition_adapter(transformer, weights_path: str, adapter_name: str | N
     missing = {"rank", "alpha", "target_modules"} - set(config)
     if missing:
         raise ValueError(f"condition adapter config lacks {sorted(missing)}")
+    # peft makes a newly added adapter the only active one: remember what was active (e.g. a user's style LoRA).
+    before = {layer: (layer._active_adapter, layer._disable_adapters) for layer in _tuner_layers(transformer)}
     if name not in adapter_names(transformer):
         transformer.add_adapter(LoraConfig(r=int(config["rank"]), lora_alpha=float(config["alpha"]),
                                            target_modules=list(config["target_modules"])), adapter_name=name)
@@ -107,6 +110,9 @@ def load_condition_adapter(transformer, weights_path: str, adapter_name: str | N
     unexpected = getattr(result, "unexpected_keys", None)
     if unexpected:
         raise ValueError(f"{weights_path} does not fit the transformer: unexpected keys {unexpected[:4]}")
-    for layer in _tuner_layers(transformer):  # stock forwards: condition adapters off until a write pass
-        layer._disable_adapters = True
+    for layer in _tuner_layers(transformer):  # ordinary forwards: as before, without the condition adapter
+        active, disabled = before.get(layer, ([], False))
+        active = [active] if isinstance(active, str) else list(active)
+        layer._active_adapter = [a for a in active if a != name]
+        layer._disable_adapters = disabled
     return name
