@@ -61,7 +61,7 @@ def load_shapes(kind: str = "t2i", torch_dtype: Optional[torch.dtype] = None, ad
     (``WanPipeline``). ``torch_dtype`` defaults to float32 (weights are stored partly in float16). The progress bar
     is off; use :func:`dit_attn.pipelines.shapes_call_kwargs` for the default size / steps / guidance.
     ``adapters``: load the bundled condition adapters (flux: ``"edges"``, ``"subject"``; see
-    :func:`adapter_files`) onto the transformer, disabled for ordinary forwards, for
+    :func:`adapter_files`) onto the transformer, inactive in ordinary forwards, for
     ``dit_attn.SpatialCondition(image, adapter="edges")`` / ``SubjectCondition(image, keyword, adapter="subject")``.
     """
     import diffusers
