@@ -233,6 +233,14 @@ def test_trained_adapter_loads_disabled_and_drives_its_condition(tmp_path):
     assert np.abs(with_style - stock).max() > 1e-4
     load_condition_adapter(styled.transformer, path)
     np.testing.assert_array_equal(styled(**tiny_call_kwargs("flux")).images, with_style)
+    from dit_attn.conditions.adapters import _tuner_layers, adapter_scope
+
+    layer = _tuner_layers(styled.transformer)[0]
+    with adapter_scope(styled.transformer, include={"edges"}):  # concat's joint forward: style and condition
+        assert layer.active_adapters == ["style", "edges"] and not layer.disable_adapters
+    with adapter_scope(styled.transformer, only="edges"):  # a write pass: the condition's adapter alone
+        assert layer.active_adapters == ["edges"]
+    assert layer.active_adapters == ["style"]
 
     with pytest.raises(FileNotFoundError, match="no condition adapter"):
         load_condition_adapter(pipe.transformer, str(tmp_path / "missing.safetensors"))

@@ -29,17 +29,18 @@ def adapter_names(model) -> set[str]:
 
 
 @contextlib.contextmanager
-def adapter_scope(model, only: str | set[str] | None = None, exclude: set[str] | frozenset = frozenset()):
+def adapter_scope(model, only: str | set[str] | None = None, exclude: set[str] | frozenset = frozenset(),
+                  include: set[str] | frozenset = frozenset()):
     """Within the block, ``only`` (a name or a set of names, if given) is exactly the active set of adapters;
-    otherwise the active ones minus ``exclude``. Restores every layer's active set and enabled flag afterwards. A
-    no-op without peft layers."""
+    otherwise the active ones minus ``exclude`` plus ``include`` (enabled). Restores every layer's active set and
+    enabled flag afterwards. A no-op without peft layers."""
     layers = _tuner_layers(model)
     wanted = None if only is None else sorted({only} if isinstance(only, str) else set(only))
-    for name in wanted or ():  # also when no adapter is loaded at all
+    for name in list(wanted or ()) + sorted(include):  # also when no adapter is loaded at all
         if name not in adapter_names(model):
             raise ValueError(f"condition adapter {name!r} is not loaded on the transformer; loaded: "
                              f"{sorted(adapter_names(model)) or 'none'}")
-    if not layers or (only is None and not exclude):
+    if not layers or (only is None and not exclude and not include):
         yield
         return
     saved = [(m, m._active_adapter, m._disable_adapters) for m in layers]
@@ -50,7 +51,10 @@ def adapter_scope(model, only: str | set[str] | None = None, exclude: set[str] |
                 m._active_adapter = list(wanted)
                 m._disable_adapters = False
             else:
-                m._active_adapter = [a for a in current if a not in exclude]
+                m._active_adapter = [a for a in current if a not in exclude] + \
+                    [a for a in sorted(include) if a not in current]
+                if include:
+                    m._disable_adapters = False
         yield
     finally:
         for m, active, disabled in saved:

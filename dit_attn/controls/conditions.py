@@ -313,9 +313,9 @@ class MultiCondition(Control):
             state.extra[id(self)] = {"image_len": x.shape[1]}
             self._close_scope()
             names = {p.adapter for p in prepared if p.adapter}
-            if names:  # one joint forward: the named adapters act on all its tokens (as concat-mode training does)
-                scope = contextlib.ExitStack()
-                scope.enter_context(adapter_scope(st["transformer"], only=names))
+            if names:  # one joint forward: the named adapters act on all its tokens (as concat-mode training does),
+                scope = contextlib.ExitStack()  # together with the LoRA adapters that are active anyway
+                scope.enter_context(adapter_scope(st["transformer"], include=names))
                 st["denoise_scope"] = scope
             return (), bound
         key = (tuple(grid), batch, str(x.device), x.dtype)
