@@ -120,3 +120,17 @@ def load_condition_adapter(transformer, weights_path: str, adapter_name: str | N
         layer._active_adapter = [a for a in active if a != name]
         layer._disable_adapters = disabled
     return name
+
+
+def adapters_in(folder: str) -> dict[str, str]:
+    """The condition adapters saved in ``folder``: ``{name: path to .safetensors}`` ({} when it does not exist)."""
+    if not os.path.isdir(folder):
+        return {}
+    return {os.path.splitext(f)[0]: os.path.join(folder, f) for f in sorted(os.listdir(folder))
+            if f.endswith(".safetensors")}
+
+
+def load_condition_adapters(transformer, folder: str) -> list[str]:
+    """:func:`load_condition_adapter` for every adapter in ``folder`` (each under its file name); their names."""
+    return [load_condition_adapter(transformer, path, name) for name, path in adapters_in(folder).items()]
+

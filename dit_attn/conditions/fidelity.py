@@ -159,19 +159,11 @@ def validation_loss(pipe, config, n: int = 32, levels: Sequence[float] = tuple(n
     with fixed noise (comparable across runs trained with different timestep samplings)."""
     from dataclasses import replace
 
-    from dit_attn.pipelines.shapes import ShapesConditionDataset
-
-    from .train import ConditionTrainer, _collate
+    from .train import ConditionTrainer, _collate, _ShapesAdapter
 
     cfg = replace(config, mode="pka")
-    prob = 1.0 if cfg.condition == "subject" else 0.0
-    ds = ShapesConditionDataset("heldout", size=cfg.size, length=n, seed=seed, subject_prob=prob)
-    items = []
-    for i in range(n):
-        it = ds[i]
-        cond = it["reference"] if cfg.condition == "subject" else it[cfg.condition]
-        items.append({"image": it["image"], "condition": cond, "caption": it["caption"], "keyword": it["subject"]})
-    batch = _collate(items)
+    ds = _ShapesAdapter(cfg.condition, cfg.size, n, seed, split="heldout")
+    batch = _collate([ds[i] for i in range(n)])
     trainer = ConditionTrainer(pipe, cfg)
     try:
         x0 = trainer._latent_tokens(batch["image"])
@@ -264,12 +256,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                                           local_files_only=True)
             pipe.set_progress_bar_config(disable=True)
             if adapters:
-                from .adapters import load_condition_adapter
+                from .adapters import load_condition_adapters
 
-                folder = os.path.join(a.model, "adapters")
-                for f in sorted(os.listdir(folder)) if os.path.isdir(folder) else []:
-                    if f.endswith(".safetensors"):
-                        load_condition_adapter(pipe.transformer, os.path.join(folder, f))
+                load_condition_adapters(pipe.transformer, os.path.join(a.model, "adapters"))
             return pipe
         from dit_attn.pipelines import load_shapes
 

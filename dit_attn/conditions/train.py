@@ -135,11 +135,11 @@ class FolderConditionDataset(torch.utils.data.Dataset):
 class _ShapesAdapter(torch.utils.data.Dataset):
     """ShapesWorld condition items as ``{"image", "condition", "caption", "keyword"}``."""
 
-    def __init__(self, condition: str, size: int, length: int, seed: int):
+    def __init__(self, condition: str, size: int, length: int, seed: int, split: str = "train"):
         from dit_attn.pipelines.shapes import ShapesConditionDataset
 
         self.condition = condition
-        self.ds = ShapesConditionDataset("train", size=size, length=length, seed=seed,
+        self.ds = ShapesConditionDataset(split, size=size, length=length, seed=seed,
                                          subject_prob=1.0 if condition == "subject" else 0.0)
 
     def __len__(self):
@@ -333,9 +333,17 @@ def _subject(tokens, adapter):
     return SubjectCondition(tokens, "subject", adapter=adapter)
 
 
-def _adapter_config(config: TrainConfig) -> dict:
-    """The JSON saved beside an adapter's weights (``load_condition_adapter`` reads rank, alpha, targets)."""
-    return dict(asdict(config), trained_steps=config.steps)
+def save_adapter(model, config: TrainConfig, folder: str) -> str:
+    """Write ``folder/<adapter>.safetensors`` and, beside it, ``<adapter>.json`` with the LoRA settings
+    (:func:`dit_attn.conditions.adapters.load_condition_adapter` reads rank, alpha and targets from it)."""
+    from safetensors.torch import save_file
+
+    name = config.adapter_name
+    path = os.path.join(folder, f"{name}.safetensors")
+    save_file(adapter_state_dict(model, name), path)
+    with open(os.path.join(folder, f"{name}.json"), "w") as f:
+        json.dump(dict(asdict(config), trained_steps=config.steps), f, indent=1, default=str)
+    return path
 
 
 def _lora_only_checkpoints(accelerator, name: str, config: TrainConfig) -> None:
@@ -343,14 +351,11 @@ def _lora_only_checkpoints(accelerator, name: str, config: TrainConfig) -> None:
     plus accelerate's optimizer, RNG and step state; each ``checkpoint-N/<name>.safetensors`` loads with
     :func:`dit_attn.conditions.adapters.load_condition_adapter`."""
     from peft.utils import set_peft_model_state_dict
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import load_file
 
     def save(models, weights, output_dir):
         for model in models:
-            save_file(adapter_state_dict(accelerator.unwrap_model(model), name),
-                      os.path.join(output_dir, f"{name}.safetensors"))
-            with open(os.path.join(output_dir, f"{name}.json"), "w") as f:
-                json.dump(_adapter_config(config), f, indent=1, default=str)
+            save_adapter(accelerator.unwrap_model(model), config, output_dir)
         weights.clear()
 
     def load(models, input_dir):
@@ -382,7 +387,6 @@ def train(config: TrainConfig, pipe=None, progress: bool = True) -> dict:
     ``losses.jsonl`` and ``state.json``.
     """
     from accelerate import Accelerator
-    from safetensors.torch import save_file
     from tqdm.auto import tqdm
 
     if pipe is None:
@@ -438,10 +442,7 @@ def train(config: TrainConfig, pipe=None, progress: bool = True) -> dict:
         trainer.close()
     path = os.path.join(config.output_dir, f"{config.adapter_name}.safetensors")
     if accelerator.is_main_process:
-        save_file(adapter_state_dict(accelerator.unwrap_model(model), config.adapter_name), path)
-        # The LoRA settings beside the weights: dit_attn.conditions.adapters.load_condition_adapter reads them.
-        with open(os.path.join(config.output_dir, f"{config.adapter_name}.json"), "w") as f:
-            json.dump(_adapter_config(config), f, indent=1, default=str)
+        save_adapter(accelerator.unwrap_model(model), config, config.output_dir)
     return {"step": config.steps, "losses": losses, "adapter": path}
 
 

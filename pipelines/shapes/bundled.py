@@ -47,11 +47,9 @@ def available_kinds() -> tuple[str, ...]:
 def adapter_files(kind: str = "flux") -> dict[str, str]:
     """The condition adapters bundled with the model of ``kind``: ``{name: path to .safetensors}`` (flux:
     ``"edges"``, a spatial adapter for edge maps, and ``"subject"``, a subject adapter for sprite references)."""
-    folder = os.path.join(model_dir(kind), "adapters")
-    if not os.path.isdir(folder):
-        return {}
-    return {os.path.splitext(f)[0]: os.path.join(folder, f) for f in sorted(os.listdir(folder))
-            if f.endswith(".safetensors")}
+    from dit_attn.conditions.adapters import adapters_in
+
+    return adapters_in(os.path.join(model_dir(kind), "adapters"))
 
 
 def load_shapes(kind: str = "t2i", torch_dtype: Optional[torch.dtype] = None, adapters: bool = True):
@@ -76,10 +74,9 @@ def load_shapes(kind: str = "t2i", torch_dtype: Optional[torch.dtype] = None, ad
                                local_files_only=True)
     pipe.set_progress_bar_config(disable=True)
     if adapters and adapter_files(kind):
-        from dit_attn.conditions.adapters import load_condition_adapter
+        from dit_attn.conditions.adapters import load_condition_adapters
 
-        for name, path in adapter_files(kind).items():
-            load_condition_adapter(pipe.transformer, path, name)
+        load_condition_adapters(pipe.transformer, os.path.join(path, "adapters"))
         pipe.transformer.to(torch_dtype or torch.float32)
     return pipe
 

@@ -32,25 +32,13 @@ def _swap(caption: str, words: Sequence[str]) -> str:
     return " ".join(words[(words.index(w) + 1) % len(words)] if w in words else w for w in caption.split())
 
 
-def _velocity(pipe, kind: str, xt, s: float, cond):
-    b = xt.shape[0]
-    if kind == "flux":
-        c, h, w = xt.shape[1:]
-        packed = pipe._pack_latents(xt, b, c, h, w)
-        ids = pipe._prepare_latent_image_ids(b, h // 2, w // 2, xt.device, xt.dtype)
-        v = pipe.transformer(hidden_states=packed, timestep=torch.full((b,), s), guidance=None, img_ids=ids,
-                             **cond).sample
-        return pipe._unpack_latents(v, h * pipe.vae_scale_factor, w * pipe.vae_scale_factor, pipe.vae_scale_factor)
-    return pipe.transformer(hidden_states=xt, timestep=torch.full((b,), s * 1000.0), **cond).sample
-
-
 @torch.no_grad()
 def diagnose(pipe, kind: str = "t2i", n: int = 48, seed: int = 0, levels: Sequence[float] = (0.4, 0.6, 0.8, 1.0),
              sensitivity_levels: Sequence[float] = (0.5, 0.7, 0.9), steps: int = 10) -> dict:
     """``{"sdedit": {s: aggregate scores}, "word_sensitivity": {s: {"shape": rms, "colour": rms}}}``."""
     from .evaluate import aggregate, score_image
     from .geometry import SHAPES
-    from .train import _encode_text, _scene, render_batch
+    from .train import _encode_text, _scene, predict_velocity, render_batch
     from .world import COLOURS
 
     if kind not in ("t2i", "flux"):
@@ -72,7 +60,7 @@ def diagnose(pipe, kind: str = "t2i", n: int = 48, seed: int = 0, levels: Sequen
         xt = (1 - s0) * z0 + s0 * noise
         grid = torch.linspace(s0, 0.0, steps + 1)
         for a, b in zip(grid[:-1], grid[1:]):
-            xt = xt + (b - a) * _velocity(pipe, kind, xt, float(a), cond)
+            xt = xt + (b - a) * predict_velocity(pipe, kind, xt, torch.full((n,), float(a)), cond)
         scores = aggregate([score_image(img, sc) for img, sc in zip(decode(xt), scenes)])
         report["sdedit"][str(s0)] = {k: round(v, 4) for k, v in scores.items()
                                      if k in ("object_accuracy", "colour", "shape", "count")}
@@ -82,7 +70,7 @@ def diagnose(pipe, kind: str = "t2i", n: int = 48, seed: int = 0, levels: Sequen
         for name, caps in (("true", captions), ("shape", [_swap(c, SHAPES) for c in captions]),
                            ("colour", [_swap(c, list(COLOURS)) for c in captions])):
             c = cond if name == "true" else _encode_text(pipe, kind, caps)
-            preds[name] = xt - s * _velocity(pipe, kind, xt, s, c)
+            preds[name] = xt - s * predict_velocity(pipe, kind, xt, torch.full((n,), s), c)
         report["word_sensitivity"][str(s)] = {
             k: round(float((preds[k] - preds["true"]).pow(2).mean().sqrt()), 4) for k in ("shape", "colour")}
     return report

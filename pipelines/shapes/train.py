@@ -273,6 +273,19 @@ def _encode_text(pipe, kind: str, prompts: list[str]):
     return {"encoder_hidden_states": pe}
 
 
+def predict_velocity(pipe, kind: str, xt: torch.Tensor, s: torch.Tensor, cond: dict) -> torch.Tensor:
+    """The transformer's velocity for latents ``xt`` (``[B, C, (F,) H, W]``) at noise levels ``s`` ``[B]``
+    (``s = 1``: pure noise), in the latents' layout; ``cond`` from the pipeline's text encoders. FLUX gets packed
+    2x2 tokens and the noise level itself as timestep, SD3 and Wan the timestep ``1000 s``."""
+    if kind == "flux":
+        b, c, h, w = xt.shape
+        packed = pipe._pack_latents(xt, b, c, h, w)
+        img_ids = pipe._prepare_latent_image_ids(b, h // 2, w // 2, xt.device, xt.dtype)
+        v = pipe.transformer(hidden_states=packed, timestep=s, guidance=None, img_ids=img_ids, **cond).sample
+        return pipe._unpack_latents(v, h * pipe.vae_scale_factor, w * pipe.vae_scale_factor, pipe.vae_scale_factor)
+    return pipe.transformer(hidden_states=xt, timestep=s * 1000.0, **cond).sample
+
+
 def flow_loss(pipe, kind: str, x0: torch.Tensor, prompts: list[str], gen: torch.Generator,
               logit_mean: float = 0.0, logit_std: float = 1.0) -> torch.Tensor:
     """Rectified-flow loss of one batch of normalised latents ``x0`` with their prompts; noise levels
@@ -282,17 +295,8 @@ def flow_loss(pipe, kind: str, x0: torch.Tensor, prompts: list[str], gen: torch.
     s = torch.sigmoid(logit_mean + logit_std * torch.randn(b, generator=gen))
     sv = s.view(-1, *([1] * (x0.dim() - 1)))
     xt = (1 - sv) * x0 + sv * noise
-    target = noise - x0
-    cond = _encode_text(pipe, kind, prompts)
-    if kind == "flux":
-        c, h, w = x0.shape[1:]
-        xt = pipe._pack_latents(xt, b, c, h, w)
-        target = pipe._pack_latents(target, b, c, h, w)
-        img_ids = pipe._prepare_latent_image_ids(b, h // 2, w // 2, x0.device, x0.dtype)
-        pred = pipe.transformer(hidden_states=xt, timestep=s, guidance=None, img_ids=img_ids, **cond).sample
-    else:
-        pred = pipe.transformer(hidden_states=xt, timestep=s * 1000.0, **cond).sample
-    return F.mse_loss(pred, target)
+    pred = predict_velocity(pipe, kind, xt, s, _encode_text(pipe, kind, prompts))
+    return F.mse_loss(pred, noise - x0)
 
 
 def _trainables(pipe, kind: str) -> dict[str, torch.nn.Module]:
@@ -362,16 +366,15 @@ def train(kind: str, out: str, work: str, minutes: float, vae_minutes: float, ba
         shutil.rmtree(os.path.join(work, "vae"), ignore_errors=True)
     budget = minutes * 60.0
     pipe = build_pipeline(kind, seed=seed)
-    if init_from and meta is None:  # continue from an exported pipeline (a new recipe on trained weights)
+    if init_from:  # continue from an exported pipeline (a new recipe on trained weights; on resume the state
+        # file then overrides the weights)
         pipe = type(pipe).from_pretrained(init_from, torch_dtype=torch.float32, use_safetensors=True,
                                           local_files_only=True)
-        pipe.vae.save_pretrained(os.path.join(work, "vae"), safe_serialization=True)
-        with open(os.path.join(work, "vae_done.json"), "w") as f:
-            json.dump({"vae_step": 0, "vae_elapsed": 0.0, "init_from": init_from}, f)
-        log.write(phase="init", init_from=init_from)
-    elif init_from:  # resuming: the state file holds the weights; only the architecture comes from init_from
-        pipe = type(pipe).from_pretrained(init_from, torch_dtype=torch.float32, use_safetensors=True,
-                                          local_files_only=True)
+        if meta is None:  # its VAE is the trained VAE: no VAE phase
+            pipe.vae.save_pretrained(os.path.join(work, "vae"), safe_serialization=True)
+            with open(os.path.join(work, "vae_done.json"), "w") as f:
+                json.dump({"vae_step": 0, "vae_elapsed": 0.0, "init_from": init_from}, f)
+            log.write(phase="init", init_from=init_from)
     pipe.set_progress_bar_config(disable=True)
     vae_cls = type(pipe.vae)
 
