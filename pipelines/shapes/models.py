@@ -147,13 +147,55 @@ def vae_kl(seed: int = 0):
 
 
 def vae_wan(seed: int = 0):
-    """The video VAE: ``AutoencoderKLWan`` (causal 3D), 4x spatial and 4x temporal compression, 4 channels."""
+    """The video VAE: ``AutoencoderKLWan`` (causal 3D), 4x spatial and 4x temporal compression, 4 channels,
+    initialised *frame-wise* (:func:`make_framewise`) so that it can be trained on still images first."""
     from diffusers import AutoencoderKLWan
 
-    return _seeded(seed, "vae", lambda: AutoencoderKLWan(
+    return _seeded(seed, "vae", lambda: make_framewise(AutoencoderKLWan(
         base_dim=16, z_dim=LATENT_CHANNELS, dim_mult=[1, 2, 2], num_res_blocks=1, attn_scales=[],
         temperal_downsample=[True, True], latents_mean=[0.0] * LATENT_CHANNELS,
-        latents_std=[1.0] * LATENT_CHANNELS, scale_factor_temporal=4, scale_factor_spatial=4))
+        latents_std=[1.0] * LATENT_CHANNELS, scale_factor_temporal=4, scale_factor_spatial=4)))
+
+
+@torch.no_grad()
+def make_framewise(vae):
+    """Make an ``AutoencoderKLWan`` code video frame by frame: every causal 3D convolution keeps only its tap on
+    the current frame (the taps on earlier frames are zeroed), the encoder's temporal downsampling keeps the last
+    frame of each pair and the decoder's temporal upsampling repeats each frame. The VAE is then an image
+    autoencoder applied to frames 0, 4, 8, ... (a 9-frame clip gives 3 latent frames, decoded as frame 0 and two
+    runs of 4 equal frames), so it trains on still images at image-VAE speed: with single-frame inputs the taps on
+    earlier frames only ever see the causal zero padding, get zero gradients and stay zero.
+
+    Why: trained from a random init on clips, this VAE did not learn to reconstruct objects at all within an hour
+    on a CPU (docs/shapesworld.md); the image path learns in minutes.
+    """
+    from diffusers.models.autoencoders.autoencoder_kl_wan import WanCausalConv3d, WanResample
+
+    time_convs = set()
+    for module in vae.modules():
+        if isinstance(module, WanResample) and hasattr(module, "time_conv"):
+            conv = module.time_conv
+            time_convs.add(conv)
+            channels = conv.in_channels
+            eye = torch.eye(channels, dtype=conv.weight.dtype)
+            conv.weight.zero_()
+            conv.bias.zero_()
+            for block in range(conv.out_channels // channels):  # upsampling emits 2 frames: both copy the input
+                conv.weight[block * channels:(block + 1) * channels, :, -1, 0, 0] = eye
+    for module in vae.modules():
+        if isinstance(module, WanCausalConv3d) and module not in time_convs and module.weight.shape[2] > 1:
+            module.weight[:, :, :-1] = 0.0
+    return vae
+
+
+def is_framewise(vae) -> bool:
+    """Whether every causal 3D convolution of ``vae`` still has zero taps on earlier frames (see
+    :func:`make_framewise`; a VAE trained on clips afterwards is no longer frame-wise)."""
+    from diffusers.models.autoencoders.autoencoder_kl_wan import WanCausalConv3d, WanResample
+
+    time_convs = {m.time_conv for m in vae.modules() if isinstance(m, WanResample) and hasattr(m, "time_conv")}
+    return all(not bool(m.weight[:, :, :-1].any()) for m in vae.modules()
+               if isinstance(m, WanCausalConv3d) and m not in time_convs and m.weight.shape[2] > 1)
 
 
 def transformer_config(kind: str) -> dict[str, Any]:
@@ -230,5 +272,5 @@ def count_parameters(module: torch.nn.Module) -> int:
 
 
 __all__ = ["KINDS", "VOCAB", "VOCAB_SIZE", "RESOLUTION", "NUM_FRAMES", "CLIP_MAX_LENGTH", "T5_MAX_LENGTH",
-           "shapes_tokenizer", "vae_kl", "vae_wan", "transformer_config", "build_pipeline", "text_encoder_names",
+           "shapes_tokenizer", "vae_kl", "vae_wan", "make_framewise", "is_framewise", "transformer_config", "build_pipeline", "text_encoder_names",
            "count_parameters"]

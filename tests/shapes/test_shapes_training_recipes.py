@@ -1,0 +1,89 @@
+"""ShapesWorld training recipes: the frame-wise video VAE and the object-weighted flow loss."""
+
+import pytest
+import torch
+
+from dit_attn.pipelines.shapes.models import is_framewise, make_framewise, vae_wan
+from dit_attn.pipelines.shapes.train import encode_mean, flow_loss, foreground_mask, render_batch
+from dit_attn.testing import cpu_threads
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    with cpu_threads(1):
+        yield
+
+
+def _clips(n=2, seed=0):
+    return torch.rand(n, 3, 9, 32, 32, generator=torch.Generator().manual_seed(seed)) * 2 - 1
+
+
+@torch.no_grad()
+def test_framewise_vae_codes_frames_0_4_8_and_repeats_them():
+    vae = vae_wan(seed=3).eval()
+    assert is_framewise(vae)
+    x = _clips()
+    z = vae.encode(x).latent_dist.mean
+    assert z.shape == (2, 4, 3, 8, 8)
+    for k, frame in enumerate((0, 4, 8)):  # each latent frame is the image encoding of one video frame
+        alone = vae.encode(x[:, :, frame:frame + 1]).latent_dist.mean[:, :, 0]
+        torch.testing.assert_close(z[:, :, k], alone, rtol=0, atol=1e-6)
+    torch.testing.assert_close(encode_mean(vae, x), z, rtol=0, atol=1e-6)  # the cheap path used for the cache
+    out = vae.decode(z).sample
+    assert out.shape == x.shape
+    for run in ((1, 2, 3, 4), (5, 6, 7, 8)):  # frames decoded from one latent frame are equal
+        for f in run[1:]:
+            torch.testing.assert_close(out[:, :, f], out[:, :, run[0]], rtol=0, atol=1e-6)
+    assert (out[:, :, 4] - out[:, :, 5]).abs().max() > 1e-3  # ... and differ between latent frames
+    torch.testing.assert_close(out[:, :, 8], vae.decode(z[:, :, 2:]).sample[:, :, 0], rtol=0, atol=1e-5)
+
+
+def test_framewise_vae_stays_framewise_when_trained_on_stills_but_not_on_clips():
+    vae = vae_wan(seed=1)
+    opt = torch.optim.AdamW(vae.parameters(), lr=1e-2)
+
+    def step(x):
+        rec = vae.decode(vae.encode(x).latent_dist.mean).sample
+        opt.zero_grad()
+        (rec - x).pow(2).mean().backward()
+        opt.step()
+
+    for seed in range(2):
+        step(_clips(seed=seed)[:, :, :1])  # one-frame clips: the taps on earlier frames see only padding
+    assert is_framewise(vae)
+    step(_clips(seed=5))  # a real clip trains the temporal taps: the shortcut must then switch itself off
+    assert not is_framewise(vae)
+    with torch.no_grad():
+        x = _clips(seed=6)
+        torch.testing.assert_close(encode_mean(vae, x), vae.encode(x).latent_dist.mean)
+
+
+def test_make_framewise_is_idempotent():
+    vae = vae_wan(seed=2)
+    before = {k: v.clone() for k, v in vae.state_dict().items()}
+    make_framewise(vae)
+    for k, v in vae.state_dict().items():
+        torch.testing.assert_close(v, before[k], rtol=0, atol=0)
+
+
+def test_foreground_mask_marks_objects_and_the_weighted_loss_reduces_to_mse():
+    from dit_attn.pipelines.shapes import bundled
+
+    pipe = bundled.load_shapes("t2i")
+    vae = pipe.vae
+    x, captions = render_batch("t2i", 0, range(8))
+    bg = x.flatten(2).median(dim=2).values[..., None, None]
+    objects = torch.nn.functional.avg_pool2d(((x - bg).abs().sum(1, keepdim=True) > 0.1).float(), 4) > 0.25
+    with torch.no_grad():
+        z = (encode_mean(vae, x) - vae.config.shift_factor) * vae.config.scaling_factor
+    mask = foreground_mask(z)
+    assert mask.shape == (8, 1, 16, 16)
+    recall = float(mask[objects].mean())
+    assert recall > 0.95 and 0.05 < float(mask.mean()) < 0.5, (recall, float(mask.mean()))
+    gen = lambda: torch.Generator().manual_seed(0)  # noqa: E731
+    plain = flow_loss(pipe, "t2i", z, captions, gen())
+    torch.testing.assert_close(flow_loss(pipe, "t2i", z, captions, gen(), fg_weight=0.0), plain)
+    weighted = flow_loss(pipe, "t2i", z, captions, gen(), fg_weight=4.0)
+    assert torch.isfinite(weighted) and not torch.isclose(weighted, plain)
+    weighted.backward()
+    assert pipe.transformer.proj_out.weight.grad is not None
