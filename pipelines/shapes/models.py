@@ -12,11 +12,11 @@ t2i    ``StableDiffusion3Pipeline``  ``SD3Transformer2DModel``, 4 joint blocks, 
 flux   ``FluxPipeline``             ``FluxTransformer2DModel``, 2 double + 4     ``AutoencoderKL`` (4x, 4 channels);
                                     single blocks, hidden 128, 2x2 packing       CLIP (32) + T5 (64)
 t2v    ``WanPipeline``              ``WanTransformer3DModel``, 4 blocks,         ``AutoencoderKLWan`` (4x space,
-                                    hidden 128, patch (1, 2, 2)                  4x time); UMT5 (64)
+                                    hidden 128, patch (1, 2, 2)                  4x time, frame-wise); UMT5 (64)
 =====  ===========================  ==========================================  ===================================
 
 Images are 64 x 64 (16 x 16 x 4 latents, 8 x 8 = 64 image tokens); videos are 9 frames of 64 x 64 (3 latent
-frames, 192 video tokens). Tokenizers are word-level (``tokenizers`` WordLevel) over the ShapesWorld vocabulary
+frames coding frames 0, 4 and 8, see :func:`make_framewise`; 192 video tokens). Tokenizers are word-level (``tokenizers`` WordLevel) over the ShapesWorld vocabulary
 (:data:`VOCAB`); unknown words map to ``<unk>``.
 
 Example::
