@@ -452,6 +452,7 @@ def train(kind: str, out: str, work: str, minutes: float, vae_minutes: float, ba
     if meta is not None and meta.get("phase") == "transformer":
         meta = load_state(work, modules, ema, opt)
         step, elapsed = int(meta["step"]), float(meta["elapsed"])
+        cache_s = float(meta.get("cache_seconds", cache_s))  # a resumed run reads the cache: charge the first build
     seconds = budget - vae_elapsed - cache_s
     gen = torch.Generator().manual_seed(seed * 7919 + step)  # a resumed run continues with fresh, seeded draws
     order_rng = np.random.default_rng([seed, step])

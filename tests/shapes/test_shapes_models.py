@@ -122,6 +122,20 @@ def test_bundled_t2i_model_is_present():
                                        f"{bundled.model_dir('t2i')}"
 
 
+def test_bundled_t2v_model_is_present():
+    assert bundled.has_weights("t2v"), f"train it: python -m dit_attn.pipelines.shapes.train --kind t2v --out " \
+                                       f"{bundled.model_dir('t2v')}"
+
+
+def test_bundled_t2v_colours_score_above_chance_on_training_captions():
+    """The video model draws the prompt's colours through the clip (right in more than half of the frames)."""
+    with cpu_threads(1):
+        summary, results = evaluate_pipeline(bundled.load_shapes("t2v"), "t2v", split="train", n=8, seed=0,
+                                             num_inference_steps=12)
+    assert len(results) == 8
+    assert summary["colour"] > 2 * _CHANCE_COLOUR, summary
+
+
 @pytest.mark.parametrize("kind", [k for k in KINDS if bundled.has_weights(k)])
 def test_load_shapes_offline_output_shapes(kind, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
