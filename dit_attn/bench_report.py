@@ -122,8 +122,8 @@ def _sparse_quality(out: Path, quick: bool) -> str:
     model = quality._default_model()
     argv = ["--out", str(folder), "--model", model, "--steps", "2" if quick else "4",
             "--sparsities", "0.5,0.75" if quick else "0.5,0.75,0.9"]
-    if model.startswith("tiny:"):
-        argv += ["--no-neighbors"]  # tiny token counts: every block would be a neighbour
+    if model.startswith(("tiny:", "shapes:")):
+        argv += ["--no-neighbors"]  # small token counts: every block would be a neighbour
     res = quality.main(argv)
     sps = res["sparsities"]
     lines = ["| variant | " + " | ".join(f"sparsity {sp}: PSNR dB / SSIM / density" for sp in sps) + " |",

@@ -13,8 +13,9 @@
 Models: ``tiny:<family>`` (``dit_attn.testing`` tiny random-weight pipelines: sd3, flux, wan, hunyuan_video,
 cogvideox), ``shapes:t2v`` / ``shapes:t2i`` (the ShapesWorld models, when ``dit_attn.pipelines.load_shapes``
 exists), or a local diffusers pipeline directory (``DiffusionPipeline.from_pretrained``, never downloads). The
-default is ShapesWorld t2v when available, else ``tiny:wan``. Tiny models have ~150 tokens: use small
-``--block-size`` (8) and ``--no-neighbors`` there, or every block is a neighbour and nothing is sparse.
+default is ShapesWorld t2v when available, else ``tiny:wan``. Tiny and ShapesWorld models have 64-192 tokens:
+use small blocks (the default there is 8 / 16) and ``--no-neighbors``, or every block is a neighbour and nothing
+is sparse.
 """
 
 from __future__ import annotations
@@ -57,12 +58,14 @@ def _load(model: str, steps: int, seed: int):
         fam = model.split(":", 1)[1]
         return tiny_pipeline(fam), tiny_call_kwargs(fam, steps=steps, seed=seed), 8
     if model.startswith("shapes:"):
-        from dit_attn.pipelines import load_shapes  # built by another part of the project
+        from dit_attn.pipelines import load_shapes, shapes_call_kwargs
 
-        pipe = load_shapes(model.split(":", 1)[1])
-        kwargs = dict(prompt="a red circle above a blue square", num_inference_steps=steps,
+        kind = model.split(":", 1)[1]
+        prompt = "a red circle moving right" if kind == "t2v" else "a red circle above a blue square"
+        kwargs = dict(shapes_call_kwargs(kind, steps=steps), prompt=prompt,
                       generator=torch.Generator().manual_seed(seed), output_type="np")
-        return pipe, kwargs, 128
+        # 64 image tokens per frame (t2v: 3 latent frames, 192 tokens): blocks of 16 give 4-12 blocks per row.
+        return load_shapes(kind), kwargs, 16
     from diffusers import DiffusionPipeline
 
     pipe = DiffusionPipeline.from_pretrained(model, local_files_only=True)
