@@ -16,8 +16,8 @@ t2v    ``WanPipeline``              ``WanTransformer3DModel``, 4 blocks,        
 =====  ===========================  ==========================================  ===================================
 
 Images are 64 x 64 (16 x 16 x 4 latents, 8 x 8 = 64 image tokens); videos are 9 frames of 64 x 64 (3 latent
-frames coding frames 0, 4 and 8, see :func:`make_framewise`; 192 video tokens). Tokenizers are word-level (``tokenizers`` WordLevel) over the ShapesWorld vocabulary
-(:data:`VOCAB`); unknown words map to ``<unk>``.
+frames coding frames 0, 4 and 8, see :func:`make_framewise`; 192 video tokens). Tokenizers are word-level
+(``tokenizers`` WordLevel) over the ShapesWorld vocabulary (:data:`VOCAB`); unknown words map to ``<unk>``.
 
 Example::
 
@@ -157,6 +157,17 @@ def vae_wan(seed: int = 0):
         latents_std=[1.0] * LATENT_CHANNELS, scale_factor_temporal=4, scale_factor_spatial=4)))
 
 
+def _causal_convs(vae):
+    """``(time_convs, frame_convs)`` of an ``AutoencoderKLWan``: the temporal down/upsampling convolutions, and
+    every other causal 3D convolution with taps on earlier frames."""
+    from diffusers.models.autoencoders.autoencoder_kl_wan import WanCausalConv3d, WanResample
+
+    time_convs = [m.time_conv for m in vae.modules() if isinstance(m, WanResample) and hasattr(m, "time_conv")]
+    frame_convs = [m for m in vae.modules() if isinstance(m, WanCausalConv3d) and m.weight.shape[2] > 1
+                   and not any(m is t for t in time_convs)]
+    return time_convs, frame_convs
+
+
 @torch.no_grad()
 def make_framewise(vae):
     """Make an ``AutoencoderKLWan`` code video frame by frame: every causal 3D convolution keeps only its tap on
@@ -168,34 +179,31 @@ def make_framewise(vae):
 
     Why: trained from a random init on clips, this VAE did not learn to reconstruct objects at all within an hour
     on a CPU (docs/shapesworld.md); the image path learns in minutes.
-    """
-    from diffusers.models.autoencoders.autoencoder_kl_wan import WanCausalConv3d, WanResample
 
-    time_convs = set()
-    for module in vae.modules():
-        if isinstance(module, WanResample) and hasattr(module, "time_conv"):
-            conv = module.time_conv
-            time_convs.add(conv)
-            channels = conv.in_channels
-            eye = torch.eye(channels, dtype=conv.weight.dtype)
-            conv.weight.zero_()
-            conv.bias.zero_()
-            for block in range(conv.out_channels // channels):  # upsampling emits 2 frames: both copy the input
-                conv.weight[block * channels:(block + 1) * channels, :, -1, 0, 0] = eye
-    for module in vae.modules():
-        if isinstance(module, WanCausalConv3d) and module not in time_convs and module.weight.shape[2] > 1:
-            module.weight[:, :, :-1] = 0.0
+    Example::
+
+        >>> from dit_attn.pipelines.shapes.models import is_framewise, make_framewise, vae_wan
+        >>> vae = vae_wan(seed=0)          # already frame-wise; make_framewise is idempotent
+        >>> is_framewise(make_framewise(vae))
+        True
+    """
+    time_convs, frame_convs = _causal_convs(vae)
+    for conv in time_convs:
+        channels = conv.in_channels
+        eye = torch.eye(channels, dtype=conv.weight.dtype)
+        conv.weight.zero_()
+        conv.bias.zero_()
+        for block in range(conv.out_channels // channels):  # upsampling emits 2 frames: both copy the input
+            conv.weight[block * channels:(block + 1) * channels, :, -1, 0, 0] = eye
+    for conv in frame_convs:
+        conv.weight[:, :, :-1] = 0.0
     return vae
 
 
 def is_framewise(vae) -> bool:
     """Whether every causal 3D convolution of ``vae`` still has zero taps on earlier frames (see
     :func:`make_framewise`; a VAE trained on clips afterwards is no longer frame-wise)."""
-    from diffusers.models.autoencoders.autoencoder_kl_wan import WanCausalConv3d, WanResample
-
-    time_convs = {m.time_conv for m in vae.modules() if isinstance(m, WanResample) and hasattr(m, "time_conv")}
-    return all(not bool(m.weight[:, :, :-1].any()) for m in vae.modules()
-               if isinstance(m, WanCausalConv3d) and m not in time_convs and m.weight.shape[2] > 1)
+    return all(not bool(conv.weight[:, :, :-1].any()) for conv in _causal_convs(vae)[1])
 
 
 def transformer_config(kind: str) -> dict[str, Any]:
@@ -272,5 +280,5 @@ def count_parameters(module: torch.nn.Module) -> int:
 
 
 __all__ = ["KINDS", "VOCAB", "VOCAB_SIZE", "RESOLUTION", "NUM_FRAMES", "CLIP_MAX_LENGTH", "T5_MAX_LENGTH",
-           "shapes_tokenizer", "vae_kl", "vae_wan", "make_framewise", "is_framewise", "transformer_config", "build_pipeline", "text_encoder_names",
-           "count_parameters"]
+           "shapes_tokenizer", "vae_kl", "vae_wan", "make_framewise", "is_framewise", "transformer_config",
+           "build_pipeline", "text_encoder_names", "count_parameters"]

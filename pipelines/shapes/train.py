@@ -176,9 +176,7 @@ def train_vae(kind: str, vae: torch.nn.Module, work: str, seconds: float, seed: 
         kl = 0.5 * (post.mean.pow(2) + post.var - 1.0 - post.logvar).mean()
         err = (rec - x).pow(2) + 0.5 * (rec - x).abs()
         if fg_weight > 0:
-            background = x.flatten(2).median(dim=2).values.view(x.shape[0], x.shape[1], *([1] * (x.dim() - 2)))
-            foreground = ((x - background).abs().sum(dim=1, keepdim=True) > 0.1).float()
-            err = err * (1.0 + fg_weight * foreground)
+            err = err * (1.0 + fg_weight * foreground_mask(x, threshold=0.1))
         loss = err.mean() + 1e-4 * kl
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -314,10 +312,12 @@ def predict_velocity(pipe, kind: str, xt: torch.Tensor, s: torch.Tensor, cond: d
 FOREGROUND_THRESHOLD = 1.0
 
 
-def foreground_mask(x0: torch.Tensor) -> torch.Tensor:
-    """``[B, 1, (F,) H, W]`` float mask of the latent positions of ``x0`` that hold objects (not background)."""
-    median = x0.flatten(2).median(dim=2).values.view(*x0.shape[:2], *([1] * (x0.dim() - 2)))
-    return ((x0 - median).abs().sum(dim=1, keepdim=True) > FOREGROUND_THRESHOLD).to(x0.dtype)
+def foreground_mask(x: torch.Tensor, threshold: float = FOREGROUND_THRESHOLD) -> torch.Tensor:
+    """``[B, 1, (F,) H, W]`` float mask of the positions of ``x`` (``[B, C, (F,) H, W]``) that hold objects: their
+    channels differ from the median (the uniform background) by more than ``threshold`` summed over channels.
+    The default suits normalised latents; the VAE's pixel loss uses 0.1 on pixels in [-1, 1]."""
+    median = x.flatten(2).median(dim=2).values.view(*x.shape[:2], *([1] * (x.dim() - 2)))
+    return ((x - median).abs().sum(dim=1, keepdim=True) > threshold).to(x.dtype)
 
 
 def flow_loss(pipe, kind: str, x0: torch.Tensor, prompts: list[str], gen: torch.Generator,
