@@ -10,7 +10,7 @@ Modules
 * ``datasets`` - torch datasets: :class:`ShapesImageDataset`, :class:`ShapesVideoDataset`,
   :class:`ShapesConditionDataset` (deterministic: item ``i`` of seed ``s`` never changes).
 * ``evaluate`` - the exact evaluator: :func:`parse_image`, :func:`score_image`, :func:`score_video`,
-  :func:`score_conditions`, :func:`find_subject`, :func:`aggregate`.
+  :func:`score_conditions`, :func:`find_subject`, :func:`aggregate`, :func:`intervals` (95% Wilson intervals).
 * ``data`` - preview CLI: ``python -m dit_attn.pipelines.shapes.data --out DIR --n 16``.
 * ``models`` - the tiny SD3 / FLUX / Wan architectures and word-level tokenizers (:func:`models.build_pipeline`).
 * ``train`` - training CLI: ``python -m dit_attn.pipelines.shapes.train --kind t2i --out DIR --minutes 35``.
@@ -30,7 +30,7 @@ Typical use::
 
 from .datasets import ShapesConditionDataset, ShapesImageDataset, ShapesVideoDataset, collate_scenes
 from .evaluate import (ConditionResult, Detection, ImageResult, ObjectResult, SubjectMatch, VideoObjectResult,
-                       VideoResult, aggregate, edge_f1, find_subject, foreground_mask, mask_iou, parse_image,
+                       VideoResult, aggregate, edge_f1, find_subject, foreground_mask, intervals, mask_iou, parse_image,
                        parse_video, score_conditions, score_image, score_video)
 from .geometry import SHAPES, SUBJECTS
 from .render import (render_conditions, render_depth, render_edges, render_image, render_label_map, render_mask,
@@ -47,5 +47,5 @@ __all__ = [
     "ShapesImageDataset", "ShapesVideoDataset", "ShapesConditionDataset", "collate_scenes",
     "Detection", "ObjectResult", "ImageResult", "VideoObjectResult", "VideoResult", "ConditionResult",
     "SubjectMatch", "parse_image", "parse_video", "score_image", "score_video", "score_conditions", "find_subject",
-    "edge_f1", "mask_iou", "foreground_mask", "aggregate",
+    "edge_f1", "mask_iou", "foreground_mask", "aggregate", "intervals",
 ]

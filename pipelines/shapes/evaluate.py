@@ -937,29 +937,52 @@ def score_conditions(image: Any, scene: Any, edge: Any = None, mask: Any = None,
     return res
 
 
+def _tally(results: Sequence[Any]) -> dict[str, tuple[float, int]]:
+    """Per criterion: (number correct, number of results where it applies); ``object_accuracy`` pools the
+    expected objects of all results."""
+    tally: dict[str, tuple[float, int]] = {}
+    for r in results:
+        for k, v in r.criteria().items():
+            if k == "_objects":
+                k, (ok, n) = "object_accuracy", v
+            elif v is None:
+                continue
+            else:
+                ok, n = float(v), 1
+            old_ok, old_n = tally.get(k, (0.0, 0))
+            tally[k] = (old_ok + ok, old_n + n)
+    return {k: v for k, v in tally.items() if v[1]}
+
+
 def aggregate(results: Sequence[Any]) -> dict[str, float]:
     """Average results (:class:`ImageResult`, :class:`VideoResult`, :class:`ConditionResult`) per criterion.
 
     Each criterion is averaged over the results where it applies; ``object_accuracy`` is pooled over all
     expected objects (overall per-object colour + shape accuracy); ``n`` is the number of results.
     """
-    sums: dict[str, float] = {}
-    counts: dict[str, int] = {}
-    obj_ok = obj_n = 0
-    for r in results:
-        for k, v in r.criteria().items():
-            if k == "_objects":
-                obj_ok += v[0]
-                obj_n += v[1]
-                continue
-            if v is None:
-                continue
-            sums[k] = sums.get(k, 0.0) + float(v)
-            counts[k] = counts.get(k, 0) + 1
-    out = {k: sums[k] / counts[k] for k in sums}
-    if obj_n:
-        out["object_accuracy"] = obj_ok / obj_n
+    out = {k: ok / n for k, (ok, n) in _tally(results).items()}
     out["n"] = float(len(results))
+    return out
+
+
+def intervals(results: Sequence[Any], z: float = 1.96) -> dict[str, tuple[float, float]]:
+    """Wilson score interval (95% for ``z = 1.96``) of every criterion :func:`aggregate` reports, from the number
+    of results (objects, for ``object_accuracy``) it was measured on: how far a score on ``n`` prompts can move
+    by chance. Objects of one image are not independent, so the ``object_accuracy`` interval is a lower bound on
+    the true uncertainty.
+
+    >>> from dit_attn.pipelines.shapes import eval_prompts, render_image, score_image
+    >>> specs = [s for _, s in eval_prompts("t2i", split="heldout", n=20)]
+    >>> lo, hi = intervals([score_image(render_image(s, 64), s) for s in specs])["colour"]
+    >>> 0.8 < lo <= 1.0 and hi == 1.0
+    True
+    """
+    out = {}
+    for k, (ok, n) in _tally(results).items():
+        p = ok / n
+        centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+        half = z / (1 + z * z / n) * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+        out[k] = (max(0.0, centre - half), min(1.0, centre + half))
     return out
 
 
@@ -1030,7 +1053,11 @@ def run_evaluation(kind: str, model: Optional[str] = None, n: int = 200, splits:
             k: v for k, v in settings.items() if k in ("num_inference_steps", "guidance_scale", "true_cfg_scale")})
         summary["seconds"] = round(time.time() - t0, 1)
         report["scores"][split] = {k: round(v, 4) for k, v in summary.items()}
+        report.setdefault("interval95", {})[split] = {k: [round(lo, 4), round(hi, 4)]
+                                                      for k, (lo, hi) in intervals(results).items()}
         print(f"{kind} {split}: " + ", ".join(f"{k}={v:.3f}" for k, v in sorted(summary.items())))
+        print(f"{kind} {split} 95% intervals: " + ", ".join(
+            f"{k} [{lo:.3f}, {hi:.3f}]" for k, (lo, hi) in sorted(report["interval95"][split].items())))
         tiles.append((split, results))
     # Sample grid: first 8 prompts of each split (regenerated; cheap at this size).
     from .generate import generate

@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 from dit_attn.pipelines.shapes import (SHAPES, SUBJECTS, ShapeObject, ShapesVideoDataset, aggregate, edge_f1,
-                                       eval_prompts, find_subject, mask_iou, parse_image, render_conditions,
+                                       eval_prompts, find_subject, intervals, mask_iou, parse_image, render_conditions,
                                        render_image, render_video, sample_scene, scene_rng, score_conditions,
                                        score_image, score_video)
 from dit_attn.pipelines.shapes.evaluate import classify_shape, label
@@ -230,3 +230,37 @@ def test_classify_shape_from_mask_alone():
         s = Scene((ShapeObject(shape, "red", "large", (0.5, 0.5)),), "list")
         mask = render_label_map(s, 128) == 1
         assert classify_shape(mask)[0] == shape
+
+
+class _Criteria:
+    """A scored result reduced to its criteria (what aggregate and intervals read)."""
+
+    def __init__(self, **criteria):
+        self._criteria = criteria
+
+    def criteria(self):
+        return self._criteria
+
+
+def test_intervals_are_wilson_intervals():
+    # 10 of 20 correct: the textbook Wilson 95% interval is (0.2993, 0.7007); 0 of 20: (0, 0.1611).
+    results = [_Criteria(colour=i < 10, shape=False, relation=None, _objects=(i % 2, 2)) for i in range(20)]
+    iv = intervals(results)
+    assert iv["colour"] == pytest.approx((0.2993, 0.7007), abs=1e-4)
+    assert iv["shape"] == pytest.approx((0.0, 0.1611), abs=1e-4)
+    assert "relation" not in iv  # measured on no result
+    # objects are pooled: 10 of 40
+    lo, hi = iv["object_accuracy"]
+    assert aggregate(results)["object_accuracy"] == 0.25 and lo < 0.25 < hi and hi - lo < 0.3
+    # more prompts, narrower interval around the same rate
+    lo10, hi10 = intervals(results * 10)["colour"]
+    assert iv["colour"][0] < lo10 < 0.5 < hi10 < iv["colour"][1]
+
+
+def test_docstring_examples_run():
+    import doctest
+
+    import dit_attn.pipelines.shapes.evaluate as evaluate_module
+
+    result = doctest.testmod(evaluate_module, optionflags=doctest.ELLIPSIS)
+    assert result.attempted > 0 and result.failed == 0, result
