@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # CPU machines get the CPU build of PyTorch (a plain `torch` requirement would pull a multi-GB CUDA build).
 CPU_TORCH := torch==2.13.0
 
-.PHONY: test demo bench install clean
+.PHONY: test demo bench install clean gpu-wheels
 
 $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +32,16 @@ demo: $(VENV)/.installed
 
 bench: $(VENV)/.installed
 	$(BIN)/python -m dit_attn.bench_overhead
+
+# Wheels the GPU machine of the `device` tool lacks (it has torch, triton, transformers, peft, ... for Python 3.12
+# but not diffusers): carried as .whl by bench/gpu_session.sh.
+GPU_WHEELS := diffusers==0.42.1 importlib_metadata==10.2.0
+gpu-wheels:
+	mkdir -p .whl
+	$(PYTHON) -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+		--platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+		-d .whl $(GPU_WHEELS)
+	@ls .whl
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

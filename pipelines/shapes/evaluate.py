@@ -1015,14 +1015,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="docs/shapesworld", help="folder for <kind>_scores.json and <kind>_samples.png")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--device", default="cpu", help="where the pipeline runs (cpu, cuda, cuda:N); seeds are CPU draws")
     a = p.parse_args(argv)
-    run_evaluation(a.kind, a.model, a.n, tuple(a.splits.split(",")), a.steps, a.guidance, a.seed, a.out, a.threads)
+    run_evaluation(a.kind, a.model, a.n, tuple(a.splits.split(",")), a.steps, a.guidance, a.seed, a.out, a.threads,
+                   a.device)
     return 0
 
 
 def run_evaluation(kind: str, model: Optional[str] = None, n: int = 200, splits: Sequence[str] = ("heldout", "train"),
                    steps: Optional[int] = None, guidance: Optional[float] = None, seed: int = 0,
-                   out: str = "docs/shapesworld", threads: int = 1) -> dict:
+                   out: str = "docs/shapesworld", threads: int = 1, device: str = "cpu") -> dict:
     """Score a ShapesWorld model on ``n`` prompts per split; writes ``OUT/<kind>_scores.json`` and a sample grid."""
     import json
     import os
@@ -1042,8 +1044,9 @@ def run_evaluation(kind: str, model: Optional[str] = None, n: int = 200, splits:
 
         pipe = DiffusionPipeline.from_pretrained(model, torch_dtype=torch.float32, use_safetensors=True)
         pipe.set_progress_bar_config(disable=True)
+    pipe.to(device)
     settings = shapes_call_kwargs(kind, steps=steps, guidance=guidance)
-    report: dict[str, Any] = {"kind": kind, "model": model or f"bundled {kind}", "n": n, "seed": seed,
+    report: dict[str, Any] = {"kind": kind, "model": model or f"bundled {kind}", "n": n, "seed": seed, "device": device,
                               "settings": settings, "chance": _chance_levels(kind), "scores": {}}
     os.makedirs(out, exist_ok=True)
     tiles = []

@@ -29,11 +29,15 @@ Example (about 35 minutes on one CPU thread)::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
+import functools
 import json
+import multiprocessing
 import os
 import shutil
 import time
+from concurrent.futures import ProcessPoolExecutor
 from typing import Optional, Sequence
 
 import numpy as np
@@ -82,15 +86,15 @@ def save_state(work: str, modules: dict[str, torch.nn.Module], ema: dict[str, to
     tensors = {}
     for name, m in modules.items():
         for k, v in m.state_dict().items():
-            tensors[f"model/{name}/{k}"] = v.detach().clone()  # clone: tied weights share storage
+            tensors[f"model/{name}/{k}"] = v.detach().to("cpu", copy=True)  # a copy: tied weights share storage
     for k, v in ema.items():
-        tensors[f"ema/{k}"] = v.clone()
+        tensors[f"ema/{k}"] = v.to("cpu", copy=True)
     meta = dict(meta)
     if opt is not None:
         sd = opt.state_dict()
         for pid, st in sd["state"].items():
             for k, v in st.items():
-                tensors[f"opt/{pid}/{k}"] = (v if torch.is_tensor(v) else torch.tensor(v)).contiguous()
+                tensors[f"opt/{pid}/{k}"] = (v if torch.is_tensor(v) else torch.tensor(v)).cpu().contiguous()
         meta["param_groups"] = sd["param_groups"]
     tmp = os.path.join(work, "state.tmp.safetensors")
     save_file(tensors, tmp)
@@ -149,7 +153,8 @@ def train_vae(kind: str, vae: torch.nn.Module, work: str, seconds: float, seed: 
     if resume_meta is not None and resume_meta.get("phase") == "vae":
         meta = load_state(work, {"vae": vae}, {}, opt)
     step, elapsed = int(meta["vae_step"]), float(meta["vae_elapsed"])
-    gen = torch.Generator().manual_seed(seed + 17)
+    gen = torch.Generator().manual_seed(seed + 17)  # CPU draws: the same run on any device
+    device = next(vae.parameters()).device
     # A frame-wise video VAE (models.make_framewise) trains on still images as one-frame clips: 9x cheaper
     # than clips, and it stays frame-wise because the taps on earlier frames never see anything but padding.
     stills = kind == "t2v" and is_framewise(vae)
@@ -165,13 +170,14 @@ def train_vae(kind: str, vae: torch.nn.Module, work: str, seconds: float, seed: 
             x = render_batch("t2i", seed, idx)[0].unsqueeze(2)
         else:
             x, _ = render_batch(kind, seed, idx)
+        x = x.to(device)
         # The VAE is convolutional: random crops give more steps per second; the last quarter of the budget
         # uses full frames so that the mid-block attention sees the real image size.
         if crop and crop < x.shape[-1] and elapsed < 0.75 * seconds:
             oy, ox = (int(v) for v in torch.randint(0, x.shape[-1] - crop + 1, (2,), generator=gen))
             x = x[..., oy:oy + crop, ox:ox + crop]
         post = vae.encode(x).latent_dist
-        z = post.mean + post.std * torch.randn(post.mean.shape, generator=gen)
+        z = post.mean + post.std * torch.randn(post.mean.shape, generator=gen).to(device)
         rec = vae.decode(z).sample
         kl = 0.5 * (post.mean.pow(2) + post.var - 1.0 - post.logvar).mean()
         err = (rec - x).pow(2) + 0.5 * (rec - x).abs()
@@ -185,8 +191,8 @@ def train_vae(kind: str, vae: torch.nn.Module, work: str, seconds: float, seed: 
         step += 1
         elapsed += time.time() - t0
         bar.update(1)
-        bar.set_postfix(loss=f"{loss.item():.4f}")
-        if step % 25 == 0:
+        if step % 25 == 0:  # reading the loss waits for the device: not every step
+            bar.set_postfix(loss=f"{loss.item():.4f}")
             log.write(phase="vae", step=step, loss=round(loss.item(), 5), kl=round(kl.item(), 4),
                       elapsed_s=round(elapsed, 1))
         if time.time() - last_ckpt > 300:
@@ -208,7 +214,8 @@ def vae_reconstruction_scores(kind: str, vae, seed: int, n: int = 32) -> dict:
 
     idx = range(2_000_000, 2_000_000 + n)
     x, _ = render_batch(kind, seed, idx)
-    rec = vae.decode(encode_mean(vae, x)).sample.clamp(-1, 1)
+    x = x.to(next(vae.parameters()).device)
+    rec = vae.decode(encode_mean(vae, x)).sample.clamp(-1, 1).float().cpu()
     scenes = [_scene(kind, seed, i) for i in idx]
     if kind == "t2v":
         res = [score_video(r, s) for r, s in zip(rec, scenes)]
@@ -221,13 +228,24 @@ def vae_reconstruction_scores(kind: str, vae, seed: int, n: int = 32) -> dict:
 # Phase 2: latent cache
 # ------------------------------------------------------------------------------------------------------------
 @torch.no_grad()
-def build_cache(kind: str, vae, n: int, seed: int, chunk: int = 64) -> tuple[torch.Tensor, list[str]]:
-    """Encode training items ``0..n-1`` (posterior means) and set the VAE's latent normalisation from them."""
+def build_cache(kind: str, vae, n: int, seed: int, chunk: int = 64, workers: int = 0) -> tuple[torch.Tensor, list[str]]:
+    """Encode training items ``0..n-1`` (posterior means) and set the VAE's latent normalisation from them.
+
+    Rendering is single-threaded Python; ``workers`` > 1 renders chunks in that many processes (worth it on a
+    GPU machine, where rendering and not encoding is the cost). The latents stay on the VAE's device."""
+    device = next(vae.parameters()).device
+    chunks = [range(start, min(n, start + chunk)) for start in range(0, n, chunk)]
+    render = functools.partial(render_batch, kind, seed)
     lat, caps = [], []
-    for start in tqdm(range(0, n, chunk), desc=f"{kind} latent cache", mininterval=20):
-        x, c = render_batch(kind, seed, range(start, min(n, start + chunk)))
-        lat.append(encode_mean(vae, x))
-        caps += c
+    with contextlib.ExitStack() as stack:
+        if workers > 1:
+            pool = stack.enter_context(ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")))
+            batches = pool.map(render, chunks)
+        else:
+            batches = map(render, chunks)
+        for x, c in tqdm(batches, total=len(chunks), desc=f"{kind} latent cache", mininterval=20):
+            lat.append(encode_mean(vae, x.to(device)))
+            caps += c
     z = torch.cat(lat)
     if kind == "t2v":  # Wan: per-channel mean / std, undone by the pipeline as z * std + mean
         dims = (0, 2, 3, 4)
@@ -257,19 +275,20 @@ def encode_mean(vae, x: torch.Tensor) -> torch.Tensor:
 _NORM_KEYS = ("scaling_factor", "shift_factor", "latents_mean", "latents_std")
 
 
-def _cached_latents(kind: str, vae, n: int, seed: int, work: str) -> tuple[torch.Tensor, list[str]]:
+def _cached_latents(kind: str, vae, n: int, seed: int, work: str, workers: int = 0) -> tuple[torch.Tensor, list[str]]:
     """:func:`build_cache`, stored in ``WORK/latent_cache.safetensors`` (+ JSON) so that a resume skips it."""
     from safetensors.torch import load_file, save_file
 
     path, meta_path = os.path.join(work, "latent_cache.safetensors"), os.path.join(work, "latent_cache.json")
+    device = next(vae.parameters()).device
     if os.path.exists(path) and os.path.exists(meta_path):
         with open(meta_path) as f:
             meta = json.load(f)
         if meta["n"] == n and meta["seed"] == seed:
             vae.register_to_config(**meta["vae_config"])
-            return load_file(path)["latents"].float(), meta["captions"]
-    latents, captions = build_cache(kind, vae, n, seed)
-    save_file({"latents": latents.contiguous()}, path)
+            return load_file(path)["latents"].float().to(device), meta["captions"]
+    latents, captions = build_cache(kind, vae, n, seed, workers=workers)
+    save_file({"latents": latents.cpu().contiguous()}, path)
     with open(meta_path, "w") as f:
         json.dump({"n": n, "seed": seed, "captions": captions,
                    "vae_config": {k: vae.config[k] for k in _NORM_KEYS if k in vae.config}}, f)
@@ -280,15 +299,16 @@ def _cached_latents(kind: str, vae, n: int, seed: int, work: str) -> tuple[torch
 # Phase 3: flow matching
 # ------------------------------------------------------------------------------------------------------------
 def _encode_text(pipe, kind: str, prompts: list[str]):
+    device = pipe.transformer.device
     if kind == "t2i":
-        pe, _, pooled, _ = pipe.encode_prompt(prompt=prompts, prompt_2=None, prompt_3=None, device="cpu",
+        pe, _, pooled, _ = pipe.encode_prompt(prompt=prompts, prompt_2=None, prompt_3=None, device=device,
                                               do_classifier_free_guidance=False, max_sequence_length=T5_MAX_LENGTH)
         return {"encoder_hidden_states": pe, "pooled_projections": pooled}
     if kind == "flux":
-        pe, pooled, text_ids = pipe.encode_prompt(prompt=prompts, prompt_2=None, device="cpu",
+        pe, pooled, text_ids = pipe.encode_prompt(prompt=prompts, prompt_2=None, device=device,
                                                   max_sequence_length=T5_MAX_LENGTH)
         return {"encoder_hidden_states": pe, "pooled_projections": pooled, "txt_ids": text_ids}
-    pe, _ = pipe.encode_prompt(prompt=prompts, do_classifier_free_guidance=False, device="cpu",
+    pe, _ = pipe.encode_prompt(prompt=prompts, do_classifier_free_guidance=False, device=device,
                                max_sequence_length=T5_MAX_LENGTH)
     return {"encoder_hidden_states": pe}
 
@@ -327,8 +347,8 @@ def flow_loss(pipe, kind: str, x0: torch.Tensor, prompts: list[str], gen: torch.
     object positions (:func:`foreground_mask`) ``1 + fg_weight`` times (a weighted mean: the loss keeps its
     scale): objects are ~15% of the latent, and their silhouettes are what the plain loss learns slowest."""
     b = x0.shape[0]
-    noise = torch.randn(x0.shape, generator=gen)
-    s = torch.sigmoid(logit_mean + logit_std * torch.randn(b, generator=gen))
+    noise = torch.randn(x0.shape, generator=gen).to(x0.device)  # CPU draws: the same run on any device
+    s = torch.sigmoid(logit_mean + logit_std * torch.randn(b, generator=gen)).to(x0.device)
     sv = s.view(-1, *([1] * (x0.dim() - 1)))
     xt = (1 - sv) * x0 + sv * noise
     pred = predict_velocity(pipe, kind, xt, s, _encode_text(pipe, kind, prompts))
@@ -388,7 +408,11 @@ def _quick_eval(pipe, kind: str, modules, ema, n: int, seed: int) -> dict:
 def train(kind: str, out: str, work: str, minutes: float, vae_minutes: float, batch: int, cache_size: int,
           lr: float, seed: int, resume: bool, init_vae: Optional[str], log_every: int, ckpt_minutes: float,
           eval_n: int, logit_mean: float = 0.0, logit_std: float = 1.0, init_from: Optional[str] = None,
-          warmup: int = 200, vae_crop: int = 32, vae_fg_weight: float = 0.0, fg_weight: float = 0.0) -> None:
+          warmup: int = 200, vae_crop: int = 32, vae_fg_weight: float = 0.0, fg_weight: float = 0.0,
+          device: str = "cpu", workers: int = 0) -> None:
+    """Train (or resume) one ShapesWorld model; the CLI's flags map one to one (see :func:`main`). ``device``:
+    where the VAE, text encoders and transformer train ("cpu", "cuda", "cuda:1"; random draws stay on the CPU,
+    so a run does the same steps on any device); ``workers``: processes rendering the latent cache."""
     torch.manual_seed(seed)
     np.random.seed(seed)
     os.makedirs(work, exist_ok=True)
@@ -415,16 +439,16 @@ def train(kind: str, out: str, work: str, minutes: float, vae_minutes: float, ba
                 json.dump({"vae_step": 0, "vae_elapsed": 0.0, "init_from": init_from}, f)
             log.write(phase="init", init_from=init_from)
     pipe.set_progress_bar_config(disable=True)
+    pipe.to(device)
     vae_cls = type(pipe.vae)
 
     # Phase 1: VAE
     vae_dir = os.path.join(work, "vae")
     if os.path.exists(os.path.join(work, "vae_done.json")):
-        pipe.vae = vae_cls.from_pretrained(vae_dir, torch_dtype=torch.float32)
-        pipe.register_modules(vae=pipe.vae)
+        pipe.register_modules(vae=vae_cls.from_pretrained(vae_dir, torch_dtype=torch.float32).to(device))
     else:
         if init_vae:
-            pipe.register_modules(vae=vae_cls.from_pretrained(init_vae, torch_dtype=torch.float32))
+            pipe.register_modules(vae=vae_cls.from_pretrained(init_vae, torch_dtype=torch.float32).to(device))
         train_vae(kind, pipe.vae, work, vae_minutes * 60.0, seed, 16 if kind != "t2v" else 4, log, meta,
                   crop=vae_crop, fg_weight=vae_fg_weight)
         meta = None
@@ -434,7 +458,7 @@ def train(kind: str, out: str, work: str, minutes: float, vae_minutes: float, ba
 
     # Phase 2: latent cache (re-encoded on resume: deterministic, a few minutes at most)
     t_cache = time.time()
-    latents, captions = _cached_latents(kind, pipe.vae, cache_size, seed, work)
+    latents, captions = _cached_latents(kind, pipe.vae, cache_size, seed, work, workers)
     cache_s = time.time() - t_cache
     log.write(phase="cache", n=len(captions), seconds=round(cache_s, 1),
               vae_config={k: pipe.vae.config[k] for k in ("scaling_factor", "shift_factor", "latents_mean",
@@ -476,8 +500,8 @@ def train(kind: str, out: str, work: str, minutes: float, vae_minutes: float, ba
         prompts = ["" if order_rng.random() < 0.1 else captions[i] for i in idx]
         for g in opt.param_groups:
             g["lr"] = lr * min(1.0, (step + 1) / warmup)
-        loss = flow_loss(pipe, kind, latents[torch.from_numpy(idx)], prompts, gen, logit_mean, logit_std,
-                         fg_weight)
+        loss = flow_loss(pipe, kind, latents[torch.from_numpy(idx).to(latents.device)], prompts, gen, logit_mean,
+                         logit_std, fg_weight)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -490,12 +514,13 @@ def train(kind: str, out: str, work: str, minutes: float, vae_minutes: float, ba
                     if v.dtype.is_floating_point:
                         ema[f"{name}/{k}"].mul_(decay).add_(v, alpha=1 - decay)
         elapsed += time.time() - t0
-        run_loss += loss.item()
+        run_loss += loss.detach()  # read once per log line: no host sync per step on a GPU
         run_n += 1
         bar.update(1)
         if step % log_every == 0:
-            log.write(phase="flow", step=step, loss=round(run_loss / run_n, 5), elapsed_s=round(elapsed, 1))
-            bar.set_postfix(loss=f"{run_loss / run_n:.4f}")
+            mean_loss = float(run_loss) / run_n
+            log.write(phase="flow", step=step, loss=round(mean_loss, 5), elapsed_s=round(elapsed, 1))
+            bar.set_postfix(loss=f"{mean_loss:.4f}")
             run_loss, run_n = 0.0, 0
         if time.time() - last_ckpt > ckpt_minutes * 60.0:
             checkpoint()
@@ -522,6 +547,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--ckpt-minutes", type=float, default=6.0)
     p.add_argument("--eval-n", type=int, default=32, help="prompts per split scored at each checkpoint (0: off)")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--device", default="auto",
+                   help="cpu, cuda, cuda:N, or auto (cuda when available); the random draws are the same on any")
+    p.add_argument("--workers", type=int, default=0,
+                   help="processes rendering the latent cache (e.g. 12 on a GPU machine; 0: in this process)")
     p.add_argument("--logit-mean", type=float, default=0.0,
                    help="noise levels s = sigmoid(mean + std z) (s = 1 is noise); > 0 trains more at high noise")
     p.add_argument("--logit-std", type=float, default=1.0)
@@ -535,12 +564,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                    help="extra weight of object positions in the flow loss (e.g. 4: objects count 5x)")
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if a.device == "auto" else a.device
+    try:
+        torch.empty(0, device=device)
+    except (RuntimeError, AssertionError) as err:
+        p.error(f"--device {a.device!r} is not usable here ({err}); use cpu, cuda, cuda:N or auto")
     d_minutes, d_vae, d_batch, d_cache = _DEFAULTS[a.kind]
     train(a.kind, a.out, a.work or os.path.join("outputs", "shapes_train", a.kind),
           a.minutes if a.minutes is not None else d_minutes, a.vae_minutes if a.vae_minutes is not None else d_vae,
           a.batch or d_batch, a.cache_size or d_cache, a.lr, a.seed, a.resume, a.init_vae, a.log_every,
           a.ckpt_minutes, a.eval_n, a.logit_mean, a.logit_std, a.init_from, a.warmup, a.vae_crop, a.vae_fg_weight,
-          a.fg_weight)
+          a.fg_weight, device, a.workers)
     return 0
 
 

@@ -87,3 +87,24 @@ def test_foreground_mask_marks_objects_and_the_weighted_loss_reduces_to_mse():
     assert torch.isfinite(weighted) and not torch.isclose(weighted, plain)
     weighted.backward()
     assert pipe.transformer.proj_out.weight.grad is not None
+
+
+@torch.no_grad()
+def test_latent_cache_rendered_in_worker_processes_is_the_same():
+    from dit_attn.pipelines.shapes.models import vae_kl
+    from dit_attn.pipelines.shapes.train import build_cache
+
+    here = build_cache("t2i", vae_kl(seed=1).eval(), n=10, seed=5, chunk=4)
+    pooled = build_cache("t2i", vae_kl(seed=1).eval(), n=10, seed=5, chunk=4, workers=2)
+    assert here[1] == pooled[1] and len(here[1]) == 10
+    torch.testing.assert_close(pooled[0], here[0], rtol=0, atol=0)
+
+
+def test_train_cli_rejects_an_unusable_device(tmp_path, capsys):
+    from dit_attn.pipelines.shapes.train import main
+
+    with pytest.raises(SystemExit):
+        main(["--kind", "t2i", "--out", str(tmp_path / "m"), "--device", "tpu9"])
+    err = capsys.readouterr().err
+    assert "--device 'tpu9' is not usable" in err and "cpu, cuda, cuda:N or auto" in err
+    assert not (tmp_path / "m").exists()

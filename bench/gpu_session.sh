@@ -1,0 +1,86 @@
+#!/usr/bin/env bash
+# One prepared run for a session that has the GPU machine (the `device` tool: one command <= 10 minutes, about
+# 15 minutes of device time per session). It measures what no CPU can (the GPU numbers every doc says are owed)
+# and trains the ShapesWorld t2i model on the GPU, leaving at most 5 files in $OUT (the tool brings back 8).
+#
+#   Here, once:      make gpu-wheels     # diffusers + importlib_metadata wheels for the device's Python 3.12 -> .whl/
+#   On the device:   run(command="bash bench/gpu_session.sh", carry=[".whl"], timeout_s=600)
+#   Two calls:       PARTS=report ... then PARTS=train ... (each part fills the time the call has left)
+#   Afterwards:      unpack report.tgz into bench/results/<date>-<gpu>/ and commit it (bench/README.md).
+#
+# Settings (environment): PARTS (report,train), DEADLINE_S (540: seconds this script may take in all),
+# REPORT_S (180: cap for the benchmark report), SECTIONS (bench_report sections, default all),
+# TRAIN_KIND (t2i), TRAIN_BATCH (128), TRAIN_WORKERS (12), TRAIN_CACHE (the trainer's default: 30000 t2i, 5000 t2v),
+# DEVICE (cuda), PYTHON (python3), OUT (outputs/gpu_session).
+# A dry run on a CPU machine (checks the plumbing, not the numbers):
+#   PARTS=report,train SECTIONS=overhead REPORT_S=60 DEVICE=cpu DEADLINE_S=240 TRAIN_BATCH=4 TRAIN_WORKERS=2 \
+#   TRAIN_CACHE=64 PYTHON=.venv/bin/python bash bench/gpu_session.sh
+set -uo pipefail
+
+PARTS=${PARTS:-report,train}
+DEADLINE_S=${DEADLINE_S:-540}
+REPORT_S=${REPORT_S:-180}
+SECTIONS=${SECTIONS:-}
+TRAIN_KIND=${TRAIN_KIND:-t2i}
+TRAIN_BATCH=${TRAIN_BATCH:-128}
+TRAIN_WORKERS=${TRAIN_WORKERS:-12}
+TRAIN_CACHE=${TRAIN_CACHE:-}
+DEVICE=${DEVICE:-cuda}
+PY=${PYTHON:-python3}
+OUT=${OUT:-outputs/gpu_session}
+export PYTHONUNBUFFERED=1
+
+mkdir -p "$OUT"
+WORK=$(mktemp -d)
+LOG="$OUT/session.log"
+say() { echo "[gpu_session +${SECONDS}s] $*" | tee -a "$LOG"; }
+left() { local s=$((DEADLINE_S - SECONDS)); echo $((s > 1 ? s : 1)); }  # never 0: `timeout 0` would not stop
+
+# 1. Packages: the carried wheels, then this checkout itself, into /tmp/site (nothing can be fetched there).
+if ls .whl/*.whl >/dev/null 2>&1; then
+    "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+        && "$PY" -m pip install -q --no-index --no-deps --no-build-isolation --no-compile --target /tmp/site . \
+        || { say "package install failed"; exit 1; }
+    export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+fi
+{ nvidia-smi 2>&1 || echo "no nvidia-smi"; "$PY" - <<'EOF'
+import platform, torch, diffusers, transformers
+print("python", platform.python_version(), "| torch", torch.__version__, "| diffusers", diffusers.__version__,
+      "| transformers", transformers.__version__, "| cuda", torch.cuda.is_available() and torch.cuda.get_device_name(0))
+EOF
+} > "$OUT/machine.txt" 2>&1
+say "machine: $(tail -1 "$OUT/machine.txt")"
+
+# 2. The benchmark report (every section this machine can run; see dit_attn/bench_report.py).
+if [[ ",$PARTS," == *",report,"* ]]; then
+    budget=$(( $(left) < REPORT_S ? $(left) : REPORT_S ))
+    say "report: up to ${budget}s${SECTIONS:+ (sections $SECTIONS)}"
+    timeout "$budget" "$PY" -m dit_attn.bench_report --out "$WORK/report" ${SECTIONS:+--only "$SECTIONS"} \
+        > "$WORK/report.log" 2>&1
+    say "report: exit $? (124: stopped at its budget; finished sections are kept)"
+    tar czf "$OUT/report.tgz" -C "$WORK" report report.log 2>/dev/null || tar czf "$OUT/report.tgz" -C "$WORK" report.log
+fi
+
+# 3. ShapesWorld training on the GPU: continue the bundled model with the object-weighted recipe for the time
+#    left (minus ~120 s for the final checkpoint, the evaluation of 200 + 200 prompts and packing).
+if [[ ",$PARTS," == *",train,"* ]]; then
+    minutes=$(awk -v s="$(left)" 'BEGIN { m = (s - 120) / 60; if (m < 0) m = 0; printf "%.2f", m }')
+    say "train $TRAIN_KIND on $DEVICE: $minutes minutes, batch $TRAIN_BATCH"
+    extra=()
+    if [[ -n $TRAIN_CACHE ]]; then extra=(--cache-size "$TRAIN_CACHE"); elif [[ $TRAIN_KIND == t2v ]]; then
+        extra=(--cache-size 5000); fi
+    timeout $(( $(left) > 40 ? $(left) - 30 : 10 )) "$PY" -m dit_attn.pipelines.shapes.train --kind "$TRAIN_KIND" --device "$DEVICE" \
+        --init-from "pipelines/shapes/models/$TRAIN_KIND" --fg-weight 4 --warmup 100 --batch "$TRAIN_BATCH" \
+        --workers "$TRAIN_WORKERS" --threads 4 --minutes "$minutes" --ckpt-minutes 2 --eval-n 32 "${extra[@]}" \
+        --work "$WORK/train_work" --out "$WORK/$TRAIN_KIND" > "$WORK/train.log" 2>&1
+    say "train: exit $?"
+    if [[ -d $WORK/$TRAIN_KIND ]]; then
+        n=$([[ $TRAIN_KIND == t2v ]] && echo 100 || echo 200)
+        timeout $(( $(left) > 20 ? $(left) - 10 : 10 )) "$PY" -m dit_attn.pipelines.shapes.evaluate \
+            --kind "$TRAIN_KIND" --model "$WORK/$TRAIN_KIND" --n "$n" --device "$DEVICE" --out "$WORK/eval" \
+            > "$WORK/eval.log" 2>&1
+        say "evaluate: exit $? $(grep -h 'heldout:' "$WORK/eval.log" | head -1)"
+    fi
+    tar czf "$OUT/$TRAIN_KIND.tgz" -C "$WORK" $(cd "$WORK" && ls -d "$TRAIN_KIND" eval train.log eval.log 2>/dev/null)
+fi
+say "done; files in $OUT: $(ls "$OUT" | tr '\n' ' ')"
