@@ -73,9 +73,10 @@ def test_lora_gradients_equal_dense_oracle(monkeypatch, condition, mode):
         torch.testing.assert_close(g_fast[i], g_ref[i], rtol=1e-4, atol=1e-7)
 
 
-def test_denoise_pass_does_not_use_the_condition_adapter():
+@pytest.mark.parametrize("latent_lora", [False, True])
+def test_denoise_pass_uses_the_condition_adapter_only_when_latent(latent_lora):
     pipe = tiny_pipeline("flux")
-    cfg = T.TrainConfig(output_dir="", size=32, rank=4)
+    cfg = T.TrainConfig(output_dir="", size=32, rank=4, latent_lora=latent_lora)
     params = T.add_condition_adapter(pipe.transformer, cfg)
     with torch.no_grad():
         for p in params:
@@ -97,7 +98,8 @@ def test_denoise_pass_does_not_use_the_condition_adapter():
     finally:
         trainer.close()
     assert seen and all(active == ["condition"] for w, active in seen if w is not None)  # write pass: on
-    assert all(active == [] for w, active in seen if w is None)  # denoising pass: off on text/image tokens
+    denoise = [active for w, active in seen if w is None]
+    assert denoise and all(active == (["condition"] if latent_lora else []) for active in denoise)
     assert layer.active_adapters == ["condition"] and not layer.disable_adapters  # restored afterwards
 
 
@@ -247,3 +249,35 @@ def test_trained_adapter_loads_disabled_and_drives_its_condition(tmp_path):
     os.remove(tmp_path / "run" / "edges.json")
     with pytest.raises(FileNotFoundError, match="LoRA"):
         load_condition_adapter(pipe.transformer, path, "other")
+
+
+def test_latent_adapter_equals_the_adapter_active_in_every_forward(tmp_path):
+    """A latent_lora adapter (saved, reloaded) acts in the write pass and on the text + image tokens of the
+    denoising passes: the same as running the condition without an adapter while that LoRA is active everywhere."""
+    import dit_attn
+    from dit_attn.conditions.adapters import adapter_scope, latent_adapters, load_condition_adapter, mark_latent_adapter
+    from dit_attn.testing import tiny_call_kwargs
+
+    cfg = T.TrainConfig(output_dir=str(tmp_path / "run"), steps=1, batch_size=1, size=32, rank=4,
+                        learning_rate=5e-2, dataset_length=2, adapter_name="edges", latent_lora=True)
+    path = T.train(cfg, pipe=tiny_pipeline("flux"), progress=False)["adapter"]
+    assert json.load(open(tmp_path / "run" / "edges.json"))["latent_lora"] is True
+
+    pipe = tiny_pipeline("flux")
+    load_condition_adapter(pipe.transformer, path)
+    assert latent_adapters(pipe.transformer) == {"edges"}
+    cond = torch.rand(3, 48, 64, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    for mode in ("pka", "cached-full"):
+        def run(adapter):
+            control = dit_attn.MultiCondition(spatial=[dit_attn.SpatialCondition(cond, adapter=adapter)], mode=mode)
+            with dit_attn.attach(pipe, control):
+                return pipe(**tiny_call_kwargs("flux")).images
+
+        latent = run("edges")
+        with adapter_scope(pipe.transformer, include={"edges"}):  # the oracle: the LoRA on in every forward
+            everywhere = run(None)
+        np.testing.assert_allclose(latent, everywhere, rtol=0, atol=1e-6)
+        mark_latent_adapter(pipe.transformer, "edges", False)  # as an ordinary condition adapter it differs
+        write_only = run("edges")
+        mark_latent_adapter(pipe.transformer, "edges", True)
+        assert np.abs(latent - write_only).max() > 1e-4, mode

@@ -1,5 +1,7 @@
 """Which LoRA adapters are active, per pass: a condition's own adapter in its write pass, none of the condition
-adapters in the denoising passes (conditions are the only tokens they were trained on).
+adapters in the denoising passes (conditions are the only tokens they were trained on), except **latent**
+adapters: trained with ``latent_lora`` (OminiControl's latent LoRA), they also act on the text and image tokens
+of the denoising passes of a pipeline that uses their condition.
 
 We set peft's per-layer ``_active_adapter`` / ``_disable_adapters`` directly instead of calling
 ``set_adapter``/``enable_adapters``: those also flip ``requires_grad``, which would freeze the adapter being
@@ -26,6 +28,24 @@ def adapter_names(model) -> set[str]:
     for layer in _tuner_layers(model):
         names.update(getattr(layer, "lora_A", {}).keys())
     return names
+
+
+_LATENT = "_dit_attn_latent_adapters"  # attribute of the transformer: names of its latent condition adapters
+
+
+def latent_adapters(model) -> set[str]:
+    """The loaded condition adapters of ``model`` that also act on the denoising passes' text and image tokens."""
+    return set(getattr(model, _LATENT, ())) & adapter_names(model)
+
+
+def mark_latent_adapter(model, name: str, latent: bool = True) -> None:
+    """Record whether adapter ``name`` of ``model`` is latent (see the module docstring)."""
+    names = set(getattr(model, _LATENT, ()))
+    if latent:
+        names.add(name)
+    else:
+        names.discard(name)
+    setattr(model, _LATENT, names)
 
 
 @contextlib.contextmanager
@@ -78,7 +98,8 @@ def load_condition_adapter(transformer, weights_path: str, adapter_name: str | N
     Condition adapters are **inactive in ordinary forwards** (the transformer stays as it was: stock, or with the
     LoRA adapters that were active before, e.g. a style LoRA);
     :class:`dit_attn.MultiCondition` switches one on for its condition's write pass only
-    (``SpatialCondition(image, adapter="edges")``). Returns the adapter name.
+    (``SpatialCondition(image, adapter="edges")``), and an adapter trained with ``latent_lora`` (its config says
+    so) for the denoising passes too. Returns the adapter name.
 
     Example::
 
@@ -119,6 +140,7 @@ def load_condition_adapter(transformer, weights_path: str, adapter_name: str | N
         active = [active] if isinstance(active, str) else list(active)
         layer._active_adapter = [a for a in active if a != name]
         layer._disable_adapters = disabled
+    mark_latent_adapter(transformer, name, bool(config.get("latent_lora", False)))
     return name
 
 

@@ -7,9 +7,9 @@ FLUX / diffusers flow-matching convention):
    (biased toward high noise), or ``logit_normal`` ``t = sigmoid(z)``. No ``scheduler.timesteps[(u·N)]`` lookup:
    those timesteps are descending, which silently flips the sign of μ (the pitfall in ``shared/specs/pka.md`` §7);
 2. the condition runs its write pass with its LoRA adapter active (timestep 0, alone), the denoising forward
-   runs with the condition adapters off and the mode's masks (:class:`dit_attn.MultiCondition` with
-   ``cache=False``, so gradients flow from the loss through the cached keys into the adapter); KSA masks come
-   from the same forward's logits (there is no previous step in training);
+   runs with the condition adapters off (on, for a ``latent_lora`` adapter) and the mode's masks
+   (:class:`dit_attn.MultiCondition` with ``cache=False``, so gradients flow from the loss through the cached keys
+   into the adapter); KSA masks come from the same forward's logits (there is no previous step in training);
 3. MSE on the velocity.
 
 Resumable (``accelerate`` state in ``output_dir/checkpoint-N``, step and config in ``state.json``), tqdm progress,
@@ -73,6 +73,9 @@ class TrainConfig:
     # ``.safetensors`` file reuses the cache across runs (it is rebuilt when the data settings differ).
     cache_latents: bool = False
     latent_cache: str = ""
+    # The adapter also acts on the text and image tokens of the denoising forward (OminiControl's latent LoRA),
+    # not only on the condition's write pass: for subjects whose keyword the base model does not know.
+    latent_lora: bool = False
 
     def __post_init__(self):
         if self.timestep_sampling not in SAMPLINGS:
@@ -168,11 +171,14 @@ def add_condition_adapter(transformer, config: TrainConfig) -> list[torch.nn.Par
     """Add a peft LoRA adapter named ``config.adapter_name``; freeze everything else. Returns the trainable params."""
     from peft import LoraConfig
 
+    from .adapters import mark_latent_adapter
+
     transformer.requires_grad_(False)
     if config.adapter_name not in (getattr(transformer, "peft_config", None) or {}):
         transformer.add_adapter(LoraConfig(r=config.rank, lora_alpha=config.alpha,
                                            target_modules=list(config.target_modules), init_lora_weights="gaussian"),
                                 adapter_name=config.adapter_name)
+    mark_latent_adapter(transformer, config.adapter_name, config.latent_lora)
     params = []
     for name, p in transformer.named_parameters():
         if "lora_" in name and f".{config.adapter_name}." in name:

@@ -36,7 +36,7 @@ from typing import Any, Sequence
 import torch
 
 from ..call import AttentionCall, execute
-from ..conditions.adapters import adapter_scope
+from ..conditions.adapters import adapter_scope, latent_adapters
 from ..conditions.attention import COMBINES, MODES, SpatialKV, SubjectKV, condition_attention, keyword_mask, \
     keyword_scores
 from ..conditions.cache import ConditionCache
@@ -324,9 +324,10 @@ class MultiCondition(Control):
             st["cache_key"] = key
         self._close_scope()
         names = {p.adapter for p in prepared if p.adapter}
-        if names:  # condition adapters act in the write passes only, never on the text and image tokens
+        if names:  # condition adapters act in the write passes only, except latent ones (trained on all tokens)
+            latent = latent_adapters(st["transformer"]) & names
             scope = contextlib.ExitStack()
-            scope.enter_context(adapter_scope(st["transformer"], exclude=names))
+            scope.enter_context(adapter_scope(st["transformer"], exclude=names - latent, include=latent))
             st["denoise_scope"] = scope
         # KSA masks: those computed at the previous step are used now; the cond forward computes new ones.
         roles = state.batch_roles or (COND,) * batch
