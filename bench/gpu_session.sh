@@ -42,9 +42,13 @@ if ls .whl/*.whl >/dev/null 2>&1; then
         && "$PY" -m pip install -q --no-index --no-deps --no-build-isolation --no-compile --target /tmp/site . \
         || { say "package install failed"; exit 1; }
     export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+    # `python -m` puts the working directory first on sys.path, where ./dit_attn lacks the mapped subpackages
+    # (dit_attn.pipelines lives in ./pipelines): import the installed package only.
+    export PYTHONSAFEPATH=1
 fi
 { nvidia-smi 2>&1 || echo "no nvidia-smi"; "$PY" - <<'EOF'
-import platform, torch, diffusers, transformers
+import platform, torch, diffusers, transformers, dit_attn.pipelines
+print("dit_attn from", dit_attn.pipelines.__file__)
 print("python", platform.python_version(), "| torch", torch.__version__, "| diffusers", diffusers.__version__,
       "| transformers", transformers.__version__, "| cuda", torch.cuda.is_available() and torch.cuda.get_device_name(0))
 EOF
