@@ -5,11 +5,13 @@
 #
 #   Here, once:      make gpu-wheels     # diffusers + importlib_metadata wheels for the device's Python 3.12 -> .whl/
 #   On the device:   run(command="bash bench/gpu_session.sh", carry=[".whl"], timeout_s=600)
-#   Two calls:       PARTS=report ... then PARTS=train ... (each part fills the time the call has left)
+#   Two calls:       PARTS=report DEADLINE_S=270 ..., then PARTS=train DEADLINE_S=270 ... (the device time is
+#                    shared: two 540 s calls and a machine start would not fit in 15 minutes)
 #   Afterwards:      unpack report.tgz into bench/results/<date>-<gpu>/ and commit it (bench/README.md).
 #
 # Settings (environment): PARTS (report,train), DEADLINE_S (540: seconds this script may take in all),
-# REPORT_S (180: cap for the benchmark report), SECTIONS (bench_report sections, default all),
+# REPORT_S (cap for the benchmark report: 180 when training follows, else all the time left),
+# SECTIONS (bench_report sections, default all),
 # TRAIN_KIND (t2i), TRAIN_BATCH (128), TRAIN_WORKERS (12), TRAIN_CACHE (the trainer's default: 30000 t2i, 5000 t2v),
 # DEVICE (cuda), PYTHON (python3), OUT (outputs/gpu_session).
 # A dry run on a CPU machine (checks the plumbing, not the numbers):
@@ -19,7 +21,7 @@ set -uo pipefail
 
 PARTS=${PARTS:-report,train}
 DEADLINE_S=${DEADLINE_S:-540}
-REPORT_S=${REPORT_S:-180}
+if [[ ",$PARTS," == *",train,"* ]]; then REPORT_S=${REPORT_S:-180}; else REPORT_S=${REPORT_S:-$DEADLINE_S}; fi
 SECTIONS=${SECTIONS:-}
 TRAIN_KIND=${TRAIN_KIND:-t2i}
 TRAIN_BATCH=${TRAIN_BATCH:-128}
@@ -59,28 +61,29 @@ say "machine: $(tail -1 "$OUT/machine.txt")"
 if [[ ",$PARTS," == *",report,"* ]]; then
     budget=$(( $(left) < REPORT_S ? $(left) : REPORT_S ))
     say "report: up to ${budget}s${SECTIONS:+ (sections $SECTIONS)}"
-    timeout "$budget" "$PY" -m dit_attn.bench_report --out "$WORK/report" ${SECTIONS:+--only "$SECTIONS"} \
+    timeout -k 15 "$budget" "$PY" -m dit_attn.bench_report --out "$WORK/report" ${SECTIONS:+--only "$SECTIONS"} \
         > "$WORK/report.log" 2>&1
     say "report: exit $? (124: stopped at its budget; finished sections are kept)"
     tar czf "$OUT/report.tgz" -C "$WORK" report report.log 2>/dev/null || tar czf "$OUT/report.tgz" -C "$WORK" report.log
 fi
 
 # 3. ShapesWorld training on the GPU: continue the bundled model with the object-weighted recipe for the time
-#    left (minus ~120 s for the final checkpoint, the evaluation of 200 + 200 prompts and packing).
+#    left (minus ~120 s for start-up, the final checkpoint, the evaluation of 200 + 200 prompts and packing;
+#    no intermediate checkpoints: each would evaluate 64 prompts and export outside the training budget).
 if [[ ",$PARTS," == *",train,"* ]]; then
     minutes=$(awk -v s="$(left)" 'BEGIN { m = (s - 120) / 60; if (m < 0) m = 0; printf "%.2f", m }')
     say "train $TRAIN_KIND on $DEVICE: $minutes minutes, batch $TRAIN_BATCH"
     extra=()
     if [[ -n $TRAIN_CACHE ]]; then extra=(--cache-size "$TRAIN_CACHE"); elif [[ $TRAIN_KIND == t2v ]]; then
         extra=(--cache-size 5000); fi
-    timeout $(( $(left) > 40 ? $(left) - 30 : 10 )) "$PY" -m dit_attn.pipelines.shapes.train --kind "$TRAIN_KIND" --device "$DEVICE" \
+    timeout -k 15 $(( $(left) > 40 ? $(left) - 30 : 10 )) "$PY" -m dit_attn.pipelines.shapes.train --kind "$TRAIN_KIND" --device "$DEVICE" \
         --init-from "pipelines/shapes/models/$TRAIN_KIND" --fg-weight 4 --warmup 100 --batch "$TRAIN_BATCH" \
-        --workers "$TRAIN_WORKERS" --threads 4 --minutes "$minutes" --ckpt-minutes 2 --eval-n 32 "${extra[@]}" \
+        --workers "$TRAIN_WORKERS" --threads 4 --minutes "$minutes" --ckpt-minutes 1000 --eval-n 32 "${extra[@]}" \
         --work "$WORK/train_work" --out "$WORK/$TRAIN_KIND" > "$WORK/train.log" 2>&1
     say "train: exit $?"
     if [[ -d $WORK/$TRAIN_KIND ]]; then
         n=$([[ $TRAIN_KIND == t2v ]] && echo 100 || echo 200)
-        timeout $(( $(left) > 20 ? $(left) - 10 : 10 )) "$PY" -m dit_attn.pipelines.shapes.evaluate \
+        timeout -k 10 $(( $(left) > 20 ? $(left) - 10 : 10 )) "$PY" -m dit_attn.pipelines.shapes.evaluate \
             --kind "$TRAIN_KIND" --model "$WORK/$TRAIN_KIND" --n "$n" --device "$DEVICE" --out "$WORK/eval" \
             > "$WORK/eval.log" 2>&1
         say "evaluate: exit $? $(grep -h 'heldout:' "$WORK/eval.log" | head -1)"

@@ -243,6 +243,10 @@ def test_trained_adapter_loads_disabled_and_drives_its_condition(tmp_path):
     with adapter_scope(styled.transformer, only="edges"):  # a write pass: the condition's adapter alone
         assert layer.active_adapters == ["edges"]
     assert layer.active_adapters == ["style"]
+    styled.transformer.disable_adapters()  # the user switched the style LoRA off: a latent adapter alone comes on
+    with adapter_scope(styled.transformer, include={"edges"}):
+        assert layer.active_adapters == ["edges"] and not layer.disable_adapters
+    assert layer.disable_adapters and layer.active_adapters == ["style"]
 
     with pytest.raises(FileNotFoundError, match="no condition adapter"):
         load_condition_adapter(pipe.transformer, str(tmp_path / "missing.safetensors"))

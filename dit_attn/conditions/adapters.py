@@ -65,14 +65,15 @@ def adapter_scope(model, only: str | set[str] | None = None, exclude: set[str] |
         return
     saved = [(m, m._active_adapter, m._disable_adapters) for m in layers]
     try:
-        for m, active, _ in saved:
+        for m, active, disabled in saved:
             current = [active] if isinstance(active, str) else list(active)
             if wanted is not None:
                 m._active_adapter = list(wanted)
                 m._disable_adapters = False
             else:
-                m._active_adapter = [a for a in current if a not in exclude] + \
-                    [a for a in sorted(include) if a not in current]
+                # adapters the user disabled (pipe.disable_lora()) stay off when `include` enables the layer
+                kept = [] if disabled else [a for a in current if a not in exclude]
+                m._active_adapter = kept + [a for a in sorted(include) if a not in kept]
                 if include:
                     m._disable_adapters = False
         yield

@@ -938,20 +938,21 @@ def score_conditions(image: Any, scene: Any, edge: Any = None, mask: Any = None,
 
 
 def _tally(results: Sequence[Any]) -> dict[str, tuple[float, int]]:
-    """Per criterion: (number correct, number of results where it applies); ``object_accuracy`` pools the
-    expected objects of all results."""
+    """Per criterion: (sum of the per-result scores, number of results where it applies); ``object_accuracy``
+    instead pools the expected objects of all results (correct objects, objects) when results list them."""
     tally: dict[str, tuple[float, int]] = {}
+    pooled_ok = pooled_n = 0
     for r in results:
         for k, v in r.criteria().items():
             if k == "_objects":
-                k, (ok, n) = "object_accuracy", v
-            elif v is None:
-                continue
-            else:
-                ok, n = float(v), 1
-            old_ok, old_n = tally.get(k, (0.0, 0))
-            tally[k] = (old_ok + ok, old_n + n)
-    return {k: v for k, v in tally.items() if v[1]}
+                pooled_ok += v[0]
+                pooled_n += v[1]
+            elif v is not None:
+                ok, n = tally.get(k, (0.0, 0))
+                tally[k] = (ok + float(v), n + 1)
+    if pooled_n:
+        tally["object_accuracy"] = (float(pooled_ok), pooled_n)
+    return tally
 
 
 def aggregate(results: Sequence[Any]) -> dict[str, float]:
@@ -982,7 +983,8 @@ def intervals(results: Sequence[Any], z: float = 1.96) -> dict[str, tuple[float,
         p = ok / n
         centre = (p + z * z / (2 * n)) / (1 + z * z / n)
         half = z / (1 + z * z / n) * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
-        out[k] = (max(0.0, centre - half), min(1.0, centre + half))
+        # exact ends at p = 0 and p = 1 (the formula gives them up to rounding)
+        out[k] = (0.0 if p == 0 else max(0.0, centre - half), 1.0 if p == 1 else min(1.0, centre + half))
     return out
 
 

@@ -514,7 +514,7 @@ def train(kind: str, out: str, work: str, minutes: float, vae_minutes: float, ba
                     if v.dtype.is_floating_point:
                         ema[f"{name}/{k}"].mul_(decay).add_(v, alpha=1 - decay)
         elapsed += time.time() - t0
-        run_loss += loss.detach()  # read once per log line: no host sync per step on a GPU
+        run_loss += loss.detach()  # read once per log line, not every step
         run_n += 1
         bar.update(1)
         if step % log_every == 0:
@@ -563,12 +563,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--fg-weight", type=float, default=0.0,
                    help="extra weight of object positions in the flow loss (e.g. 4: objects count 5x)")
     a = p.parse_args(argv)
-    torch.set_num_threads(a.threads)
     device = ("cuda" if torch.cuda.is_available() else "cpu") if a.device == "auto" else a.device
     try:
         torch.empty(0, device=device)
     except (RuntimeError, AssertionError) as err:
         p.error(f"--device {a.device!r} is not usable here ({err}); use cpu, cuda, cuda:N or auto")
+    torch.set_num_threads(a.threads)
     d_minutes, d_vae, d_batch, d_cache = _DEFAULTS[a.kind]
     train(a.kind, a.out, a.work or os.path.join("outputs", "shapes_train", a.kind),
           a.minutes if a.minutes is not None else d_minutes, a.vae_minutes if a.vae_minutes is not None else d_vae,

@@ -255,6 +255,21 @@ def test_intervals_are_wilson_intervals():
     # more prompts, narrower interval around the same rate
     lo10, hi10 = intervals(results * 10)["colour"]
     assert iv["colour"][0] < lo10 < 0.5 < hi10 < iv["colour"][1]
+    assert intervals([_Criteria(colour=True)] * 21)["colour"][1] == 1.0  # exact ends
+
+
+def test_object_accuracy_pools_objects_not_results():
+    """Real results report a per-image object accuracy and the object counts: aggregate pools the objects."""
+    one = next(s for s in SCENES if len(s.objects) == 1)
+    three = next(s for s in SCENES if len(s.objects) == 3)
+    missed = score_image(np.full((64, 64, 3), 128, np.uint8), one)  # 0 of 1 object
+    found = score_image(render_image(three, 64), three)  # 3 of 3
+    assert [sum(o.correct for o in r.objects) for r in (missed, found)] == [0, 3]
+    agg = aggregate([missed, found])
+    assert agg["object_accuracy"] == 0.75  # 3 of 4 objects, not the mean of 0 and 1 per image
+    assert list(agg)[:2] == ["correct", "object_accuracy"] and agg["n"] == 2.0
+    lo, hi = intervals([missed, found])["object_accuracy"]
+    assert lo < 0.75 < hi
 
 
 def test_docstring_examples_run():
