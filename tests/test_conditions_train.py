@@ -285,3 +285,12 @@ def test_latent_adapter_equals_the_adapter_active_in_every_forward(tmp_path):
         write_only = run("edges")
         mark_latent_adapter(pipe.transformer, "edges", True)
         assert np.abs(latent - write_only).max() > 1e-4, mode
+
+
+def test_adapters_docstring_examples_run():
+    import doctest
+
+    from dit_attn.conditions import adapters as adapters_module
+
+    result = doctest.testmod(adapters_module, optionflags=doctest.ELLIPSIS)
+    assert result.attempted >= 10 and result.failed == 0

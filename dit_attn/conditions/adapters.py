@@ -23,23 +23,59 @@ def _tuner_layers(model):
     return [m for m in model.modules() if isinstance(m, BaseTunerLayer)]
 
 
-def adapter_names(model) -> set[str]:
+def _names_of(layers) -> set[str]:
     names: set[str] = set()
-    for layer in _tuner_layers(model):
+    for layer in layers:
         names.update(getattr(layer, "lora_A", {}).keys())
     return names
+
+
+def adapter_names(model) -> set[str]:
+    """Names of the LoRA adapters loaded on ``model`` (active or not).
+
+    Example::
+
+        >>> import torch
+        >>> adapter_names(torch.nn.Linear(2, 2))
+        set()
+    """
+    return _names_of(_tuner_layers(model))
 
 
 _LATENT = "_dit_attn_latent_adapters"  # attribute of the transformer: names of its latent condition adapters
 
 
 def latent_adapters(model) -> set[str]:
-    """The loaded condition adapters of ``model`` that also act on the denoising passes' text and image tokens."""
-    return set(getattr(model, _LATENT, ())) & adapter_names(model)
+    """The loaded condition adapters of ``model`` that also act on the denoising passes' text and image tokens.
+
+    Example (an adapter marked latent counts once it is loaded)::
+
+        >>> import torch
+        >>> from peft import LoraConfig
+        >>> from diffusers.models.modeling_utils import ModelMixin
+        >>> from diffusers.loaders.peft import PeftAdapterMixin
+        >>> class Tiny(ModelMixin, PeftAdapterMixin):
+        ...     def __init__(self):
+        ...         super().__init__()
+        ...         self.proj = torch.nn.Linear(4, 4)
+        >>> model = Tiny()
+        >>> mark_latent_adapter(model, "subject")
+        >>> latent_adapters(model)
+        set()
+        >>> model.add_adapter(LoraConfig(r=2, target_modules=["proj"]), adapter_name="subject")
+        >>> latent_adapters(model)
+        {'subject'}
+        >>> mark_latent_adapter(model, "subject", latent=False)
+        >>> latent_adapters(model)
+        set()
+    """
+    marked = set(getattr(model, _LATENT, ()))
+    return marked & adapter_names(model) if marked else set()  # no module walk in the common, unmarked case
 
 
 def mark_latent_adapter(model, name: str, latent: bool = True) -> None:
-    """Record whether adapter ``name`` of ``model`` is latent (see the module docstring)."""
+    """Record whether adapter ``name`` of ``model`` is latent (see the module docstring); an example is under
+    :func:`latent_adapters`. :func:`load_condition_adapter` marks adapters whose config says ``latent_lora``."""
     names = set(getattr(model, _LATENT, ()))
     if latent:
         names.add(name)
@@ -54,12 +90,14 @@ def adapter_scope(model, only: str | set[str] | None = None, exclude: set[str] |
     """Within the block, ``only`` (a name or a set of names, if given) is exactly the active set of adapters;
     otherwise the active ones minus ``exclude`` plus ``include`` (enabled). Restores every layer's active set and
     enabled flag afterwards. A no-op without peft layers."""
-    layers = _tuner_layers(model)
+    layers = _tuner_layers(model)  # one walk over the modules per scope (this runs once per denoising forward)
     wanted = None if only is None else sorted({only} if isinstance(only, str) else set(only))
-    for name in list(wanted or ()) + sorted(include):  # also when no adapter is loaded at all
-        if name not in adapter_names(model):
+    requested = list(wanted or ()) + sorted(include)
+    loaded = _names_of(layers) if requested else set()
+    for name in requested:  # also when no adapter is loaded at all
+        if name not in loaded:
             raise ValueError(f"condition adapter {name!r} is not loaded on the transformer; loaded: "
-                             f"{sorted(adapter_names(model)) or 'none'}")
+                             f"{sorted(loaded) or 'none'}")
     if not layers or (only is None and not exclude and not include):
         yield
         return

@@ -340,6 +340,12 @@ def foreground_mask(x: torch.Tensor, threshold: float = FOREGROUND_THRESHOLD) ->
     return ((x - median).abs().sum(dim=1, keepdim=True) > threshold).to(x.dtype)
 
 
+def _to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    if device.type != "cuda":
+        return t.to(device)
+    return t.pin_memory().to(device, non_blocking=True)
+
+
 def flow_loss(pipe, kind: str, x0: torch.Tensor, prompts: list[str], gen: torch.Generator,
               logit_mean: float = 0.0, logit_std: float = 1.0, fg_weight: float = 0.0) -> torch.Tensor:
     """Rectified-flow loss of one batch of normalised latents ``x0`` with their prompts; noise levels
@@ -347,8 +353,9 @@ def flow_loss(pipe, kind: str, x0: torch.Tensor, prompts: list[str], gen: torch.
     object positions (:func:`foreground_mask`) ``1 + fg_weight`` times (a weighted mean: the loss keeps its
     scale): objects are ~15% of the latent, and their silhouettes are what the plain loss learns slowest."""
     b = x0.shape[0]
-    noise = torch.randn(x0.shape, generator=gen).to(x0.device)  # CPU draws: the same run on any device
-    s = torch.sigmoid(logit_mean + logit_std * torch.randn(b, generator=gen)).to(x0.device)
+    # CPU draws: the same run on any device; pinned + non_blocking so a CUDA step does not wait on the copy
+    noise = _to_device(torch.randn(x0.shape, generator=gen), x0.device)
+    s = _to_device(torch.sigmoid(logit_mean + logit_std * torch.randn(b, generator=gen)), x0.device)
     sv = s.view(-1, *([1] * (x0.dim() - 1)))
     xt = (1 - sv) * x0 + sv * noise
     pred = predict_velocity(pipe, kind, xt, s, _encode_text(pipe, kind, prompts))
