@@ -77,7 +77,7 @@ if [[ ",$PARTS," == *",train,"* ]]; then
     if [[ -n $TRAIN_CACHE ]]; then extra=(--cache-size "$TRAIN_CACHE"); elif [[ $TRAIN_KIND == t2v ]]; then
         extra=(--cache-size 5000); fi
     timeout -k 15 $(( $(left) > 40 ? $(left) - 30 : 10 )) "$PY" -m dit_attn.pipelines.shapes.train --kind "$TRAIN_KIND" --device "$DEVICE" \
-        --init-from "pipelines/shapes/models/$TRAIN_KIND" --fg-weight 4 --warmup 100 --batch "$TRAIN_BATCH" \
+        --init-from "pipelines/shapes/models/$TRAIN_KIND" --fg-weight 4 --warmup 100 --batch "$TRAIN_BATCH" --precision bf16 \
         --workers "$TRAIN_WORKERS" --threads 4 --minutes "$minutes" --ckpt-minutes 1000 --eval-n 32 "${extra[@]}" \
         --work "$WORK/train_work" --out "$WORK/$TRAIN_KIND" > "$WORK/train.log" 2>&1
     say "train: exit $?"

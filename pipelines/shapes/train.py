@@ -49,6 +49,7 @@ from .models import KINDS, NUM_FRAMES, RESOLUTION, T5_MAX_LENGTH, build_pipeline
 from .render import render_image, render_video, to_tensor_image
 from .world import sample_scene, scene_rng
 
+PRECISIONS = ("fp32", "bf16")
 _DEFAULTS = {  # kind: (total minutes, VAE minutes, batch, cache size)
     "t2i": (35.0, 6.0, 32, 30000),
     "flux": (35.0, 6.0, 32, 30000),
@@ -416,10 +417,14 @@ def train(kind: str, out: str, work: str, minutes: float, vae_minutes: float, ba
           lr: float, seed: int, resume: bool, init_vae: Optional[str], log_every: int, ckpt_minutes: float,
           eval_n: int, logit_mean: float = 0.0, logit_std: float = 1.0, init_from: Optional[str] = None,
           warmup: int = 200, vae_crop: int = 32, vae_fg_weight: float = 0.0, fg_weight: float = 0.0,
-          device: str = "cpu", workers: int = 0) -> None:
+          device: str = "cpu", workers: int = 0, precision: str = "fp32") -> None:
     """Train (or resume) one ShapesWorld model; the CLI's flags map one to one (see :func:`main`). ``device``:
     where the VAE, text encoders and transformer train ("cpu", "cuda", "cuda:1"; random draws stay on the CPU,
-    so a run does the same steps on any device); ``workers``: processes rendering the latent cache."""
+    so a run does the same steps on any device); ``workers``: processes rendering the latent cache;
+    ``precision``: ``"fp32"`` or ``"bf16"`` (mixed precision: the flow-matching forward under bfloat16 autocast,
+    weights, AdamW moments and EMA stay float32; ~1.45x faster steps on our AVX512-BF16 CPU)."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     torch.manual_seed(seed)
     np.random.seed(seed)
     os.makedirs(work, exist_ok=True)
@@ -496,7 +501,8 @@ def train(kind: str, out: str, work: str, minutes: float, vae_minutes: float, ba
         state_meta = {"phase": "transformer", "step": step, "elapsed": elapsed, "kind": kind, "batch": batch,
                       "lr": lr, "seed": seed, "cache_size": cache_size, "vae_elapsed": vae_elapsed,
                       "cache_seconds": cache_s, "minutes": minutes, "logit_mean": logit_mean,
-                      "logit_std": logit_std, "init_from": init_from, "fg_weight": fg_weight}
+                      "logit_std": logit_std, "init_from": init_from, "fg_weight": fg_weight,
+                      "precision": precision}
         save_state(work, modules, ema, opt, state_meta)
         export(pipe, kind, modules, ema, out, work)
         tqdm.write(f"[{kind}] step {step}: checkpoint saved, exported to {out}; eval {scores}")
@@ -507,8 +513,9 @@ def train(kind: str, out: str, work: str, minutes: float, vae_minutes: float, ba
         prompts = ["" if order_rng.random() < 0.1 else captions[i] for i in idx]
         for g in opt.param_groups:
             g["lr"] = lr * min(1.0, (step + 1) / warmup)
-        loss = flow_loss(pipe, kind, latents[torch.from_numpy(idx).to(latents.device)], prompts, gen, logit_mean,
-                         logit_std, fg_weight)
+        with torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+            loss = flow_loss(pipe, kind, latents[torch.from_numpy(idx).to(latents.device)], prompts, gen,
+                             logit_mean, logit_std, fg_weight)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -569,6 +576,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                    help="extra weight of object pixels in the VAE loss (e.g. 4 for the video VAE)")
     p.add_argument("--fg-weight", type=float, default=0.0,
                    help="extra weight of object positions in the flow loss (e.g. 4: objects count 5x)")
+    p.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                   help="flow-matching compute: fp32, or bf16 mixed precision (float32 weights; faster on CPUs "
+                        "with AVX512-BF16/AMX and on GPUs)")
     a = p.parse_args(argv)
     device = ("cuda" if torch.cuda.is_available() else "cpu") if a.device == "auto" else a.device
     try:
@@ -581,7 +591,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
           a.minutes if a.minutes is not None else d_minutes, a.vae_minutes if a.vae_minutes is not None else d_vae,
           a.batch or d_batch, a.cache_size or d_cache, a.lr, a.seed, a.resume, a.init_vae, a.log_every,
           a.ckpt_minutes, a.eval_n, a.logit_mean, a.logit_std, a.init_from, a.warmup, a.vae_crop, a.vae_fg_weight,
-          a.fg_weight, device, a.workers)
+          a.fg_weight, device, a.workers, a.precision)
     return 0
 
 

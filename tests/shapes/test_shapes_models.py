@@ -89,13 +89,18 @@ def test_training_loop_exports_checkpoints_and_resumes(tmp_path):
     # A new recipe on the exported weights: no VAE phase, the VAE kept, training starts from the export.
     work2, out2 = str(tmp_path / "work2"), str(tmp_path / "model2")
     train(minutes=0.04, resume=False, **dict(common, work=work2, out=out2, vae_minutes=5.0), init_from=out,
-          logit_mean=1.0, warmup=1)
+          logit_mean=1.0, warmup=1, precision="bf16")
     log2 = [json.loads(line) for line in open(os.path.join(out2, "training_log.jsonl"))]
     assert log2[0] == {"phase": "init", "init_from": out} and not any(r["phase"] == "vae" for r in log2)
     again = DiffusionPipeline.from_pretrained(out2, use_safetensors=True, torch_dtype=torch.float32)
     for k, v in pipe.vae.state_dict().items():
         torch.testing.assert_close(again.vae.state_dict()[k], v)
-    assert json.load(open(os.path.join(work2, "state.json")))["logit_mean"] == 1.0
+    state2 = json.load(open(os.path.join(work2, "state.json")))
+    assert state2["logit_mean"] == 1.0 and state2["precision"] == "bf16"
+    assert all(np.isfinite(r["loss"]) for r in log2 if r["phase"] == "flow")
+    assert again.transformer.dtype == torch.float32
+    with pytest.raises(ValueError, match="precision must be one of"):
+        train(minutes=0.01, resume=False, **common, precision="fp8")
 
 
 def test_load_shapes_errors(tmp_path, monkeypatch):

@@ -108,3 +108,22 @@ def test_train_cli_rejects_an_unusable_device(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "--device 'tpu9' is not usable" in err and "cpu, cuda, cuda:N or auto" in err
     assert not (tmp_path / "m").exists()
+
+
+def test_bf16_mixed_precision_loss_matches_fp32_and_keeps_float32_gradients():
+    from dit_attn.pipelines.shapes.models import build_pipeline
+    from dit_attn.pipelines.shapes.train import flow_loss
+
+    pipe = build_pipeline("t2i", seed=0)
+    x0 = torch.randn(4, pipe.vae.config.latent_channels, 16, 16, generator=torch.Generator().manual_seed(1))
+    prompts = ["a red circle above a blue square", "a small green star on the left", "", "a cyan ring"]
+    losses = []
+    for bf16 in (False, True):
+        pipe.transformer.zero_grad(set_to_none=True)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            loss = flow_loss(pipe, "t2i", x0, prompts, torch.Generator().manual_seed(2), fg_weight=4.0)
+        loss.backward()
+        losses.append(loss.detach().double())
+        grads = [p.grad for p in pipe.transformer.parameters() if p.requires_grad]
+        assert all(g is not None and g.dtype == torch.float32 and torch.isfinite(g).all() for g in grads)
+    assert losses[1].dtype == torch.float64 and abs(losses[1] - losses[0]) < 0.02 * losses[0]
