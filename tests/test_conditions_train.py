@@ -145,6 +145,28 @@ def test_train_resumes_exactly(tmp_path):
     assert json.load(open(tmp_path / "b" / "state.json"))["step"] == 4
     assert os.path.exists(tmp_path / "b" / "checkpoint-2" / "condition.safetensors")
     assert json.load(open(tmp_path / "b" / "checkpoint-2" / "condition.json"))["rank"] == 4  # self-describing
+    # Checkpoints are safetensors + JSON only (a resume unpickles nothing), written through a temporary folder.
+    files = sorted(os.listdir(tmp_path / "b" / "checkpoint-2"))
+    assert files == ["condition.json", "condition.safetensors", "optimizer.json", "optimizer.safetensors"]
+    assert not any(name.endswith(".tmp") for name in os.listdir(tmp_path / "b"))
+    lines = [json.loads(line) for line in open(tmp_path / "b" / "losses.jsonl")]
+    assert [r["step"] for r in lines] == [1, 2, 3, 4]
+    np.testing.assert_allclose([r["loss"] for r in lines], full["losses"], rtol=1e-5)
+
+
+def test_train_resume_ignores_a_half_written_checkpoint_and_rejects_bad_counts(tmp_path):
+    def run(steps):
+        cfg = T.TrainConfig(output_dir=str(tmp_path), steps=steps, batch_size=1, size=32, rank=4, save_every=2,
+                            log_every=3, learning_rate=1e-3, dataset_length=16)
+        return T.train(cfg, pipe=tiny_pipeline("flux"), progress=False)
+
+    run(2)
+    os.makedirs(tmp_path / "checkpoint-4.tmp")  # a save killed half-way: never a resume point
+    resumed = run(4)
+    assert len(resumed["losses"]) == 2 and all(np.isfinite(resumed["losses"]))
+    assert json.load(open(tmp_path / "checkpoint-4" / "optimizer.json"))["step"] == 4
+    with pytest.raises(ValueError, match="log_every must be a positive integer"):
+        T.TrainConfig(output_dir=str(tmp_path), log_every=0)
 
 
 @pytest.mark.parametrize("condition", ["edge", "subject"])
@@ -294,3 +316,12 @@ def test_adapters_docstring_examples_run():
 
     result = doctest.testmod(adapters_module, optionflags=doctest.ELLIPSIS)
     assert result.attempted >= 10 and result.failed == 0
+
+
+def test_checkpoint_docstring_example_runs():
+    import doctest
+
+    from dit_attn import checkpoint
+
+    result = doctest.testmod(checkpoint)
+    assert result.attempted >= 8 and result.failed == 0

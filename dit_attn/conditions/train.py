@@ -33,9 +33,12 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 from dataclasses import asdict, dataclass
 
 import torch
+
+from ..checkpoint import load_optimizer_tensors, optimizer_tensors
 
 SAMPLINGS = ("csas", "logit_normal")
 CONDITIONS = ("edge", "mask", "depth", "subject")
@@ -65,6 +68,7 @@ class TrainConfig:
     guidance: float = 1.0
     seed: int = 0
     save_every: int = 500
+    log_every: int = 10  # steps per read of the losses (one host sync) and per losses.jsonl write
     resume: bool = True
     mixed_precision: str = "no"
     epsilon: float = 0.2
@@ -84,6 +88,9 @@ class TrainConfig:
             raise ValueError(f"condition must be one of {CONDITIONS}, got {self.condition!r}")
         if self.mode not in ("pka", "cached-full", "concat"):
             raise ValueError(f"mode must be 'pka', 'cached-full' or 'concat', got {self.mode!r}")
+        for name in ("steps", "batch_size", "grad_accum", "save_every", "log_every"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
 
 
 def sample_sigmas(n: int, sampling: str, generator: torch.Generator, mu: float = 0.5, delta: float = 1.5):
@@ -352,28 +359,40 @@ def save_adapter(model, config: TrainConfig, folder: str) -> str:
     return path
 
 
-def _lora_only_checkpoints(accelerator, name: str, config: TrainConfig) -> None:
-    """Checkpoints hold the adapter only (not the frozen base model: 24 GB for FLUX.1) with its LoRA settings,
-    plus accelerate's optimizer, RNG and step state; each ``checkpoint-N/<name>.safetensors`` loads with
-    :func:`dit_attn.conditions.adapters.load_condition_adapter`."""
+def save_checkpoint(model, optimizer, config: TrainConfig, folder: str, step: int) -> None:
+    """Write ``folder`` atomically (a temporary folder renamed at the end, so a killed job never leaves a half
+    checkpoint): the adapter only (not the frozen base model: 24 GB for FLUX.1) with its LoRA settings
+    (``<adapter>.safetensors`` + ``.json``, loadable with
+    :func:`dit_attn.conditions.adapters.load_condition_adapter`) and the optimizer state as safetensors + JSON.
+    Nothing is pickled; the data order and noise are functions of the step, so no RNG state is needed."""
+    from safetensors.torch import save_file
+
+    tmp = folder + ".tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    os.makedirs(tmp)
+    save_adapter(model, config, tmp)
+    tensors, groups = optimizer_tensors(optimizer)
+    save_file(tensors, os.path.join(tmp, "optimizer.safetensors"))
+    with open(os.path.join(tmp, "optimizer.json"), "w") as f:
+        json.dump({"step": step, "param_groups": groups}, f, indent=1)
+    shutil.rmtree(folder, ignore_errors=True)
+    os.replace(tmp, folder)
+
+
+def load_checkpoint(model, optimizer, config: TrainConfig, folder: str) -> int:
+    """Restore what :func:`save_checkpoint` wrote into ``model``'s adapter and ``optimizer``; returns the step."""
     from peft.utils import set_peft_model_state_dict
     from safetensors.torch import load_file
 
-    def save(models, weights, output_dir):
-        for model in models:
-            save_adapter(accelerator.unwrap_model(model), config, output_dir)
-        weights.clear()
-
-    def load(models, input_dir):
-        while models:
-            model = accelerator.unwrap_model(models.pop())
-            state = load_file(os.path.join(input_dir, f"{name}.safetensors"))
-            result = set_peft_model_state_dict(model, state, adapter_name=name)
-            if getattr(result, "unexpected_keys", None):
-                raise RuntimeError(f"checkpoint {input_dir} has unexpected adapter keys {result.unexpected_keys[:4]}")
-
-    accelerator.register_save_state_pre_hook(save)
-    accelerator.register_load_state_pre_hook(load)
+    name = config.adapter_name
+    result = set_peft_model_state_dict(model, load_file(os.path.join(folder, f"{name}.safetensors")),
+                                       adapter_name=name)
+    if getattr(result, "unexpected_keys", None):
+        raise RuntimeError(f"checkpoint {folder} has unexpected adapter keys {result.unexpected_keys[:4]}")
+    with open(os.path.join(folder, "optimizer.json")) as f:
+        meta = json.load(f)
+    load_optimizer_tensors(optimizer, load_file(os.path.join(folder, "optimizer.safetensors")), meta["param_groups"])
+    return int(meta["step"])
 
 
 # --- the loop -----------------------------------------------------------------------------------------------------
@@ -403,7 +422,6 @@ def train(config: TrainConfig, pipe=None, progress: bool = True) -> dict:
     with torch.random.fork_rng():
         torch.manual_seed(config.seed)  # the adapter's initial weights are a function of the seed
         params = add_condition_adapter(transformer, config)
-    _lora_only_checkpoints(accelerator, config.adapter_name, config)
     optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=0.0)
     trainer = ConditionTrainer(pipe, config, transformer)
     model, optimizer = accelerator.prepare(transformer, optimizer)
@@ -413,9 +431,9 @@ def train(config: TrainConfig, pipe=None, progress: bool = True) -> dict:
     start = 0
     latest = _latest_checkpoint(config.output_dir) if config.resume else None
     if latest is not None:
-        accelerator.load_state(os.path.join(config.output_dir, f"checkpoint-{latest}"))
-        start = latest
-    losses = []
+        start = load_checkpoint(accelerator.unwrap_model(model), optimizer, config,
+                                os.path.join(config.output_dir, f"checkpoint-{latest}"))
+    losses, pending = [], []
     bar = tqdm(range(start, config.steps), initial=start, total=config.steps, desc="train-conditions",
                disable=not (progress and accelerator.is_main_process))
     try:
@@ -430,18 +448,27 @@ def train(config: TrainConfig, pipe=None, progress: bool = True) -> dict:
                 accelerator.backward(loss)
                 optimizer.step()
                 optimizer.zero_grad()
-            value = float(loss.detach())  # once per step, for the log
-            if not math.isfinite(value):
-                raise FloatingPointError(f"loss is {value} at step {step}")
-            losses.append(value)
-            bar.set_postfix(loss=f"{value:.4f}")
-            with open(os.path.join(config.output_dir, "losses.jsonl"), "a") as f:
-                f.write(json.dumps({"step": step + 1, "loss": value}) + "\n")
+            pending.append(loss.detach())  # read in groups below: no host sync per step
             done = step + 1
-            if done % config.save_every == 0 or done == config.steps:
+            saving = done % config.save_every == 0 or done == config.steps
+            if saving or done % config.log_every == 0:
+                values = torch.stack(pending).float().cpu().tolist()
+                first = done - len(values)
+                pending.clear()
+                bad = [(first + i + 1, v) for i, v in enumerate(values) if not math.isfinite(v)]
+                if bad:
+                    raise FloatingPointError(f"loss is {bad[0][1]} at step {bad[0][0]}")
+                losses.extend(values)
+                bar.set_postfix(loss=f"{values[-1]:.4f}")
+                if accelerator.is_main_process:
+                    with open(os.path.join(config.output_dir, "losses.jsonl"), "a") as f:
+                        f.writelines(json.dumps({"step": first + i + 1, "loss": v}) + "\n"
+                                     for i, v in enumerate(values))
+            if saving:
                 accelerator.wait_for_everyone()
                 if accelerator.is_main_process:
-                    accelerator.save_state(os.path.join(config.output_dir, f"checkpoint-{done}"))
+                    save_checkpoint(accelerator.unwrap_model(model), optimizer, config,
+                                    os.path.join(config.output_dir, f"checkpoint-{done}"), done)
                     with open(os.path.join(config.output_dir, "state.json"), "w") as f:
                         json.dump({"step": done, "config": asdict(config)}, f, indent=1, default=str)
     finally:

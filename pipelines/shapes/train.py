@@ -45,6 +45,8 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from dit_attn.checkpoint import load_optimizer_tensors, optimizer_tensors
+
 from .models import KINDS, NUM_FRAMES, RESOLUTION, T5_MAX_LENGTH, build_pipeline, is_framewise, text_encoder_names
 from .render import render_image, render_video, to_tensor_image
 from .world import sample_scene, scene_rng
@@ -92,11 +94,8 @@ def save_state(work: str, modules: dict[str, torch.nn.Module], ema: dict[str, to
         tensors[f"ema/{k}"] = v.to("cpu", copy=True)
     meta = dict(meta)
     if opt is not None:
-        sd = opt.state_dict()
-        for pid, st in sd["state"].items():
-            for k, v in st.items():
-                tensors[f"opt/{pid}/{k}"] = (v if torch.is_tensor(v) else torch.tensor(v)).cpu().contiguous()
-        meta["param_groups"] = sd["param_groups"]
+        opt_tensors, meta["param_groups"] = optimizer_tensors(opt)
+        tensors.update(opt_tensors)
     tmp = os.path.join(work, "state.tmp.safetensors")
     save_file(tensors, tmp)
     os.replace(tmp, os.path.join(work, "state.safetensors"))
@@ -118,12 +117,7 @@ def load_state(work: str, modules: dict[str, torch.nn.Module], ema: dict[str, to
     for k in list(ema):
         ema[k].copy_(tensors[f"ema/{k}"])
     if opt is not None and "param_groups" in meta:
-        state: dict[int, dict] = {}
-        for k, v in tensors.items():
-            if k.startswith("opt/"):
-                _, pid, key = k.split("/", 2)
-                state.setdefault(int(pid), {})[key] = v
-        opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+        load_optimizer_tensors(opt, tensors, meta["param_groups"])
     return meta
 
 
