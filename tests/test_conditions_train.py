@@ -167,6 +167,36 @@ def test_train_resume_ignores_a_half_written_checkpoint_and_rejects_bad_counts(t
     assert json.load(open(tmp_path / "checkpoint-4" / "optimizer.json"))["step"] == 4
     with pytest.raises(ValueError, match="log_every must be a positive integer"):
         T.TrainConfig(output_dir=str(tmp_path), log_every=0)
+    with pytest.raises(ValueError, match=r"save_every \(3\) must be a multiple of grad_accum \(2\)"):
+        T.TrainConfig(output_dir=str(tmp_path), steps=4, save_every=3, grad_accum=2)
+    with pytest.raises(ValueError, match="mixed_precision must be"):
+        T.TrainConfig(output_dir=str(tmp_path), mixed_precision="fp8")
+    # An existing run is never overwritten by a fresh one, and an old-format checkpoint gets a clear error.
+    with pytest.raises(ValueError, match="holds checkpoints of an earlier run"):
+        T.train(T.TrainConfig(output_dir=str(tmp_path), steps=2, batch_size=1, size=32, rank=4, resume=False,
+                              dataset_length=16), pipe=tiny_pipeline("flux"), progress=False)
+    os.remove(tmp_path / "checkpoint-4" / "optimizer.json")
+    with pytest.raises(RuntimeError, match="written by an older dit_attn"):
+        run(6)
+
+
+def test_train_resume_with_gradient_accumulation_gives_the_same_adapter(tmp_path):
+    from safetensors.torch import load_file
+
+    def run(out, steps):
+        cfg = T.TrainConfig(output_dir=str(out), steps=steps, batch_size=1, size=32, rank=4, save_every=2,
+                            grad_accum=2, learning_rate=1e-2, dataset_length=16)
+        return T.train(cfg, pipe=tiny_pipeline("flux"), progress=False)
+
+    full = run(tmp_path / "a", 6)
+    run(tmp_path / "b", 2)
+    resumed = run(tmp_path / "b", 6)
+    np.testing.assert_allclose(resumed["losses"], full["losses"][2:], rtol=1e-5)
+    a, b = load_file(full["adapter"]), load_file(resumed["adapter"])
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-7)
+    assert json.load(open(tmp_path / "b" / "checkpoint-4" / "condition.json"))["trained_steps"] == 4
+    assert json.load(open(tmp_path / "b" / "checkpoint-4" / "optimizer.json"))["accumulation_step"] == 4
 
 
 @pytest.mark.parametrize("condition", ["edge", "subject"])

@@ -12,8 +12,9 @@ FLUX / diffusers flow-matching convention):
    into the adapter); KSA masks come from the same forward's logits (there is no previous step in training);
 3. MSE on the velocity.
 
-Resumable (``accelerate`` state in ``output_dir/checkpoint-N``, step and config in ``state.json``), tqdm progress,
-``accelerate launch`` for several GPUs. Data: ShapesWorld (:class:`dit_attn.pipelines.shapes.ShapesConditionDataset`)
+Resumable (adapter + optimizer state as safetensors + JSON in ``output_dir/checkpoint-N``, step and config in
+``state.json``; a resumed run continues exactly), tqdm progress, ``accelerate launch`` for several GPUs (each
+process draws its own batches). Data: ShapesWorld (:class:`dit_attn.pipelines.shapes.ShapesConditionDataset`)
 or a folder with ``metadata.jsonl`` lines ``{"image": ..., "condition": ..., "caption": ..., "keyword": ...}``
 (paths relative to the folder; ``keyword`` only for subject adapters).
 
@@ -88,9 +89,15 @@ class TrainConfig:
             raise ValueError(f"condition must be one of {CONDITIONS}, got {self.condition!r}")
         if self.mode not in ("pka", "cached-full", "concat"):
             raise ValueError(f"mode must be 'pka', 'cached-full' or 'concat', got {self.mode!r}")
-        for name in ("steps", "batch_size", "grad_accum", "save_every", "log_every"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
+        for name in ("steps", "batch_size", "grad_accum", "save_every", "log_every", "rank", "size"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        for name in ("steps", "save_every"):  # checkpoints and the end fall on optimizer steps, not mid-accumulation
+            if getattr(self, name) % self.grad_accum:
+                raise ValueError(f"{name} ({getattr(self, name)}) must be a multiple of grad_accum ({self.grad_accum})")
+        if self.mixed_precision not in ("no", "fp16", "bf16"):
+            raise ValueError(f"mixed_precision must be 'no', 'fp16' or 'bf16', got {self.mixed_precision!r}")
 
 
 def sample_sigmas(n: int, sampling: str, generator: torch.Generator, mu: float = 0.5, delta: float = 1.5):
@@ -346,7 +353,7 @@ def _subject(tokens, adapter):
     return SubjectCondition(tokens, "subject", adapter=adapter)
 
 
-def save_adapter(model, config: TrainConfig, folder: str) -> str:
+def save_adapter(model, config: TrainConfig, folder: str, trained_steps: int | None = None) -> str:
     """Write ``folder/<adapter>.safetensors`` and, beside it, ``<adapter>.json`` with the LoRA settings
     (:func:`dit_attn.conditions.adapters.load_condition_adapter` reads rank, alpha and targets from it)."""
     from safetensors.torch import save_file
@@ -355,35 +362,44 @@ def save_adapter(model, config: TrainConfig, folder: str) -> str:
     path = os.path.join(folder, f"{name}.safetensors")
     save_file(adapter_state_dict(model, name), path)
     with open(os.path.join(folder, f"{name}.json"), "w") as f:
-        json.dump(dict(asdict(config), trained_steps=config.steps), f, indent=1, default=str)
+        json.dump(dict(asdict(config), trained_steps=config.steps if trained_steps is None else trained_steps), f,
+                  indent=1, default=str)
     return path
 
 
-def save_checkpoint(model, optimizer, config: TrainConfig, folder: str, step: int) -> None:
+def save_checkpoint(accelerator, model, optimizer, config: TrainConfig, folder: str, step: int) -> None:
     """Write ``folder`` atomically (a temporary folder renamed at the end, so a killed job never leaves a half
     checkpoint): the adapter only (not the frozen base model: 24 GB for FLUX.1) with its LoRA settings
     (``<adapter>.safetensors`` + ``.json``, loadable with
     :func:`dit_attn.conditions.adapters.load_condition_adapter`) and the optimizer state as safetensors + JSON.
-    Nothing is pickled; the data order and noise are functions of the step, so no RNG state is needed."""
+    Nothing is pickled; the data order and noise are functions of the step, so no RNG state is needed; the
+    gradient-accumulation counter and the fp16 loss scale are kept in ``optimizer.json``."""
     from safetensors.torch import save_file
 
     tmp = folder + ".tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     os.makedirs(tmp)
-    save_adapter(model, config, tmp)
+    save_adapter(model, config, tmp, trained_steps=step)
     tensors, groups = optimizer_tensors(optimizer)
     save_file(tensors, os.path.join(tmp, "optimizer.safetensors"))
+    scaler = getattr(accelerator, "scaler", None)
     with open(os.path.join(tmp, "optimizer.json"), "w") as f:
-        json.dump({"step": step, "param_groups": groups}, f, indent=1)
+        json.dump({"step": step, "accumulation_step": int(accelerator.step), "param_groups": groups,
+                   "grad_scaler": scaler.state_dict() if scaler is not None else None}, f, indent=1)
     shutil.rmtree(folder, ignore_errors=True)
     os.replace(tmp, folder)
 
 
-def load_checkpoint(model, optimizer, config: TrainConfig, folder: str) -> int:
-    """Restore what :func:`save_checkpoint` wrote into ``model``'s adapter and ``optimizer``; returns the step."""
+def load_checkpoint(accelerator, model, optimizer, config: TrainConfig, folder: str) -> int:
+    """Restore what :func:`save_checkpoint` wrote into ``model``'s adapter, ``optimizer`` and ``accelerator``
+    (accumulation counter, fp16 loss scale); returns the step."""
     from peft.utils import set_peft_model_state_dict
     from safetensors.torch import load_file
 
+    if not os.path.isfile(os.path.join(folder, "optimizer.json")):
+        raise RuntimeError(f"{folder} has no optimizer.json: it was written by an older dit_attn (accelerate "
+                           "pickles), which this version does not read back; continue from its adapter with a new "
+                           "output_dir, or delete the checkpoint folders to start over")
     name = config.adapter_name
     result = set_peft_model_state_dict(model, load_file(os.path.join(folder, f"{name}.safetensors")),
                                        adapter_name=name)
@@ -392,6 +408,10 @@ def load_checkpoint(model, optimizer, config: TrainConfig, folder: str) -> int:
     with open(os.path.join(folder, "optimizer.json")) as f:
         meta = json.load(f)
     load_optimizer_tensors(optimizer, load_file(os.path.join(folder, "optimizer.safetensors")), meta["param_groups"])
+    accelerator.step = int(meta.get("accumulation_step", meta["step"]))
+    scaler = getattr(accelerator, "scaler", None)
+    if scaler is not None and meta.get("grad_scaler"):
+        scaler.load_state_dict(meta["grad_scaler"])
     return int(meta["step"])
 
 
@@ -408,8 +428,10 @@ def train(config: TrainConfig, pipe=None, progress: bool = True) -> dict:
     """Train a condition adapter; returns ``{"step", "losses", "adapter"}`` (the saved adapter's path).
 
     ``pipe``: a FLUX-architecture pipeline (e.g. ``dit_attn.pipelines.load_shapes("flux")``); required.
-    Writes ``output_dir/checkpoint-N`` (accelerate state, resumable), ``output_dir/<adapter>.safetensors``,
-    ``losses.jsonl`` and ``state.json``.
+    Writes ``output_dir/checkpoint-N`` (:func:`save_checkpoint`; ``resume=True`` continues from the latest),
+    ``output_dir/<adapter>.safetensors``, ``losses.jsonl`` (one line per step) and ``state.json``. ``"losses"``
+    holds the steps run by this call (after a resume: from the checkpoint's step on). ``resume=False`` refuses an
+    ``output_dir`` that holds checkpoints (nothing is overwritten).
     """
     from accelerate import Accelerator
     from tqdm.auto import tqdm
@@ -429,17 +451,30 @@ def train(config: TrainConfig, pipe=None, progress: bool = True) -> dict:
     cache = load_or_build_latent_cache(trainer, dataset, config, progress) if config.cache_latents else None
     vae_param = next(pipe.vae.parameters())
     start = 0
-    latest = _latest_checkpoint(config.output_dir) if config.resume else None
+    latest = _latest_checkpoint(config.output_dir)
+    if latest is not None and not config.resume:
+        raise ValueError(f"{config.output_dir} holds checkpoints of an earlier run (checkpoint-{latest}): pass "
+                         "resume=True (--resume true) to continue it, or choose an empty output_dir")
     if latest is not None:
-        start = load_checkpoint(accelerator.unwrap_model(model), optimizer, config,
+        start = load_checkpoint(accelerator, accelerator.unwrap_model(model), optimizer, config,
                                 os.path.join(config.output_dir, f"checkpoint-{latest}"))
+    losses_path = os.path.join(config.output_dir, "losses.jsonl")
+    if accelerator.is_main_process:  # keep the lines up to the resume point: steps after it are run again
+        kept = []
+        if start and os.path.exists(losses_path):
+            with open(losses_path) as f:
+                kept = [line for line in f if line.strip() and json.loads(line)["step"] <= start]
+        with open(losses_path, "w") as f:
+            f.writelines(kept)
     losses, pending = [], []
     bar = tqdm(range(start, config.steps), initial=start, total=config.steps, desc="train-conditions",
                disable=not (progress and accelerator.is_main_process))
     try:
         for step in bar:
             # Data order and noise are functions of the step: a resumed run continues exactly.
-            gen = torch.Generator().manual_seed(config.seed * 1_000_003 + step)
+            # Each process draws its own batches (process 0 as in a single-process run).
+            gen = torch.Generator().manual_seed(config.seed * 1_000_003 + step
+                                                + accelerator.process_index * 1_000_000_007)
             ids = torch.randint(len(dataset), (config.batch_size,), generator=gen).tolist()
             batch = (_cached_batch(cache, ids, vae_param.device, vae_param.dtype) if cache is not None
                      else _collate([dataset[i] for i in ids]))
@@ -461,13 +496,13 @@ def train(config: TrainConfig, pipe=None, progress: bool = True) -> dict:
                 losses.extend(values)
                 bar.set_postfix(loss=f"{values[-1]:.4f}")
                 if accelerator.is_main_process:
-                    with open(os.path.join(config.output_dir, "losses.jsonl"), "a") as f:
+                    with open(losses_path, "a") as f:
                         f.writelines(json.dumps({"step": first + i + 1, "loss": v}) + "\n"
                                      for i, v in enumerate(values))
             if saving:
                 accelerator.wait_for_everyone()
                 if accelerator.is_main_process:
-                    save_checkpoint(accelerator.unwrap_model(model), optimizer, config,
+                    save_checkpoint(accelerator, accelerator.unwrap_model(model), optimizer, config,
                                     os.path.join(config.output_dir, f"checkpoint-{done}"), done)
                     with open(os.path.join(config.output_dir, "state.json"), "w") as f:
                         json.dump({"step": done, "config": asdict(config)}, f, indent=1, default=str)
