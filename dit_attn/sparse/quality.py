@@ -68,7 +68,7 @@ def _load(model: str, steps: int, seed: int):
         return load_shapes(kind), kwargs, 16
     from diffusers import DiffusionPipeline
 
-    pipe = DiffusionPipeline.from_pretrained(model, local_files_only=True)
+    pipe = DiffusionPipeline.from_pretrained(model, local_files_only=True, use_safetensors=True)
     kwargs = dict(prompt="a red circle above a blue square", num_inference_steps=steps,
                   generator=torch.Generator().manual_seed(seed), output_type="np")
     return pipe, kwargs, 128

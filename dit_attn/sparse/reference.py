@@ -55,7 +55,8 @@ def rectified_sparse_reference(
     T, Hg, Wg = grid
     v0, v1 = vis
     nv = v1 - v0
-    assert T * Hg * Wg == nv
+    if T * Hg * Wg != nv:
+        raise ValueError(f"grid {tuple(grid)} holds {T * Hg * Wg} tokens but the visual span {tuple(vis)} has {nv}")
     text_pos = list(range(*text)) if text is not None else []
     order = gilbert_order(grid).tolist()
     vis_pos = [v0 + r for r in order]  # sequence position of the visual token at curve position p

@@ -451,10 +451,11 @@ def train(kind: str, out: str, work: str, minutes: float, vae_minutes: float, ba
     # Phase 1: VAE
     vae_dir = os.path.join(work, "vae")
     if os.path.exists(os.path.join(work, "vae_done.json")):
-        pipe.register_modules(vae=vae_cls.from_pretrained(vae_dir, torch_dtype=torch.float32).to(device))
+        pipe.register_modules(vae=vae_cls.from_pretrained(vae_dir, torch_dtype=torch.float32, use_safetensors=True).to(device))
     else:
         if init_vae:
-            pipe.register_modules(vae=vae_cls.from_pretrained(init_vae, torch_dtype=torch.float32).to(device))
+            pipe.register_modules(vae=vae_cls.from_pretrained(init_vae, torch_dtype=torch.float32,
+                                                               use_safetensors=True).to(device))
         train_vae(kind, pipe.vae, work, vae_minutes * 60.0, seed, 16 if kind != "t2v" else 4, log, meta,
                   crop=vae_crop, fg_weight=vae_fg_weight)
         meta = None
@@ -482,6 +483,9 @@ def train(kind: str, out: str, work: str, minutes: float, vae_minutes: float, ba
     if meta is not None and meta.get("phase") == "transformer":
         meta = load_state(work, modules, ema, opt)
         step, elapsed = int(meta["step"]), float(meta["elapsed"])
+        if meta.get("precision", "fp32") != precision:  # allowed (the weights are float32 either way): say so
+            tqdm.write(f"[{kind}] resuming a {meta.get('precision', 'fp32')} run with precision {precision}")
+            log.write(phase="note", step=step, precision_from=meta.get("precision", "fp32"), precision=precision)
         cache_s = float(meta.get("cache_seconds", cache_s))  # a resumed run reads the cache: charge the first build
     seconds = budget - vae_elapsed - cache_s
     gen = torch.Generator().manual_seed(seed * 7919 + step)  # a resumed run continues with fresh, seeded draws
