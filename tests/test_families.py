@@ -117,3 +117,20 @@ def test_every_family_has_a_case():
 def test_family_of_rejects_other_models():
     with pytest.raises(ValueError, match="supported model families: sd3"):
         family_of(torch.nn.Linear(1, 1))
+
+
+def test_flux_grid_is_read_once_per_img_ids_tensor():
+    """The grid read from ``img_ids`` (a host read) is cached by tensor identity and version: the pipelines pass
+    the same ids at every step; new or modified ids are read again."""
+    from dit_attn.families import _flux_grid
+
+    owner = torch.nn.Module()
+    rows, cols = torch.meshgrid(torch.arange(3), torch.arange(5), indexing="ij")
+    ids = torch.stack([torch.zeros(15), rows.flatten().float(), cols.flatten().float()], dim=1)
+    assert _flux_grid(owner, {"img_ids": ids}, None) == (1, 3, 5)
+    assert owner._dit_attn_grid_cache[0]() is ids
+    ids[-1, 1] = 6.0  # in place: a new version
+    assert _flux_grid(owner, {"img_ids": ids}, None) == (1, 7, 5)
+    other = ids[:10].clone()  # new tensor
+    assert _flux_grid(owner, {"img_ids": other}, None) == (1, 2, 5)
+    assert _flux_grid(owner, {"img_ids": ids[None]}, None) == (1, 7, 5)  # 3-D ids (deprecated diffusers form)

@@ -187,6 +187,14 @@ def _own_attention(q, k, v, scale, key_bias, key_bias_rows):
     if key_bias is None or key_bias_rows is None:
         return attention_lse(q, k, v, scale, key_bias)
     n = q.shape[1]
+    if isinstance(key_bias_rows, slice) and key_bias_rows.indices(n)[2] == 1:
+        # The usual case (the image rows): contiguous slices, no index tensors and no host sync.
+        start, stop, _ = key_bias_rows.indices(n)
+        out_b, lse_b = attention_lse(q[:, start:stop], k, v, scale, key_bias)
+        parts = [attention_lse(q[:, a:b], k, v, scale, None) if a != start else (out_b, lse_b)
+                 for a, b in ((0, start), (start, stop), (stop, n)) if b > a]
+        return (torch.cat([o.to(out_b.dtype) for o, _ in parts], dim=2),
+                torch.cat([lse.to(lse_b.dtype) for _, lse in parts], dim=2))
     biased = torch.zeros(n, dtype=torch.bool)
     biased[key_bias_rows] = True
     rows_b = biased.nonzero().squeeze(1).to(q.device)

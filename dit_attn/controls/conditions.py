@@ -155,7 +155,8 @@ class MultiCondition(Control):
     def _reset(self) -> None:
         self._kv.clear()
         self._state.update(cache_key=None, encoded={}, writing=None, keywords=None, prompts=None, max_len=None,
-                           masks_prev={}, masks_cur={}, mask_step=None, forwards=0)
+                           masks_prev={}, masks_cur={}, mask_step=None, forwards=0,
+                           keywords_on_device=None)
 
     def reset(self) -> None:
         """Forget the condition cache, encodings and KSA masks (a pipeline call does this by itself; call it
@@ -411,8 +412,12 @@ class MultiCondition(Control):
         now = {}
         keywords = st["keywords"] if st["keywords"] is not None else st.get("keywords_given")
         if self.mode == "pka" and self.subjects and info["cond"] and keywords is not None:
-            for k, w in enumerate(keywords):
-                w = w.to(call.key.device)
+            # One copy to the device per prompt, not per attention call (a host-to-device copy waits for the GPU).
+            on_device = st.get("keywords_on_device")
+            if on_device is None or on_device[0] is not keywords or on_device[1] != call.key.device:
+                on_device = (keywords, call.key.device, [w.to(call.key.device) for w in keywords])
+                st["keywords_on_device"] = on_device
+            for k, w in enumerate(on_device[2]):
                 b = call.key.shape[0]
                 if w.shape[0] != b and b % w.shape[0] == 0:  # prompts x num_images_per_prompt
                     w = w.repeat_interleave(b // w.shape[0], dim=0)

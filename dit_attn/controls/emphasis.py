@@ -21,6 +21,7 @@ from __future__ import annotations
 import functools
 import inspect
 import math
+import weakref
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
@@ -68,6 +69,8 @@ class Emphasis(Control):
     schedule: Callable[[float], float] | None = None
     _by_embeds: dict = field(default_factory=dict, init=False, repr=False)
     _last: dict = field(default_factory=dict, init=False, repr=False)
+    _last_active: dict = field(default_factory=dict, init=False, repr=False)  # role -> per row: any weight != 1
+    _matched: tuple | None = field(default=None, init=False, repr=False)  # last _match_rows result, by text
     _restore: list = field(default_factory=list, init=False, repr=False)
 
     def __post_init__(self):
@@ -117,6 +120,8 @@ class Emphasis(Control):
         self._restore.clear()
         self._by_embeds.clear()
         self._last.clear()
+        self._last_active.clear()
+        self._matched = None
 
     def prompt_as_encoded(self, text: str) -> str:
         """The text the text encoders see for ``text`` while attached (the syntax stripped): controls that locate
@@ -154,10 +159,16 @@ class Emphasis(Control):
                     f"({type(pipe).__name__}); please report this")
             if self.mode != "attention":
                 self._reweight_embeddings(pipe, embeds, w, bound)
-            self._by_embeds[embeds.data_ptr()] = (embeds, w)
+            # Weights live on the text's device and their activity is read here, on the CPU: the per-forward and
+            # per-attention-call code then never copies to the GPU or reads from it (both wait for the GPU).
+            active = tuple((w != 1).any(dim=1).tolist())  # per row
+            w = w.to(embeds.device)
+            self._by_embeds[embeds.data_ptr()] = (embeds, w, active)
             while len(self._by_embeds) > _MAX_RECORDED:  # oldest first (dicts keep insertion order)
                 self._by_embeds.pop(next(iter(self._by_embeds)))
             self._last[role] = w
+            self._last_active[role] = active
+            self._matched = None
 
     def _reweight_embeddings(self, pipe, embeds: torch.Tensor, w: torch.Tensor, bound) -> None:
         w = w.to(embeds.device, embeds.dtype)[..., None]
@@ -187,6 +198,8 @@ class Emphasis(Control):
     def set_weights(self, cond: torch.Tensor, uncond: torch.Tensor | None = None) -> None:
         """Give token weights directly (``[batch or 1, text_len]``), e.g. when attached to a bare transformer."""
         self._last = {COND: cond} if uncond is None else {COND: cond, UNCOND: uncond}
+        self._last_active = {role: tuple((torch.as_tensor(w) != 1).reshape(w.shape[0], -1).any(dim=1).tolist())
+                             for role, w in self._last.items()}
 
     # --- per forward: pick the weights of this forward's text ------------------------------------------------
     def before_forward(self, state: ForwardState, args, kwargs):
@@ -195,37 +208,52 @@ class Emphasis(Control):
             return args, kwargs
         text = kwargs.get("encoder_hidden_states")
         roles = state.batch_roles or ()
-        weights = None
+        weights, active = None, False
         if isinstance(text, torch.Tensor) and text.data_ptr() in self._by_embeds:
-            weights = self._by_embeds[text.data_ptr()][1]
-        elif isinstance(text, torch.Tensor) and (matched := self._match_rows(text)) is not None:
-            weights = matched
+            _, weights, flags = self._by_embeds[text.data_ptr()]
+            active = any(flags)
+        elif isinstance(text, torch.Tensor) and (matched := self._match_rows_cached(text)) is not None:
+            weights, active = matched
         elif self._last:
             rows, seen = [], {}
             for role in roles:
-                source = self._last.get(role, self._last.get(COND))
+                key = role if role in self._last else COND
+                source = self._last.get(key)
                 i = seen.get(role, 0)
                 seen[role] = i + 1
                 rows.append(source[i % source.shape[0]] if source is not None else None)
+                flags = self._last_active.get(key)
+                active = active or (flags[i % len(flags)] if flags else True)
             if rows and all(r is not None for r in rows):
                 weights = torch.stack(rows)
-        if weights is not None and bool((weights != 1).any()):
+        if weights is not None and active:
             state.extra[id(self)] = weights
         return args, kwargs
 
-    def _match_rows(self, text: torch.Tensor) -> torch.Tensor | None:
+    def _match_rows_cached(self, text: torch.Tensor) -> tuple[torch.Tensor, bool] | None:
+        """:meth:`_match_rows` once per text tensor: pipelines pass the same ``cat([neg, pos])`` tensor at every
+        step, and matching by content reads from the GPU."""
+        cached = self._matched
+        if cached is not None and cached[0]() is text and cached[1] == text._version:
+            return cached[2]
+        result = self._match_rows(text)
+        self._matched = (weakref.ref(text), text._version, result)
+        return result
+
+    def _match_rows(self, text: torch.Tensor) -> tuple[torch.Tensor, bool] | None:
         """Weights for a text batch assembled from recorded encodings (SD3/CogVideoX's ``cat([neg, pos])``,
         rows copied by other controls such as SoftPAG): each row is matched by content to a recorded row. One
         comparison per row and recorded prompt, once per forward (not per attention call)."""
-        rows = []
+        rows, active = [], False
         for r in range(text.shape[0]):
-            found = [w[j] for embeds, w in self._by_embeds.values()
+            found = [(w[j], flags[j]) for embeds, w, flags in self._by_embeds.values()
                      if embeds.shape[1:] == text.shape[1:] and embeds.device == text.device
                      for j in range(embeds.shape[0]) if torch.equal(embeds[j], text[r])]
-            if not found or any(not torch.equal(f, found[0]) for f in found[1:]):
+            if not found or any(not torch.equal(f, found[0][0]) for f, _ in found[1:]):
                 return None  # unknown, or the same text with different weights (e.g. prompt = negative prompt)
-            rows.append(found[0])
-        return torch.stack(rows)
+            rows.append(found[0][0])
+            active = active or found[0][1]
+        return torch.stack(rows), active
 
     # --- per attention call ------------------------------------------------------------------------------
     def applies_to(self, layout: Layout) -> bool:
@@ -269,7 +297,7 @@ class Emphasis(Control):
                     rows.append(cond[k % len(cond)])
                 else:
                     rows.append(position[i])
-            return log_w[torch.tensor(rows, device=log_w.device)]
+            return torch.stack([log_w[i] for i in rows])  # integer views: no index tensor to copy to the GPU
         if log_w.shape[0] == 1:
             return log_w.expand(len(roles), -1)
         return log_w.repeat(math.ceil(len(roles) / log_w.shape[0]), 1)[: len(roles)]
