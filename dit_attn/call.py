@@ -74,6 +74,22 @@ class AttentionCall:
     additive, SDPA-broadcastable). ``key_bias`` (broadcastable to ``[B, H, Nk]``) is added to the logits of every
     query for that key, or only of the query rows in ``key_bias_rows`` (e.g. image rows, leaving text rows
     exactly stock: the call is then split along the queries). ``logit_scale`` multiplies the logits (on top of ``scale``, default ``D**-0.5``).
+
+    Example (what a control's ``prepare`` typically does to a call):
+        >>> import torch
+        >>> from dit_attn.call import AttentionCall
+        >>> from dit_attn.layout import Layout
+        >>> layout = Layout(family="sd3", site=None, kind="joint", heads=2, head_dim=8,
+        ...                 query_segments={"image": (0, 16), "text": (16, 20)},
+        ...                 key_segments={"image": (0, 16), "text": (16, 20)}, batch_size=1)
+        >>> q, k, v = (torch.randn(1, 20, 2, 8) for _ in range(3))  # [B, N, H, D]
+        >>> call = AttentionCall(q, k, v, layout)
+        >>> call.is_plain, round(call.effective_scale, 4)
+        (True, 0.3536)
+        >>> edited = call.replace(logit_scale=2.0)  # a copy: ``call`` itself is unchanged
+        >>> edited.add_key_bias(torch.zeros(20))
+        >>> edited.is_plain, call.is_plain, round(edited.effective_scale, 4)
+        (False, True, 0.7071)
     """
 
     query: torch.Tensor
@@ -221,7 +237,30 @@ def _split_sparse_rows(call: AttentionCall) -> torch.Tensor:
 
 
 def execute(call: AttentionCall) -> torch.Tensor:
-    """Run the attention described by ``call`` and return ``[B, Nq, H, D]`` in the query's dtype."""
+    """Run the attention described by ``call`` and return ``[B, Nq, H, D]`` in the query's dtype.
+
+    Example (a plain call equals SDPA; a ``-inf`` key bias masks keys; extra key sets merge exactly):
+        >>> import torch
+        >>> from dit_attn.call import AttentionCall, KeySet, execute
+        >>> from dit_attn.layout import Layout
+        >>> sdpa = lambda q, k, v: torch.nn.functional.scaled_dot_product_attention(
+        ...     q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)).transpose(1, 2)
+        >>> layout = Layout(family="sd3", site=None, kind="joint", heads=2, head_dim=8,
+        ...                 query_segments={"image": (0, 16), "text": (16, 20)},
+        ...                 key_segments={"image": (0, 16), "text": (16, 20)}, batch_size=1)
+        >>> q, k, v = (torch.randn(1, 20, 2, 8) for _ in range(3))  # [B, N, H, D]
+        >>> out = execute(AttentionCall(q, k, v, layout))
+        >>> out.shape, torch.allclose(out, sdpa(q, k, v), atol=1e-6)
+        (torch.Size([1, 20, 2, 8]), True)
+        >>> bias = torch.zeros(20)
+        >>> bias[layout.key_slice("text")] = float("-inf")  # image keys only
+        >>> out = execute(AttentionCall(q, k, v, layout, key_bias=bias))
+        >>> torch.allclose(out, sdpa(q, k[:, :16], v[:, :16]), atol=1e-6)
+        True
+        >>> split = AttentionCall(q, k[:, :10], v[:, :10], layout, extra_keys=[KeySet(k[:, 10:], v[:, 10:])])
+        >>> torch.allclose(execute(split), sdpa(q, k, v), atol=1e-5)
+        True
+    """
     if call.sparse is not None and call.sparse.output_order is not None:
         out = execute(call.replace(sparse=replace(call.sparse, output_order=None)))
         return out.index_select(1, call.sparse.output_order)

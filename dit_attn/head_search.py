@@ -127,6 +127,26 @@ def search_heads(pipe, candidates=None, objective: Callable | None = None, promp
         out_dir: checkpoints and outputs (see the module docstring); an existing search there is resumed.
         base: heads perturbed in every candidate run (a starting S).
         call_kwargs: passed to every pipeline call (steps, size, guidance...; the paper searches without CFG).
+
+    Example (the two heads of block 0 of a tiny SD3, one round, mean brightness as a cheap objective)::
+
+        >>> import os, tempfile
+        >>> import numpy as np
+        >>> import dit_attn
+        >>> from dit_attn.testing import tiny_pipeline
+        >>> pipe = tiny_pipeline("sd3")
+        >>> def brightness(images, prompts):
+        ...     return [float(np.asarray(im, dtype=float).mean()) for im in images]
+        >>> with tempfile.TemporaryDirectory() as out:
+        ...     result = dit_attn.search_heads(pipe, candidates="transformer_blocks.0:*", objective=brightness,
+        ...                                    prompts=["a red circle"], seeds=[0], rounds=1, top_k=1, out_dir=out,
+        ...                                    progress=False, num_inference_steps=1, height=48, width=64,
+        ...                                    guidance_scale=1.0)
+        ...     files = sorted(os.listdir(out))
+        >>> sorted(result.rounds[0]), len(result.heads)
+        (['transformer_blocks.0:0', 'transformer_blocks.0:1'], 1)
+        >>> files
+        ['heads.json', 'heatmap.png', 'scores.rank0.json']
     """
     from .attach import attach
     from .controls.head_guidance import SoftPAG

@@ -112,6 +112,22 @@ class HeadSet:
 
     ``entries`` maps :class:`LayerKey` to a frozenset of head indices or :data:`ALL`. ``source`` is a free-text
     label (where the heads come from), kept through JSON.
+
+    Example (build, combine, then resolve against a model: the tiny SD3 transformer has 2 blocks of 2 heads):
+        >>> from dit_attn import HeadSet
+        >>> from dit_attn.testing import tiny_transformer
+        >>> hs = HeadSet.from_pairs([("transformer_blocks", 1, 0)]) | HeadSet.parse("L0:*")
+        >>> hs, len(hs)
+        (HeadSet.parse('transformer_blocks.1:0; L0:*'), 2)
+        >>> transformer = tiny_transformer("sd3")
+        >>> hs.pairs(transformer)
+        [('transformer_blocks', 0, 0), ('transformer_blocks', 0, 1), ('transformer_blocks', 1, 0)]
+        >>> HeadSet.from_json(hs.to_json()) == hs
+        True
+        >>> HeadSet.parse("transformer_blocks.5:0").validate(transformer)  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        ValueError: head set 'transformer_blocks.5:0' does not fit this ...: transformer_blocks has no block 5 (0-1)...
     """
 
     entries: Mapping[LayerKey, frozenset[int] | str] = field(default_factory=dict)

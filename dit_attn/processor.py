@@ -40,6 +40,22 @@ class DitAttnProcessor:
 
     ``_attention_backend`` and ``_parallel_config`` are the attributes diffusers' ``set_attention_backend`` and
     context parallelism set on processors; they are passed to ``dispatch_attention_fn``.
+
+    Example (one processor for every attention module; with no control changing anything the output is stock):
+        >>> import dit_attn
+        >>> from dit_attn.testing import tiny_pipeline, tiny_call_kwargs
+        >>> pipe = tiny_pipeline("flux")
+        >>> stock = dict(pipe.transformer.attn_processors)
+        >>> expected = pipe(**tiny_call_kwargs("flux")).images
+        >>> recorder = dit_attn.Recorder()
+        >>> proc = dit_attn.DitAttnProcessor("flux", [recorder])
+        >>> proc.family.name, proc.controls[0] is recorder
+        ('flux', True)
+        >>> pipe.transformer.set_attn_processor(proc)
+        >>> images = pipe(**tiny_call_kwargs("flux")).images
+        >>> bool((images == expected).all()), recorder.layouts[0].kind, recorder.layouts[0].query_segments
+        (True, 'joint', {'text': (0, 32), 'image': (32, 80)})
+        >>> pipe.transformer.set_attn_processor(stock)
     """
 
     _attention_backend = None

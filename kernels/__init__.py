@@ -28,14 +28,39 @@ from .reference import (
 
 def block_sparse_attention_triton(*args, **kwargs):
     """Run the Triton block-sparse attention kernel directly; see
-    :func:`dit_attn.kernels.block_sparse.block_sparse_attention_triton` (accepts ``out=``/``lse=`` buffers)."""
+    :func:`dit_attn.kernels.block_sparse.block_sparse_attention_triton` (accepts ``out=``/``lse=`` buffers).
+
+    Example (CPU, run under ``TRITON_INTERPRET=1``; on CUDA tensors it needs no interpreter)::
+
+        >>> import torch
+        >>> from dit_attn.kernels import block_sparse_attention_reference, block_sparse_attention_triton
+        >>> q, k, v = (torch.randn(1, 2, 40, 16) for _ in range(3))
+        >>> idx = torch.tensor([[0], [1], [2]], dtype=torch.int32).expand(1, 2, 3, 1)  # query block i sees key block i
+        >>> cnt = torch.ones(1, 2, 3, dtype=torch.int32)
+        >>> out = block_sparse_attention_triton(q, k, v, idx, cnt, block_size_q=16, block_size_k=16)
+        >>> ref = block_sparse_attention_reference(q, k, v, idx, cnt, block_size_q=16, block_size_k=16)
+        >>> out.shape, torch.allclose(out, ref, atol=1e-5)
+        (torch.Size([1, 2, 40, 16]), True)
+    """
     from .block_sparse import block_sparse_attention_triton as _impl
 
     return _impl(*args, **kwargs)
 
 
 def block_stats_triton(*args, **kwargs):
-    """Run the Triton block-statistics kernel directly; see :func:`dit_attn.kernels.block_stats_kernel.block_stats_triton`."""
+    """Run the Triton block-statistics kernel directly; see :func:`dit_attn.kernels.block_stats_kernel.block_stats_triton`.
+
+    Example (CPU, run under ``TRITON_INTERPRET=1``; on CUDA tensors it needs no interpreter)::
+
+        >>> import torch
+        >>> from dit_attn.kernels import block_stats_triton
+        >>> q, k, v = torch.randn(2, 3, 300, 64), torch.randn(2, 3, 250, 64), torch.randn(2, 3, 250, 64)
+        >>> st = block_stats_triton(q, k, v, block_size=128)
+        >>> st.q_mean.shape, st.k_mad.shape, st.k_count.tolist()
+        (torch.Size([2, 3, 3, 64]), torch.Size([2, 3, 2, 64]), [128, 122])
+        >>> torch.allclose(st.k_mean[:, :, 1], k[:, :, 128:].mean(2), atol=1e-5)
+        True
+    """
     from .block_stats_kernel import block_stats_triton as _impl
 
     return _impl(*args, **kwargs)

@@ -289,7 +289,15 @@ def block_sparse_attention_triton(
         >>> q, k, v = (torch.randn(1, 2, 40, 16) for _ in range(3))
         >>> idx = torch.arange(3, dtype=torch.int32).expand(1, 2, 3, 3)
         >>> cnt = torch.full((1, 2, 3), 3, dtype=torch.int32)
-        >>> out = block_sparse_attention_triton(q, k, v, idx, cnt, block_size_q=16, block_size_k=16)  # doctest: +SKIP
+        >>> out = block_sparse_attention_triton(q, k, v, idx, cnt, block_size_q=16, block_size_k=16)
+        >>> torch.allclose(out, torch.nn.functional.scaled_dot_product_attention(q, k, v), atol=1e-5)
+        True
+        >>> lse = torch.empty(1, 2, 40)  # a preallocated (fp32) buffer, written in full
+        >>> cnt = torch.tensor([3, 1, 0], dtype=torch.int32).expand(1, 2, 3)  # query block 2 sees no key
+        >>> out, lse = block_sparse_attention_triton(q, k, v, idx, cnt, block_size_q=16, block_size_k=16,
+        ...                                          return_lse=True, lse=lse)
+        >>> bool((out[:, :, 32:] == 0).all()), bool(torch.isneginf(lse[:, :, 32:]).all())
+        (True, True)
     """
     from .reference import _check_attention_args
 

@@ -123,6 +123,17 @@ def block_stats_triton(
     Same semantics as :func:`dit_attn.kernels.block_stats`. ``out`` optionally supplies preallocated fp32
     ``(q_mean, k_mean, v_mean, q_mad, k_mad)`` tensors (the kernel writes every element); ``k_mean``, ``k_mad``
     and ``v_mean`` must share strides, as must ``q_mean`` and ``q_mad``.
+
+    Example (CPU, run under ``TRITON_INTERPRET=1``)::
+
+        >>> import torch
+        >>> from dit_attn.kernels import block_stats_reference, block_stats_triton
+        >>> q, k, v = torch.randn(1, 2, 40, 16), torch.randn(1, 2, 33, 16), torch.randn(1, 2, 33, 16)
+        >>> st = block_stats_triton(q, k, v, block_size=16)
+        >>> st.q_mean.shape, st.k_mad.shape, st.k_count.tolist()
+        (torch.Size([1, 2, 3, 16]), torch.Size([1, 2, 3, 16]), [16, 16, 1])
+        >>> all(torch.allclose(a, b, atol=1e-5) for a, b in zip(st, block_stats_reference(q, k, v, block_size=16)))
+        True
     """
     if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
         raise ValueError("q, k, v must be [B, H, N, D]")

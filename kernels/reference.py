@@ -52,7 +52,15 @@ class BlockStats(NamedTuple):
 
 
 def block_counts(n: int, block_size: int, device=None) -> torch.Tensor:
-    """int32 ``[ceil(n / block_size)]``: number of valid tokens in each block of a length-``n`` sequence."""
+    """int32 ``[ceil(n / block_size)]``: number of valid tokens in each block of a length-``n`` sequence.
+
+    Example::
+
+        >>> from dit_attn.kernels import block_counts
+        >>> counts = block_counts(40, block_size=16)
+        >>> counts.tolist(), counts.dtype
+        ([16, 16, 8], torch.int32)
+    """
     nb = _cdiv(n, block_size)
     starts = torch.arange(nb, device=device, dtype=torch.int64) * block_size
     return (n - starts).clamp(max=block_size).to(torch.int32)
@@ -63,6 +71,16 @@ def lut_to_block_mask(block_index: torch.Tensor, block_count: torch.Tensor, num_
 
     Entry ``j`` of ``block_index[..., i, :]`` is used iff ``j < block_count[..., i]``; entries outside
     ``[0, num_key_blocks)`` are ignored (they cover no key), exactly as in the kernel.
+
+    Example::
+
+        >>> import torch
+        >>> from dit_attn.kernels import lut_to_block_mask
+        >>> idx = torch.tensor([[2, 0, 1], [1, 7, 0]], dtype=torch.int32)  # 2 query blocks, up to 3 entries each
+        >>> cnt = torch.tensor([2, 3], dtype=torch.int32)  # row 0 uses [2, 0]; row 1 [1, 7, 0] (7: no such block)
+        >>> lut_to_block_mask(idx, cnt, num_key_blocks=3)
+        tensor([[ True, False,  True],
+                [ True,  True, False]])
     """
     block_index, block_count = torch.broadcast_tensors(block_index, block_count.unsqueeze(-1))
     block_count = block_count[..., 0]
@@ -224,6 +242,21 @@ def merge_attention_reference(out_a, lse_a, out_b, lse_b):
 
     ``lse = logaddexp(lse_a, lse_b)``, ``out = exp(lse_a - lse) * out_a + exp(lse_b - lse) * out_b`` in fp32;
     rows with ``lse_a = lse_b = -inf`` give ``out = 0`` and ``lse = -inf``. Returns ``(out, lse)``.
+
+    Example (attention over two halves of the keys, merged, equals attention over all keys)::
+
+        >>> import torch
+        >>> from dit_attn.kernels import merge_attention_reference
+        >>> q, k, v = torch.randn(1, 1, 8, 16), torch.randn(1, 1, 20, 16), torch.randn(1, 1, 20, 16)
+        >>> def attn(k, v):
+        ...     s = q @ k.transpose(-1, -2) / 4.0  # scale D ** -0.5
+        ...     return torch.softmax(s, -1) @ v, torch.logsumexp(s, -1)
+        >>> out, lse = merge_attention_reference(*attn(k[:, :, :7], v[:, :, :7]), *attn(k[:, :, 7:], v[:, :, 7:]))
+        >>> torch.allclose(out, attn(k, v)[0], atol=1e-5), torch.allclose(lse, attn(k, v)[1], atol=1e-5)
+        (True, True)
+        >>> empty = torch.full((1, 1, 8), float("-inf"))  # a part with no keys contributes nothing
+        >>> torch.equal(merge_attention_reference(out, lse, torch.zeros_like(out), empty)[0], out)
+        True
     """
     la = lse_a.to(torch.float32)
     lb = lse_b.to(torch.float32)

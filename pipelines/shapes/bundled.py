@@ -61,6 +61,18 @@ def load_shapes(kind: str = "t2i", torch_dtype: Optional[torch.dtype] = None, ad
     ``adapters``: load the bundled condition adapters (flux: ``"edges"``, ``"subject"``; see
     :func:`adapter_files`) onto the transformer, inactive in ordinary forwards, for
     ``dit_attn.SpatialCondition(image, adapter="edges")`` / ``SubjectCondition(image, keyword, adapter="subject")``.
+
+    Example::
+
+        >>> import torch
+        >>> from dit_attn.pipelines.shapes.bundled import available_kinds, load_shapes
+        >>> "t2i" in available_kinds()
+        True
+        >>> pipe = load_shapes("t2i", torch_dtype=torch.float16)
+        >>> type(pipe).__name__, pipe.transformer.dtype
+        ('StableDiffusion3Pipeline', torch.float16)
+        >>> hasattr(load_shapes("flux", adapters=False).transformer, "peft_config")  # no condition adapters
+        False
     """
     import diffusers
 

@@ -32,6 +32,15 @@ def shapes_call_kwargs(kind: str, steps: Optional[int] = None, guidance: Optiona
     64 x 64 pixels (9 frames for t2v), ``DEFAULT_STEPS`` Euler steps, classifier-free guidance
     ``DEFAULT_GUIDANCE`` against the empty prompt (the models were trained with 10% empty captions). For flux the
     guidance is ``true_cfg_scale`` (the model has no distilled guidance embedding), with ``negative_prompt=""``.
+
+    Example::
+
+        >>> from dit_attn.pipelines.shapes.generate import DEFAULT_STEPS, shapes_call_kwargs
+        >>> kw = shapes_call_kwargs("flux", guidance=3.0)  # flux: true CFG, distilled guidance off
+        >>> kw["num_inference_steps"] == DEFAULT_STEPS, kw["true_cfg_scale"], kw["guidance_scale"]
+        (True, 3.0, 1.0)
+        >>> shapes_call_kwargs("t2v", steps=2)["num_frames"], "num_frames" in shapes_call_kwargs("t2i")
+        (9, False)
     """
     if kind not in KINDS:
         raise ValueError(f"unknown ShapesWorld kind {kind!r}; expected one of {KINDS}")
