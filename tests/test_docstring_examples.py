@@ -25,6 +25,8 @@ MODULES = {
     "dit_attn.pipelines": 13,
     "dit_attn.pipelines.shapes.bundled": 6,
     "dit_attn.pipelines.shapes.generate": 4,
+    "dit_attn.controls": 3,
+    "dit_attn.controls.conditions": 10,
 }
 TRITON_MODULES = {
     "dit_attn.kernels": 14,
@@ -35,7 +37,8 @@ TRITON_MODULES = {
 # public items that must carry a runnable (not skipped) example in their own docstring
 ITEMS = [
     "dit_attn.HeadSet", "dit_attn.search_heads", "dit_attn.execute", "dit_attn.AttentionCall", "dit_attn.Attachment",
-    "dit_attn.DitAttnProcessor",
+    "dit_attn.DitAttnProcessor", "dit_attn.available_controls", "dit_attn.controls_from_config",
+    "dit_attn.SpatialCondition", "dit_attn.SubjectCondition",
     "dit_attn.kernels.block_stats_triton", "dit_attn.kernels.block_sparse_attention_triton",
     "dit_attn.kernels.lut_to_block_mask", "dit_attn.kernels.block_counts", "dit_attn.kernels.merge_attention_reference",
     "dit_attn.kernels.block_sparse.block_sparse_attention_triton",

@@ -19,7 +19,13 @@ REGISTRY = {
 
 
 def available_controls() -> dict[str, type]:
-    """The control classes that are importable, by config name."""
+    """The control classes that are importable, by config name (the names job files and the UI use).
+
+    Example::
+
+        >>> sorted(available_controls())
+        ['emphasis', 'entropy', 'softpag', 'sparse']
+    """
     found = {}
     for name, (module, cls) in REGISTRY.items():
         try:
@@ -30,7 +36,17 @@ def available_controls() -> dict[str, type]:
 
 
 def controls_from_config(config: dict | None) -> list:
-    """Control objects from ``{name: {field: value}}`` (a list of such dicts also works, for repeated controls)."""
+    """Control objects from ``{name: {field: value}}`` (a list of such dicts also works, for repeated controls).
+
+    Example::
+
+        >>> controls_from_config({"emphasis": {"queries": "all"}, "entropy": {}})
+        [Emphasis(mode='attention', queries='all', layers=None, schedule=None), EntropyScale(train_tokens=None)]
+        >>> controls_from_config({"emphasis": {"strength": 2}})
+        Traceback (most recent call last):
+        ...
+        ValueError: control 'emphasis' has no field(s) ['strength']; allowed: ['layers', 'mode', 'queries', 'schedule']
+    """
     if not config:
         return []
     entries = config if isinstance(config, list) else [{k: v} for k, v in config.items()]

@@ -54,7 +54,16 @@ class SpatialCondition:
     """A spatial condition: ``image`` (PIL, or a tensor in [-1, 1] ``[3, H, W]`` / ``[B, 3, H, W]``, or
     pre-encoded :class:`~dit_attn.conditions.tokens.ConditionTokens`) with the output's aspect ratio, encoded at
     ``scale`` x the output resolution (0.5: a quarter of the tokens, aligned by nearest centres), with LoRA
-    ``adapter`` (a name loaded on the transformer) active in its write pass."""
+    ``adapter`` (a name loaded on the transformer) active in its write pass.
+
+    Example (an edge map at half resolution, with the bundled edges adapter)::
+
+        >>> import dit_attn
+        >>> from PIL import Image
+        >>> edges = Image.new("RGB", (64, 64))
+        >>> dit_attn.MultiCondition(spatial=[dit_attn.SpatialCondition(edges, scale=0.5, adapter="edges")]).conditions
+        1
+    """
 
     image: Any
     scale: float = 1.0
@@ -64,7 +73,17 @@ class SpatialCondition:
 @dataclass
 class SubjectCondition:
     """A subject reference ``image`` tied to ``keyword`` (one or more words of the prompt). ``size``: pixel
-    ``(height, width)`` it is encoded at (default: the output's); ``adapter``: its LoRA, as for spatial."""
+    ``(height, width)`` it is encoded at (default: the output's); ``adapter``: its LoRA, as for spatial.
+
+    Example (a tuple ``(image, keyword)`` in ``subjects`` means the same)::
+
+        >>> import dit_attn
+        >>> from PIL import Image
+        >>> sprite = Image.new("RGB", (32, 32), "red")
+        >>> control = dit_attn.MultiCondition(subjects=[dit_attn.SubjectCondition(sprite, "zorb", size=(32, 32))])
+        >>> control.subjects[0].keyword, control.subjects[0].size
+        ('zorb', (32, 32))
+    """
 
     image: Any
     keyword: str
