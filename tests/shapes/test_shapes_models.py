@@ -133,11 +133,11 @@ def test_bundled_t2v_model_is_present():
 
 
 def test_bundled_t2v_colours_score_above_chance_on_training_captions():
-    """The video model draws the prompt's colours through the clip (right in more than half of the frames)."""
+    """The video model draws the prompt's colours through the clip (right in more than half of the frames).
+    24 prompts at the evaluator's 20 steps: colour is ~46% on 100 prompts, and 8 prompts were too few to tell."""
     with cpu_threads(1):
-        summary, results = evaluate_pipeline(bundled.load_shapes("t2v"), "t2v", split="train", n=8, seed=0,
-                                             num_inference_steps=12)
-    assert len(results) == 8
+        summary, results = evaluate_pipeline(bundled.load_shapes("t2v"), "t2v", split="train", n=24, seed=0)
+    assert len(results) == 24
     assert summary["colour"] > 2 * _CHANCE_COLOUR, summary
 
 
