@@ -27,6 +27,7 @@ MODULES = {
     "dit_attn.pipelines.shapes.generate": 4,
     "dit_attn.controls": 3,
     "dit_attn.controls.conditions": 10,
+    "dit_attn.tensor_memo": 7,
 }
 TRITON_MODULES = {
     "dit_attn.kernels": 14,

@@ -128,7 +128,7 @@ def test_flux_grid_is_read_once_per_img_ids_tensor():
     rows, cols = torch.meshgrid(torch.arange(3), torch.arange(5), indexing="ij")
     ids = torch.stack([torch.zeros(15), rows.flatten().float(), cols.flatten().float()], dim=1)
     assert _flux_grid(owner, {"img_ids": ids}, None) == (1, 3, 5)
-    assert owner._dit_attn_grid_cache[0]() is ids
+    assert owner._dit_attn_grid_memo.holds(ids)
     ids[-1, 1] = 6.0  # in place: a new version
     assert _flux_grid(owner, {"img_ids": ids}, None) == (1, 7, 5)
     other = ids[:10].clone()  # new tensor

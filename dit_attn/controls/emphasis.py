@@ -21,7 +21,6 @@ from __future__ import annotations
 import functools
 import inspect
 import math
-import weakref
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
@@ -29,6 +28,7 @@ import torch
 
 from ..call import AttentionCall
 from ..layout import COND, UNCOND, ForwardState, Layout
+from ..tensor_memo import TensorMemo
 from .base import Control
 
 _POSITIVE_ARGS = ("prompt", "prompt_2", "prompt_3")
@@ -70,7 +70,7 @@ class Emphasis(Control):
     _by_embeds: dict = field(default_factory=dict, init=False, repr=False)
     _last: dict = field(default_factory=dict, init=False, repr=False)
     _last_active: dict = field(default_factory=dict, init=False, repr=False)  # role -> per row: any weight != 1
-    _matched: tuple | None = field(default=None, init=False, repr=False)  # last _match_rows result, by text
+    _matched: TensorMemo = field(default_factory=TensorMemo, init=False, repr=False, compare=False)  # by text
     _restore: list = field(default_factory=list, init=False, repr=False)
 
     def __post_init__(self):
@@ -121,7 +121,7 @@ class Emphasis(Control):
         self._by_embeds.clear()
         self._last.clear()
         self._last_active.clear()
-        self._matched = None
+        self._matched.clear()
 
     def prompt_as_encoded(self, text: str) -> str:
         """The text the text encoders see for ``text`` while attached (the syntax stripped): controls that locate
@@ -168,7 +168,7 @@ class Emphasis(Control):
                 self._by_embeds.pop(next(iter(self._by_embeds)))
             self._last[role] = w
             self._last_active[role] = active
-            self._matched = None
+            self._matched.clear()
 
     def _reweight_embeddings(self, pipe, embeds: torch.Tensor, w: torch.Tensor, bound) -> None:
         w = w.to(embeds.device, embeds.dtype)[..., None]
@@ -212,7 +212,9 @@ class Emphasis(Control):
         if isinstance(text, torch.Tensor) and text.data_ptr() in self._by_embeds:
             _, weights, flags = self._by_embeds[text.data_ptr()]
             active = any(flags)
-        elif isinstance(text, torch.Tensor) and (matched := self._match_rows_cached(text)) is not None:
+        # matched once per text tensor: pipelines pass the same cat([neg, pos]) at every step, and matching by
+        # content reads from the GPU
+        elif isinstance(text, torch.Tensor) and (matched := self._matched.get(text, self._match_rows)):
             weights, active = matched
         elif self._last:
             rows, seen = [], {}
@@ -229,16 +231,6 @@ class Emphasis(Control):
         if weights is not None and active:
             state.extra[id(self)] = weights
         return args, kwargs
-
-    def _match_rows_cached(self, text: torch.Tensor) -> tuple[torch.Tensor, bool] | None:
-        """:meth:`_match_rows` once per text tensor: pipelines pass the same ``cat([neg, pos])`` tensor at every
-        step, and matching by content reads from the GPU."""
-        cached = self._matched
-        if cached is not None and cached[0]() is text and cached[1] == text._version:
-            return cached[2]
-        result = self._match_rows(text)
-        self._matched = (weakref.ref(text), text._version, result)
-        return result
 
     def _match_rows(self, text: torch.Tensor) -> tuple[torch.Tensor, bool] | None:
         """Weights for a text batch assembled from recorded encodings (SD3/CogVideoX's ``cat([neg, pos])``,

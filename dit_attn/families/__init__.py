@@ -8,13 +8,13 @@ reads these entries; nothing else knows model classes.
 
 from __future__ import annotations
 
-import weakref
 from dataclasses import dataclass
 from typing import Callable
 
 import torch
 
 from ..layout import COND, UNCOND
+from ..tensor_memo import TensorMemo
 from . import adapters
 from .adapters import Adapter
 
@@ -39,18 +39,21 @@ def _flux_grid(transformer, kwargs, hidden_states):
     if img_ids is None:
         return None
     # Positions are (0, row, col). Reading them is a host sync, so it happens once per img_ids tensor: the
-    # pipelines pass the same tensor at every step (cached on the transformer, checked by identity and version).
-    cached = getattr(transformer, "_dit_attn_grid_cache", None)
-    if cached is not None and cached[0]() is img_ids and cached[1] == img_ids._version:
-        return cached[2]
+    # pipelines pass the same tensor at every step (memo on the transformer, checked by identity and version).
+    memo = getattr(transformer, "_dit_attn_grid_memo", None)
+    if memo is None:
+        memo = TensorMemo()
+        try:
+            transformer._dit_attn_grid_memo = memo
+        except (AttributeError, TypeError):  # a transformer that refuses attributes: read every forward
+            pass
+    return memo.get(img_ids, _grid_of_ids)
+
+
+def _grid_of_ids(img_ids: torch.Tensor) -> tuple[int, int, int]:
     ids = img_ids[0] if img_ids.dim() == 3 else img_ids
     rows, cols = (int(x) + 1 for x in ids[-1, 1:3].tolist())
-    grid = (1, rows, cols)
-    try:
-        transformer._dit_attn_grid_cache = (weakref.ref(img_ids), img_ids._version, grid)
-    except (AttributeError, TypeError):  # a transformer that refuses attributes: read every forward
-        pass
-    return grid
+    return 1, rows, cols
 
 
 @dataclass(frozen=True)
