@@ -14,16 +14,36 @@ GPU autotuning in favour of a fixed per-(head dim, dtype) config table.
   on first call, so importing this package never needs triton)
 """
 
-from .merge import merge_attention
-from .ops import block_sparse_attention, block_stats
-from .reference import (
-    BlockStats,
-    block_counts,
-    block_sparse_attention_reference,
-    block_stats_reference,
-    lut_to_block_mask,
-    merge_attention_reference,
-)
+if __name__ == "kernels":
+    # Python started in a source checkout's root puts the root on sys.path, and this folder then shadows Hugging
+    # Face's `kernels` package, which transformers imports. Load that package in our place (the import statement
+    # returns whatever sys.modules holds when this file finishes). Installed, this folder is only `dit_attn.kernels`.
+    import importlib.machinery
+    import importlib.util
+    import os
+    import sys
+
+    _checkout = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    _spec = importlib.machinery.PathFinder.find_spec(
+        "kernels", [p for p in sys.path if os.path.abspath(p or os.curdir) != _checkout])
+    if _spec is None:
+        raise ImportError("`import kernels` found dit_attn's kernels/ folder because the repository root is on "
+                          "sys.path, and no Hugging Face `kernels` package is installed; dit_attn's kernels are "
+                          "`dit_attn.kernels`")
+    _module = importlib.util.module_from_spec(_spec)
+    sys.modules["kernels"] = _module
+    _spec.loader.exec_module(_module)
+else:
+    from .merge import merge_attention
+    from .ops import block_sparse_attention, block_stats
+    from .reference import (
+        BlockStats,
+        block_counts,
+        block_sparse_attention_reference,
+        block_stats_reference,
+        lut_to_block_mask,
+        merge_attention_reference,
+    )
 
 
 def block_sparse_attention_triton(*args, **kwargs):
