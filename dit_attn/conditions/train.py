@@ -373,7 +373,30 @@ def save_checkpoint(accelerator, model, optimizer, config: TrainConfig, folder: 
     (``<adapter>.safetensors`` + ``.json``, loadable with
     :func:`dit_attn.conditions.adapters.load_condition_adapter`) and the optimizer state as safetensors + JSON.
     Nothing is pickled; the data order and noise are functions of the step, so no RNG state is needed; the
-    gradient-accumulation counter and the fp16 loss scale are kept in ``optimizer.json``."""
+    gradient-accumulation counter and the fp16 loss scale are kept in ``optimizer.json``.
+
+    Example (a round trip through :func:`load_checkpoint` on a tiny FLUX-architecture transformer)::
+
+        >>> import os, tempfile, torch
+        >>> from accelerate import Accelerator
+        >>> from dit_attn.conditions.train import TrainConfig, add_condition_adapter, load_checkpoint, save_checkpoint
+        >>> from dit_attn.testing import tiny_transformer
+        >>> model, config = tiny_transformer("flux"), TrainConfig(output_dir="unused", rank=4)
+        >>> params = add_condition_adapter(model, config)
+        >>> optimizer = torch.optim.AdamW(params, lr=1e-3)
+        >>> sum((p * p).sum() for p in params).backward(); optimizer.step()
+        >>> folder = os.path.join(tempfile.mkdtemp(), "checkpoint-7")
+        >>> save_checkpoint(Accelerator(cpu=True), model, optimizer, config, folder, step=7)
+        >>> sorted(os.listdir(folder))
+        ['condition.json', 'condition.safetensors', 'optimizer.json', 'optimizer.safetensors']
+        >>> trained = [p.detach().clone() for p in params]
+        >>> with torch.no_grad():
+        ...     _ = [p.zero_() for p in params]
+        >>> load_checkpoint(Accelerator(cpu=True), model, optimizer, config, folder)
+        7
+        >>> all(torch.equal(p, q) for p, q in zip(params, trained))
+        True
+    """
     from safetensors.torch import save_file
 
     tmp = folder + ".tmp"
@@ -392,7 +415,7 @@ def save_checkpoint(accelerator, model, optimizer, config: TrainConfig, folder: 
 
 def load_checkpoint(accelerator, model, optimizer, config: TrainConfig, folder: str) -> int:
     """Restore what :func:`save_checkpoint` wrote into ``model``'s adapter, ``optimizer`` and ``accelerator``
-    (accumulation counter, fp16 loss scale); returns the step."""
+    (accumulation counter, fp16 loss scale); returns the step. Example: :func:`save_checkpoint`."""
     from peft.utils import set_peft_model_state_dict
     from safetensors.torch import load_file
 
