@@ -35,6 +35,7 @@ import functools
 import json
 import multiprocessing
 import os
+import re
 import shutil
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -77,6 +78,37 @@ def render_batch(kind: str, seed: int, indices: Sequence[int]) -> tuple[torch.Te
     else:
         x = torch.stack([to_tensor_image(render_image(s, RESOLUTION)) for s in scenes])
     return x, [s.caption for s in scenes]
+
+
+_OPPOSITE_DIRECTION = {"left": "right", "right": "left", "up": "down", "down": "up"}
+_MOTION_PHRASE = re.compile(r"\bmoving (left|right|up|down)\b")
+
+
+def time_reversed_caption(caption: str) -> str:
+    """The caption of the clip played backwards: every "moving <direction>" becomes the opposite direction.
+
+    Example::
+
+        >>> time_reversed_caption("a yellow square moving right and a blue circle moving up")
+        'a yellow square moving left and a blue circle moving down'
+    """
+    return _MOTION_PHRASE.sub(lambda m: "moving " + _OPPOSITE_DIRECTION[m.group(1)], caption)
+
+
+def time_reverse(latents: torch.Tensor, captions: list[str], reverse: np.ndarray) -> tuple[torch.Tensor, list[str]]:
+    """Play the clips marked in ``reverse`` backwards: their latent frames (``[B, C, F, H, W]``) in reverse order
+    and their captions with opposite directions (:func:`time_reversed_caption`).
+
+    Exact for the frame-wise video VAE, whose latent frames are independent encodings of frames 0, 4, 8 (the
+    reversed clip's frames 0, 4, 8 are the original 8, 4, 0; tested). Every reversed clip is a valid training clip
+    of the opposite directions (the start positions are sampled so that both ends stay inside the image), and with
+    its original it forms a pair that differs only in temporal order and the direction words: the signal the
+    model needs to tell "left" from "right", where it had learned the axis but not the sign."""
+    if not reverse.any():
+        return latents, captions
+    mask = torch.from_numpy(reverse).to(latents.device).view(-1, 1, 1, 1, 1)
+    latents = torch.where(mask, latents.flip(2), latents)
+    return latents, [time_reversed_caption(c) if r else c for c, r in zip(captions, reverse)]
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -411,14 +443,20 @@ def train(kind: str, out: str, work: str, minutes: float, vae_minutes: float, ba
           lr: float, seed: int, resume: bool, init_vae: Optional[str], log_every: int, ckpt_minutes: float,
           eval_n: int, logit_mean: float = 0.0, logit_std: float = 1.0, init_from: Optional[str] = None,
           warmup: int = 200, vae_crop: int = 32, vae_fg_weight: float = 0.0, fg_weight: float = 0.0,
-          device: str = "cpu", workers: int = 0, precision: str = "fp32") -> None:
+          device: str = "cpu", workers: int = 0, precision: str = "fp32", time_reverse_p: float = 0.0) -> None:
     """Train (or resume) one ShapesWorld model; the CLI's flags map one to one (see :func:`main`). ``device``:
     where the VAE, text encoders and transformer train ("cpu", "cuda", "cuda:1"; random draws stay on the CPU,
     so a run does the same steps on any device); ``workers``: processes rendering the latent cache;
     ``precision``: ``"fp32"`` or ``"bf16"`` (mixed precision: the flow-matching forward under bfloat16 autocast,
-    weights, AdamW moments and EMA stay float32; ~1.45x faster steps on our AVX512-BF16 CPU)."""
+    weights, AdamW moments and EMA stay float32; ~1.45x faster steps on our AVX512-BF16 CPU);
+    ``time_reverse_p``: t2v only, the probability that a training clip is played backwards with its directions
+    swapped (:func:`time_reverse`)."""
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if not 0.0 <= time_reverse_p <= 1.0:
+        raise ValueError(f"time_reverse_p must be a probability in [0, 1], got {time_reverse_p!r}")
+    if time_reverse_p and kind != "t2v":
+        raise ValueError(f"time reversal is a t2v augmentation; kind {kind!r} has no motion")
     torch.manual_seed(seed)
     np.random.seed(seed)
     os.makedirs(work, exist_ok=True)
@@ -472,6 +510,9 @@ def train(kind: str, out: str, work: str, minutes: float, vae_minutes: float, ba
                                                            "latents_std") if k in pipe.vae.config})
 
     # Phase 3: flow matching
+    if time_reverse_p and not is_framewise(pipe.vae):
+        raise ValueError("time reversal needs the frame-wise video VAE (models.make_framewise): a clip-coding VAE's "
+                         "latent frames are not independent, so reversing them is not the reversed clip")
     modules = _trainables(pipe, kind)
     params = [p for m in modules.values() for p in m.parameters()]
     for m in modules.values():
@@ -500,7 +541,7 @@ def train(kind: str, out: str, work: str, minutes: float, vae_minutes: float, ba
                       "lr": lr, "seed": seed, "cache_size": cache_size, "vae_elapsed": vae_elapsed,
                       "cache_seconds": cache_s, "minutes": minutes, "logit_mean": logit_mean,
                       "logit_std": logit_std, "init_from": init_from, "fg_weight": fg_weight,
-                      "precision": precision}
+                      "precision": precision, "time_reverse_p": time_reverse_p}
         save_state(work, modules, ema, opt, state_meta)
         export(pipe, kind, modules, ema, out, work)
         tqdm.write(f"[{kind}] step {step}: checkpoint saved, exported to {out}; eval {scores}")
@@ -508,12 +549,15 @@ def train(kind: str, out: str, work: str, minutes: float, vae_minutes: float, ba
     while elapsed < seconds:
         t0 = time.time()
         idx = order_rng.integers(0, latents.shape[0], batch)
-        prompts = ["" if order_rng.random() < 0.1 else captions[i] for i in idx]
+        x0 = latents[torch.from_numpy(idx).to(latents.device)]
+        prompts = [captions[i] for i in idx]
+        if time_reverse_p:  # no extra draws otherwise: older runs resume with the same data order
+            x0, prompts = time_reverse(x0, prompts, order_rng.random(batch) < time_reverse_p)
+        prompts = ["" if order_rng.random() < 0.1 else c for c in prompts]
         for g in opt.param_groups:
             g["lr"] = lr * min(1.0, (step + 1) / warmup)
         with torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=precision == "bf16"):
-            loss = flow_loss(pipe, kind, latents[torch.from_numpy(idx).to(latents.device)], prompts, gen,
-                             logit_mean, logit_std, fg_weight)
+            loss = flow_loss(pipe, kind, x0, prompts, gen, logit_mean, logit_std, fg_weight)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -577,6 +621,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--precision", choices=PRECISIONS, default="fp32",
                    help="flow-matching compute: fp32, or bf16 mixed precision (float32 weights; faster on CPUs "
                         "with AVX512-BF16/AMX and on GPUs)")
+    p.add_argument("--time-reverse", type=float, default=0.0,
+                   help="t2v: probability of playing a training clip backwards with its directions swapped "
+                        "(exact with the frame-wise VAE; e.g. 0.5)")
     a = p.parse_args(argv)
     device = ("cuda" if torch.cuda.is_available() else "cpu") if a.device == "auto" else a.device
     try:
@@ -589,7 +636,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
           a.minutes if a.minutes is not None else d_minutes, a.vae_minutes if a.vae_minutes is not None else d_vae,
           a.batch or d_batch, a.cache_size or d_cache, a.lr, a.seed, a.resume, a.init_vae, a.log_every,
           a.ckpt_minutes, a.eval_n, a.logit_mean, a.logit_std, a.init_from, a.warmup, a.vae_crop, a.vae_fg_weight,
-          a.fg_weight, device, a.workers, a.precision)
+          a.fg_weight, device, a.workers, a.precision, a.time_reverse)
     return 0
 
 

@@ -127,3 +127,47 @@ def test_bf16_mixed_precision_loss_matches_fp32_and_keeps_float32_gradients():
         grads = [p.grad for p in pipe.transformer.parameters() if p.requires_grad]
         assert all(g is not None and g.dtype == torch.float32 and torch.isfinite(g).all() for g in grads)
     assert losses[1].dtype == torch.float64 and abs(losses[1] - losses[0]) < 0.02 * losses[0]
+
+
+@torch.no_grad()
+def test_time_reversed_latents_are_the_latents_of_the_reversed_scene():
+    import dataclasses
+
+    import numpy as np
+
+    from dit_attn.pipelines.shapes.render import render_video, to_tensor_image
+    from dit_attn.pipelines.shapes.train import _scene, time_reverse, time_reversed_caption
+    from dit_attn.pipelines.shapes.world import caption
+
+    vae = vae_wan(seed=4).eval()
+    opposite = {"left": "right", "right": "left", "up": "down", "down": "up"}
+    scenes = [_scene("t2v", 0, i) for i in range(4)]
+    # the same motion played backwards: each object starts where it ended, moving the opposite way
+    backwards = [dataclasses.replace(s, objects=[dataclasses.replace(o, center=o.center_at(1.0),
+                                                                     direction=opposite[o.direction])
+                                                 for o in s.objects]) for s in scenes]
+
+    def clips(ss):
+        return torch.stack([to_tensor_image(render_video(s, 32, 9)).permute(1, 0, 2, 3) for s in ss])
+
+    x, x_back = clips(scenes), clips(backwards)
+    torch.testing.assert_close(x_back, x.flip(2), rtol=0, atol=1e-5)  # rendering agrees: frame f is frame 8 - f
+    z, z_back = encode_mean(vae, x), encode_mean(vae, x_back)
+    assert (z[:, :, 0] - z[:, :, 2]).abs().max() > 1e-3  # the clips move: reversal is not a no-op
+    reverse = np.array([True, False, True, True])
+    got, caps = time_reverse(z, [s.caption for s in scenes], reverse)
+    want = torch.where(torch.from_numpy(reverse).view(-1, 1, 1, 1, 1), z_back, z)
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
+    assert caps == [caption(b) if r else s.caption for s, b, r in zip(scenes, backwards, reverse)]
+    assert all(time_reversed_caption(caption(b)) == s.caption for s, b in zip(scenes, backwards))
+
+
+def test_time_reversal_is_refused_where_it_is_not_exact(tmp_path):
+    from dit_attn.pipelines.shapes.train import train
+
+    with pytest.raises(ValueError, match="t2v augmentation"):
+        train("t2i", str(tmp_path / "o"), str(tmp_path / "w"), 0.01, 0.0, 2, 4, 1e-3, 0, False, None, 1, 1.0, 0,
+              time_reverse_p=0.5)
+    with pytest.raises(ValueError, match=r"probability in \[0, 1\]"):
+        train("t2v", str(tmp_path / "o"), str(tmp_path / "w"), 0.01, 0.0, 2, 4, 1e-3, 0, False, None, 1, 1.0, 0,
+              time_reverse_p=1.5)
