@@ -125,6 +125,42 @@ def test_loss_decreases_on_a_fixed_batch():
     assert losses[-1] < 0.9 * losses[0], losses
 
 
+@torch.no_grad()
+def test_object_weight_is_a_weighted_mean_over_object_tokens(monkeypatch):
+    pipe = tiny_pipeline("flux")
+    batch = _batch("subject", n=3)
+    t = torch.tensor([0.3, 0.6, 0.9])
+
+    def losses(weight):
+        cfg = T.TrainConfig(output_dir="", condition="subject", size=32, rank=4, object_weight=weight)
+        trainer = T.ConditionTrainer(pipe, cfg)
+        try:
+            x0 = trainer._latent_tokens(batch["image"]).tokens
+            pred = torch.randn(x0.shape, generator=torch.Generator().manual_seed(9))
+            got = trainer.loss(batch, torch.Generator().manual_seed(4), model=lambda **kw: (pred,), t=t)
+        finally:
+            trainer.close()
+        noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(4))  # t given: noise is the first draw
+        return got, x0, (pred - (noise - x0)).pow(2)
+
+    plain, x0, err = losses(0.0)
+    torch.testing.assert_close(plain, err.mean())
+    # the tiny model's random VAE gives unnormalised latents: a threshold that splits its tokens
+    deviation = (x0 - x0.median(dim=1, keepdim=True).values).abs().mean(-1)
+    threshold = float(deviation.median())
+    object_tokens = T.object_tokens
+    monkeypatch.setattr(T, "object_tokens", lambda x: object_tokens(x, threshold))
+    weighted, _, _ = losses(4.0)
+    objects = object_tokens(x0, threshold)
+    assert 0.2 < objects.float().mean() < 0.8  # the sprite and the shape, not the background
+    per_token = err.mean(-1, keepdim=True)
+    w = 1.0 + 4.0 * objects.float()
+    torch.testing.assert_close(weighted, (per_token * w).sum() / w.sum())
+    assert not torch.allclose(weighted, plain)
+    with pytest.raises(ValueError, match="object_weight must be >= 0"):
+        T.TrainConfig(output_dir="", object_weight=-1.0)
+
+
 def test_train_resumes_exactly(tmp_path):
     def run(out, steps):
         cfg = T.TrainConfig(output_dir=str(out), steps=steps, batch_size=1, size=32, rank=4, save_every=2,
