@@ -992,6 +992,25 @@ def intervals(results: Sequence[Any], z: float = 1.96) -> dict[str, tuple[float,
 # CLI: generate with a trained model and score it
 
 
+def direction_confusion(results: Sequence[Any], specs: Sequence[Any]) -> dict[str, dict[str, int]]:
+    """``{named direction: {measured direction: count}}`` over the objects of scored videos (:func:`score_video`
+    results with their prompts' specs); ``"none"``: not tracked in half the frames, or not moving. Tells a
+    generator that gets the axis but not the sign (left <-> right) from one that ignores the direction.
+
+    >>> from dit_attn.pipelines.shapes import eval_prompts, render_video, score_video
+    >>> specs = [s for _, s in eval_prompts("t2v", split="heldout", n=4)]
+    >>> confusion = direction_confusion([score_video(render_video(s, 64, 9), s) for s in specs], specs)
+    >>> all(got == named for named, row in confusion.items() for got, k in row.items() if k)
+    True
+    """
+    out: dict[str, dict[str, int]] = {}
+    for res, spec in zip(results, specs):
+        for got, obj in zip(res.objects, _as_scene(spec).objects):
+            row = out.setdefault(obj.direction, {})
+            row[got.direction or "none"] = row.get(got.direction or "none", 0) + 1
+    return out
+
+
 def _chance_levels(kind: str) -> dict[str, float]:
     """Chance levels of the main criteria for a generator that ignores the prompt (uniform guesses)."""
     colour, shape = 1.0 / len(COLOURS), 1.0 / len(SHAPES)
@@ -1064,6 +1083,12 @@ def run_evaluation(kind: str, model: Optional[str] = None, n: int = 200, splits:
         print(f"{kind} {split} 95% intervals: " + ", ".join(
             f"{k} [{lo:.3f}, {hi:.3f}]" for k, (lo, hi) in sorted(report["interval95"][split].items())))
         tiles.append((split, results))
+        if kind == "t2v":
+            from .world import eval_prompts
+
+            specs = [spec for _, spec in eval_prompts("t2v", split=split, n=n)]
+            report.setdefault("direction_confusion", {})[split] = direction_confusion(results, specs)
+            print(f"{kind} {split} directions (named: measured): {report['direction_confusion'][split]}")
     # Sample grid: first 8 prompts of each split (regenerated; cheap at this size).
     from .generate import generate
     from .world import eval_prompts

@@ -279,3 +279,17 @@ def test_docstring_examples_run():
 
     result = doctest.testmod(evaluate_module, optionflags=doctest.ELLIPSIS)
     assert result.attempted > 0 and result.failed == 0, result
+
+
+def test_direction_confusion_shows_a_sign_error_as_the_opposite_direction():
+    from dit_attn.pipelines.shapes import eval_prompts, render_video, score_video
+    from dit_attn.pipelines.shapes.evaluate import direction_confusion
+
+    opposite = {"left": "right", "right": "left", "up": "down", "down": "up"}
+    specs = [s for _, s in eval_prompts("t2v", split="heldout", n=12)]
+    backwards = [score_video(render_video(s, 64, 9)[::-1], s) for s in specs]  # each clip played in reverse
+    confusion = direction_confusion(backwards, specs)
+    assert sum(sum(row.values()) for row in confusion.values()) == sum(len(s.objects) for s in specs)
+    assert len(confusion) >= 3
+    for named, row in confusion.items():
+        assert row.get(opposite[named], 0) >= 0.9 * sum(row.values()), (named, row)
