@@ -25,6 +25,8 @@ MODULES = {
     "dit_attn.pipelines": 13,
     "dit_attn.pipelines.shapes.bundled": 6,
     "dit_attn.pipelines.shapes.generate": 4,
+    "dit_attn.pipelines.shapes.models": 10,
+    "dit_attn.pipelines.shapes.diagnose": 4,
     "dit_attn.controls": 3,
     "dit_attn.controls.conditions": 10,
     "dit_attn.conditions.train": 23,

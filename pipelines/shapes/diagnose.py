@@ -1,6 +1,7 @@
-"""Where a ShapesWorld image model fails: ``python -m dit_attn.pipelines.shapes.diagnose --kind t2i``.
+"""Where a ShapesWorld model fails: ``python -m dit_attn.pipelines.shapes.diagnose --kind t2i|flux|t2v``.
 
-Two measurements on training renders (about a minute on one CPU thread for 48 items):
+Image models (:func:`diagnose`), two measurements on training renders (about a minute on one CPU thread for 48
+items):
 
 * **SDEdit from noise level s**: the ground-truth latent noised to ``s`` (``s = 1``: pure noise) and integrated
   back with 10 Euler steps, then scored by the evaluator. High scores at ``s = 0.4`` and low ones at ``s = 1``
@@ -8,6 +9,14 @@ Two measurements on training renders (about a minute on one CPU thread for 48 it
 * **Word sensitivity**: the RMS change of the model's clean-image prediction at noise level ``s`` when the
   caption's shape words (or colour words) are replaced by other shape (colour) words. A model that ignores shape
   words barely moves when they change.
+
+Video model (:func:`direction_sign`), on training clips: does the model know which way time runs?
+
+* **Sign gap**: the flow loss with the time-reversed caption ("moving left" for a clip moving right) minus the loss
+  with the true caption, relative to the latter. Zero: the direction words' sign is ignored.
+* **Time-reversal gap**: how far the model is from equivariance under playing the input backwards
+  (``|f(reverse(x)) - reverse(f(x))| / |f(x)|``, RMS). A model near zero cannot make "left" differ from "right";
+  with one latent frame per patch, Wan sees time only through relative rotary embeddings.
 
 Example::
 
@@ -76,10 +85,40 @@ def diagnose(pipe, kind: str = "t2i", n: int = 48, seed: int = 0, levels: Sequen
     return report
 
 
+@torch.no_grad()
+def direction_sign(pipe, n: int = 48, seed: int = 0, levels: Sequence[float] = (0.5, 0.7, 0.9)) -> dict:
+    """``{s: {"loss": true-caption loss, "sign_gap": relative loss increase with reversed directions,
+    "time_reversal_gap": relative distance from time-reversal equivariance}}`` at noise levels ``s``, on the
+    normalised latents of ``n`` training clips (items 100..100+n-1) of the t2v model ``pipe``."""
+    from .train import _encode_text, encode_mean, predict_velocity, render_batch, time_reversed_caption
+
+    vae = pipe.vae
+    x, captions = render_batch("t2v", seed, list(range(100, 100 + n)))
+    z = encode_mean(vae, x.to(vae.device))
+    mean = torch.tensor(vae.config.latents_mean, device=z.device).view(1, -1, 1, 1, 1)
+    std = torch.tensor(vae.config.latents_std, device=z.device).view(1, -1, 1, 1, 1)
+    z = (z - mean) / std
+    noise = torch.randn(z.shape, generator=torch.Generator().manual_seed(seed)).to(z.device)
+    true, reversed_ = _encode_text(pipe, "t2v", captions), _encode_text(
+        pipe, "t2v", [time_reversed_caption(c) for c in captions])
+    report = {}
+    for s in levels:
+        xt = (1 - s) * z + s * noise
+        sv = torch.full((n,), float(s), device=z.device)
+        pred = predict_velocity(pipe, "t2v", xt, sv, true)
+        loss = (pred - (noise - z)).pow(2).mean()
+        loss_rev = (predict_velocity(pipe, "t2v", xt, sv, reversed_) - (noise - z)).pow(2).mean()
+        pred_flip = predict_velocity(pipe, "t2v", xt.flip(2), sv, true).flip(2)
+        report[str(s)] = {"loss": round(float(loss), 5), "sign_gap": round(float(loss_rev / loss - 1), 5),
+                          "time_reversal_gap": round(float((pred_flip - pred).pow(2).mean().sqrt()
+                                                           / pred.pow(2).mean().sqrt()), 5)}
+    return report
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     p = argparse.ArgumentParser(prog="python -m dit_attn.pipelines.shapes.diagnose", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--kind", choices=("t2i", "flux"), default="t2i")
+    p.add_argument("--kind", choices=("t2i", "flux", "t2v"), default="t2i")
     p.add_argument("--model", default=None, help="pipeline folder (default: the bundled model of --kind)")
     p.add_argument("--n", type=int, default=48)
     p.add_argument("--threads", type=int, default=1)
@@ -93,7 +132,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         from .bundled import load_shapes
 
         pipe = load_shapes(a.kind, adapters=False)
-    print(json.dumps(diagnose(pipe, a.kind, n=a.n), indent=1))
+    report = direction_sign(pipe, n=a.n) if a.kind == "t2v" else diagnose(pipe, a.kind, n=a.n)
+    print(json.dumps(report, indent=1))
     return 0
 
 

@@ -206,6 +206,49 @@ def is_framewise(vae) -> bool:
     return all(not bool(conv.weight[:, :, :-1].any()) for conv in _causal_convs(vae)[1])
 
 
+def with_temporal_patch(transformer, frames: int):
+    """A copy of a ``WanTransformer3DModel`` whose patches span ``frames`` latent frames (``patch_size`` becomes
+    ``(frames, p_h, p_w)``), keeping every block's weights.
+
+    Why: with one latent frame per token, a Wan transformer sees time only through rotary embeddings, which are
+    relative; our frame-wise VAE adds no first-frame signature, so the model cannot tell a clip from the clip played
+    backwards and learns the axis of a motion but not its sign (``docs/shapesworld.md``). A patch spanning the clip's
+    frames gives each frame its own input and output weights, so "moving right" and "moving left" become different
+    per-token patterns, as spatial relations are for the image models.
+
+    The new patch embedding averages the frames through the old one (a still clip embeds exactly as before) and the
+    new output projection emits the old per-frame output for every frame, so training starts from the old model
+    applied to the clip's mean frame.
+
+    Example::
+
+        >>> import torch
+        >>> from diffusers import WanTransformer3DModel
+        >>> old = WanTransformer3DModel(**transformer_config("t2v") | {"patch_size": (1, 2, 2)})
+        >>> new = with_temporal_patch(old, 3)
+        >>> tuple(new.config.patch_size), new.patch_embedding.weight.shape[2]
+        ((3, 2, 2), 3)
+    """
+    import diffusers
+
+    p_t, p_h, p_w = transformer.config.patch_size
+    if p_t != 1:
+        raise ValueError(f"with_temporal_patch converts a transformer with one frame per patch, got patch_size "
+                         f"{tuple(transformer.config.patch_size)}")
+    if not isinstance(frames, int) or frames < 1:
+        raise ValueError(f"frames must be a positive int, got {frames!r}")
+    config = {k: v for k, v in transformer.config.items() if not k.startswith("_")}
+    config["patch_size"] = (frames, p_h, p_w)
+    new = diffusers.WanTransformer3DModel(**config)
+    state = dict(transformer.state_dict())
+    state["patch_embedding.weight"] = transformer.patch_embedding.weight.repeat(1, 1, frames, 1, 1) / frames
+    # proj_out rows are laid out (p_t, p_h, p_w, channels): one copy of the old rows per frame
+    state["proj_out.weight"] = transformer.proj_out.weight.repeat(frames, 1)
+    state["proj_out.bias"] = transformer.proj_out.bias.repeat(frames)
+    new.load_state_dict(state, strict=True)
+    return new.to(transformer.device)
+
+
 def transformer_config(kind: str) -> dict[str, Any]:
     """Constructor kwargs of the ShapesWorld transformer of ``kind`` (a fresh dict)."""
     if kind == "t2i":

@@ -48,7 +48,8 @@ from tqdm.auto import tqdm
 
 from dit_attn.checkpoint import load_optimizer_tensors, optimizer_tensors
 
-from .models import KINDS, NUM_FRAMES, RESOLUTION, T5_MAX_LENGTH, build_pipeline, is_framewise, text_encoder_names
+from .models import (KINDS, NUM_FRAMES, RESOLUTION, T5_MAX_LENGTH, build_pipeline, is_framewise, text_encoder_names,
+                     with_temporal_patch)
 from .render import render_image, render_video, to_tensor_image
 from .world import sample_scene, scene_rng
 
@@ -443,20 +444,26 @@ def train(kind: str, out: str, work: str, minutes: float, vae_minutes: float, ba
           lr: float, seed: int, resume: bool, init_vae: Optional[str], log_every: int, ckpt_minutes: float,
           eval_n: int, logit_mean: float = 0.0, logit_std: float = 1.0, init_from: Optional[str] = None,
           warmup: int = 200, vae_crop: int = 32, vae_fg_weight: float = 0.0, fg_weight: float = 0.0,
-          device: str = "cpu", workers: int = 0, precision: str = "fp32", time_reverse_p: float = 0.0) -> None:
+          device: str = "cpu", workers: int = 0, precision: str = "fp32", time_reverse_p: float = 0.0,
+          temporal_patch: int = 0) -> None:
     """Train (or resume) one ShapesWorld model; the CLI's flags map one to one (see :func:`main`). ``device``:
     where the VAE, text encoders and transformer train ("cpu", "cuda", "cuda:1"; random draws stay on the CPU,
     so a run does the same steps on any device); ``workers``: processes rendering the latent cache;
     ``precision``: ``"fp32"`` or ``"bf16"`` (mixed precision: the flow-matching forward under bfloat16 autocast,
     weights, AdamW moments and EMA stay float32; ~1.45x faster steps on our AVX512-BF16 CPU);
     ``time_reverse_p``: t2v only, the probability that a training clip is played backwards with its directions
-    swapped (:func:`time_reverse`)."""
+    swapped (:func:`time_reverse`); ``temporal_patch``: t2v only, latent frames per transformer patch (0: the
+    model's own; a one-frame model is converted with :func:`models.with_temporal_patch`)."""
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     if not 0.0 <= time_reverse_p <= 1.0:
         raise ValueError(f"time_reverse_p must be a probability in [0, 1], got {time_reverse_p!r}")
     if time_reverse_p and kind != "t2v":
         raise ValueError(f"time reversal is a t2v augmentation; kind {kind!r} has no motion")
+    if temporal_patch and kind != "t2v":
+        raise ValueError(f"temporal_patch is a t2v option; kind {kind!r} has no frames")
+    if temporal_patch < 0:
+        raise ValueError(f"temporal_patch must be >= 0 (0: keep the model's own), got {temporal_patch!r}")
     torch.manual_seed(seed)
     np.random.seed(seed)
     os.makedirs(work, exist_ok=True)
@@ -482,6 +489,9 @@ def train(kind: str, out: str, work: str, minutes: float, vae_minutes: float, ba
             with open(os.path.join(work, "vae_done.json"), "w") as f:
                 json.dump({"vae_step": 0, "vae_elapsed": 0.0, "init_from": init_from}, f)
             log.write(phase="init", init_from=init_from)
+    if temporal_patch and pipe.transformer.config.patch_size[0] != temporal_patch:
+        pipe.register_modules(transformer=with_temporal_patch(pipe.transformer, temporal_patch))
+        log.write(phase="note", temporal_patch=temporal_patch)
     pipe.set_progress_bar_config(disable=True)
     pipe.to(device)
     vae_cls = type(pipe.vae)
@@ -624,6 +634,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--time-reverse", type=float, default=0.0,
                    help="t2v: probability of playing a training clip backwards with its directions swapped "
                         "(exact with the frame-wise VAE; e.g. 0.5)")
+    p.add_argument("--temporal-patch", type=int, default=0,
+                   help="t2v: latent frames per transformer patch (0: the model's own); converts a one-frame "
+                        "--init-from model (models.with_temporal_patch), e.g. 3 for the whole 9-frame clip")
     a = p.parse_args(argv)
     device = ("cuda" if torch.cuda.is_available() else "cpu") if a.device == "auto" else a.device
     try:
@@ -636,7 +649,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
           a.minutes if a.minutes is not None else d_minutes, a.vae_minutes if a.vae_minutes is not None else d_vae,
           a.batch or d_batch, a.cache_size or d_cache, a.lr, a.seed, a.resume, a.init_vae, a.log_every,
           a.ckpt_minutes, a.eval_n, a.logit_mean, a.logit_std, a.init_from, a.warmup, a.vae_crop, a.vae_fg_weight,
-          a.fg_weight, device, a.workers, a.precision, a.time_reverse)
+          a.fg_weight, device, a.workers, a.precision, a.time_reverse, a.temporal_patch)
     return 0
 
 

@@ -171,3 +171,55 @@ def test_time_reversal_is_refused_where_it_is_not_exact(tmp_path):
     with pytest.raises(ValueError, match=r"probability in \[0, 1\]"):
         train("t2v", str(tmp_path / "o"), str(tmp_path / "w"), 0.01, 0.0, 2, 4, 1e-3, 0, False, None, 1, 1.0, 0,
               time_reverse_p=1.5)
+
+
+def _one_frame_wan(seed: int = 0):
+    from diffusers import WanTransformer3DModel
+
+    from dit_attn.pipelines.shapes.models import transformer_config
+
+    torch.manual_seed(seed)
+    model = WanTransformer3DModel(**(transformer_config("t2v") | {"patch_size": (1, 2, 2)})).eval()
+    with torch.no_grad():  # fresh Wan init zeroes nothing we test, but make every weight non-trivial anyway
+        for p in model.parameters():
+            p.add_(0.02 * torch.randn_like(p))
+    return model
+
+
+def test_temporal_patch_keeps_still_clips_and_breaks_time_reversal_symmetry():
+    """The converted transformer embeds a still clip exactly as the one-frame model embeds its frame and emits the
+    same output for every frame; after training (here: perturbed frame weights) it is no longer equivariant under
+    playing the clip backwards, which a one-frame Wan model nearly is (the reason it could not learn the sign)."""
+    from dit_attn.pipelines.shapes.models import with_temporal_patch
+
+    old = _one_frame_wan()
+    new = with_temporal_patch(old, 3)
+    assert tuple(new.config.patch_size) == (3, 2, 2) and tuple(old.config.patch_size) == (1, 2, 2)
+    g = torch.Generator().manual_seed(1)
+    frame = torch.randn(2, 4, 1, 16, 16, generator=g)
+    still = frame.repeat(1, 1, 3, 1, 1)
+    with torch.no_grad():
+        torch.testing.assert_close(new.patch_embedding(still), old.patch_embedding(frame), rtol=1e-5, atol=1e-5)
+        text, t = torch.randn(2, 7, 64, generator=g), torch.tensor([300.0, 700.0])
+        out = new(hidden_states=still, timestep=t, encoder_hidden_states=text).sample
+        assert out.shape == still.shape
+        torch.testing.assert_close(out[:, :, 0], out[:, :, 2], rtol=0, atol=0)
+        new.patch_embedding.weight[:, :, 0].add_(0.05 * torch.randn_like(new.patch_embedding.weight[:, :, 0]))
+        clip = torch.randn(2, 4, 3, 16, 16, generator=g)
+        fwd = new(hidden_states=clip, timestep=t, encoder_hidden_states=text).sample
+        bwd = new(hidden_states=clip.flip(2), timestep=t, encoder_hidden_states=text).sample.flip(2)
+        assert (fwd - bwd).abs().max() > 1e-2 * fwd.abs().mean()
+
+
+def test_temporal_patch_errors(tmp_path):
+    from dit_attn.pipelines.shapes.models import with_temporal_patch
+    from dit_attn.pipelines.shapes.train import train
+
+    new = with_temporal_patch(_one_frame_wan(), 3)
+    with pytest.raises(ValueError, match="one frame per patch"):
+        with_temporal_patch(new, 3)
+    with pytest.raises(ValueError, match="positive int"):
+        with_temporal_patch(_one_frame_wan(), 0)
+    with pytest.raises(ValueError, match="t2v option"):
+        train("t2i", str(tmp_path / "o"), str(tmp_path / "w"), 0.01, 0.0, 2, 4, 1e-3, 0, False, None, 1, 1.0, 0,
+              temporal_patch=3)
