@@ -27,6 +27,7 @@ MODULES = {
     "dit_attn.pipelines.shapes.generate": 4,
     "dit_attn.pipelines.shapes.models": 10,
     "dit_attn.pipelines.shapes.diagnose": 4,
+    "dit_attn.pipelines.shapes.train": 3,
     "dit_attn.controls": 3,
     "dit_attn.controls.conditions": 10,
     "dit_attn.conditions.train": 23,

@@ -375,22 +375,55 @@ def _to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
 
 
 def flow_loss(pipe, kind: str, x0: torch.Tensor, prompts: list[str], gen: torch.Generator,
-              logit_mean: float = 0.0, logit_std: float = 1.0, fg_weight: float = 0.0) -> torch.Tensor:
+              logit_mean: float = 0.0, logit_std: float = 1.0, fg_weight: float = 0.0,
+              sign_weight: float = 0.0, sign_margin: float = 0.05) -> torch.Tensor:
     """Rectified-flow loss of one batch of normalised latents ``x0`` with their prompts; noise levels
     ``s = sigmoid(logit_mean + logit_std * z)`` (``s = 1``: pure noise). ``fg_weight`` > 0 weighs the error at
     object positions (:func:`foreground_mask`) ``1 + fg_weight`` times (a weighted mean: the loss keeps its
-    scale): objects are ~15% of the latent, and their silhouettes are what the plain loss learns slowest."""
+    scale): objects are ~15% of the latent, and their silhouettes are what the plain loss learns slowest.
+
+    ``sign_weight`` > 0 (t2v) adds ``sign_weight`` times the mean over clips with a motion phrase of the
+    :func:`sign_contrast` hinge with ``sign_margin``: the same noisy clip is also denoised under its
+    time-reversed caption, which must then predict worse."""
     b = x0.shape[0]
     # CPU draws: the same run on any device; pinned + non_blocking so a CUDA step does not wait on the copy
     noise = _to_device(torch.randn(x0.shape, generator=gen), x0.device)
     s = _to_device(torch.sigmoid(logit_mean + logit_std * torch.randn(b, generator=gen)), x0.device)
     sv = s.view(-1, *([1] * (x0.dim() - 1)))
     xt = (1 - sv) * x0 + sv * noise
-    pred = predict_velocity(pipe, kind, xt, s, _encode_text(pipe, kind, prompts))
-    if fg_weight <= 0:
-        return F.mse_loss(pred, noise - x0)
-    weight = (1.0 + fg_weight * foreground_mask(x0)).expand_as(x0)
-    return ((pred - (noise - x0)).pow(2) * weight).sum() / weight.sum()
+    weight = (1.0 + fg_weight * foreground_mask(x0)).expand_as(x0) if fg_weight > 0 else torch.ones_like(x0)
+    reversed_prompts = [time_reversed_caption(p) for p in prompts] if sign_weight > 0 else prompts
+    has_motion = [r != p for r, p in zip(reversed_prompts, prompts)]
+    if not any(has_motion):
+        pred = predict_velocity(pipe, kind, xt, s, _encode_text(pipe, kind, prompts))
+        return ((pred - (noise - x0)).pow(2) * weight).sum() / weight.sum()
+    # one forward for both captions: the reversed half sees the very same noisy latents
+    pred, pred_rev = predict_velocity(pipe, kind, torch.cat([xt, xt]), torch.cat([s, s]),
+                                      _encode_text(pipe, kind, prompts + reversed_prompts)).chunk(2)
+    err = (pred - (noise - x0)).pow(2) * weight
+    err_rev = (pred_rev - (noise - x0)).pow(2) * weight
+    per_clip, per_clip_rev = (e.flatten(1).sum(1) / weight.flatten(1).sum(1) for e in (err, err_rev))
+    mask = torch.tensor(has_motion, device=x0.device, dtype=per_clip.dtype)
+    hinge = sign_contrast(per_clip, per_clip_rev, sign_margin)
+    return err.sum() / weight.sum() + sign_weight * (hinge * mask).sum() / mask.sum()
+
+
+def sign_contrast(loss_true: torch.Tensor, loss_reversed: torch.Tensor, margin: float) -> torch.Tensor:
+    """Per-clip hinge ``max(0, margin - (loss_reversed - loss_true) / loss_true)``, with ``loss_true`` in the
+    denominator held constant: zero once the time-reversed caption predicts the clip's velocity at least
+    ``margin`` (relative) worse than its own caption.
+
+    The plain flow loss barely rewards knowing a clip's direction sign (at most noise levels the noisy clip
+    already shows which way its objects go), and the bundled t2v learned the axis but not the sign; this term
+    asks the text encoder and transformer directly to make "moving left" and "moving right" predict differently.
+
+    Example::
+
+        >>> import torch
+        >>> sign_contrast(torch.tensor([1.0, 1.0]), torch.tensor([1.0, 1.2]), margin=0.05)
+        tensor([0.0500, 0.0000])
+    """
+    return torch.relu(margin - (loss_reversed - loss_true) / loss_true.detach())
 
 
 def _trainables(pipe, kind: str) -> dict[str, torch.nn.Module]:
@@ -445,7 +478,7 @@ def train(kind: str, out: str, work: str, minutes: float, vae_minutes: float, ba
           eval_n: int, logit_mean: float = 0.0, logit_std: float = 1.0, init_from: Optional[str] = None,
           warmup: int = 200, vae_crop: int = 32, vae_fg_weight: float = 0.0, fg_weight: float = 0.0,
           device: str = "cpu", workers: int = 0, precision: str = "fp32", time_reverse_p: float = 0.0,
-          temporal_patch: int = 0) -> None:
+          temporal_patch: int = 0, sign_weight: float = 0.0, sign_margin: float = 0.05) -> None:
     """Train (or resume) one ShapesWorld model; the CLI's flags map one to one (see :func:`main`). ``device``:
     where the VAE, text encoders and transformer train ("cpu", "cuda", "cuda:1"; random draws stay on the CPU,
     so a run does the same steps on any device); ``workers``: processes rendering the latent cache;
@@ -453,7 +486,8 @@ def train(kind: str, out: str, work: str, minutes: float, vae_minutes: float, ba
     weights, AdamW moments and EMA stay float32; ~1.45x faster steps on our AVX512-BF16 CPU);
     ``time_reverse_p``: t2v only, the probability that a training clip is played backwards with its directions
     swapped (:func:`time_reverse`); ``temporal_patch``: t2v only, latent frames per transformer patch (0: the
-    model's own; a one-frame model is converted with :func:`models.with_temporal_patch`)."""
+    model's own; a one-frame model is converted with :func:`models.with_temporal_patch`); ``sign_weight``,
+    ``sign_margin``: t2v only, the direction-sign contrast of :func:`flow_loss` (0: off)."""
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     if not 0.0 <= time_reverse_p <= 1.0:
@@ -462,6 +496,10 @@ def train(kind: str, out: str, work: str, minutes: float, vae_minutes: float, ba
         raise ValueError(f"time reversal is a t2v augmentation; kind {kind!r} has no motion")
     if temporal_patch and kind != "t2v":
         raise ValueError(f"temporal_patch is a t2v option; kind {kind!r} has no frames")
+    if sign_weight and kind != "t2v":
+        raise ValueError(f"the sign contrast is a t2v loss; kind {kind!r} has no motion")
+    if sign_weight < 0 or sign_margin <= 0:
+        raise ValueError(f"sign_weight must be >= 0 and sign_margin > 0, got {sign_weight!r} and {sign_margin!r}")
     if temporal_patch < 0:
         raise ValueError(f"temporal_patch must be >= 0 (0: keep the model's own), got {temporal_patch!r}")
     torch.manual_seed(seed)
@@ -551,7 +589,8 @@ def train(kind: str, out: str, work: str, minutes: float, vae_minutes: float, ba
                       "lr": lr, "seed": seed, "cache_size": cache_size, "vae_elapsed": vae_elapsed,
                       "cache_seconds": cache_s, "minutes": minutes, "logit_mean": logit_mean,
                       "logit_std": logit_std, "init_from": init_from, "fg_weight": fg_weight,
-                      "precision": precision, "time_reverse_p": time_reverse_p}
+                      "precision": precision, "time_reverse_p": time_reverse_p, "sign_weight": sign_weight,
+                      "sign_margin": sign_margin}
         save_state(work, modules, ema, opt, state_meta)
         export(pipe, kind, modules, ema, out, work)
         tqdm.write(f"[{kind}] step {step}: checkpoint saved, exported to {out}; eval {scores}")
@@ -567,7 +606,8 @@ def train(kind: str, out: str, work: str, minutes: float, vae_minutes: float, ba
         for g in opt.param_groups:
             g["lr"] = lr * min(1.0, (step + 1) / warmup)
         with torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=precision == "bf16"):
-            loss = flow_loss(pipe, kind, x0, prompts, gen, logit_mean, logit_std, fg_weight)
+            loss = flow_loss(pipe, kind, x0, prompts, gen, logit_mean, logit_std, fg_weight, sign_weight,
+                             sign_margin)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -637,6 +677,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--temporal-patch", type=int, default=0,
                    help="t2v: latent frames per transformer patch (0: the model's own); converts a one-frame "
                         "--init-from model (models.with_temporal_patch), e.g. 3 for the whole 9-frame clip")
+    p.add_argument("--sign-weight", type=float, default=0.0,
+                   help="t2v: weight of the direction-sign contrast (each clip also denoised under its "
+                        "time-reversed caption, which must predict --sign-margin worse); e.g. 1")
+    p.add_argument("--sign-margin", type=float, default=0.05,
+                   help="t2v: relative loss margin of the sign contrast")
     a = p.parse_args(argv)
     device = ("cuda" if torch.cuda.is_available() else "cpu") if a.device == "auto" else a.device
     try:
@@ -649,7 +694,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
           a.minutes if a.minutes is not None else d_minutes, a.vae_minutes if a.vae_minutes is not None else d_vae,
           a.batch or d_batch, a.cache_size or d_cache, a.lr, a.seed, a.resume, a.init_vae, a.log_every,
           a.ckpt_minutes, a.eval_n, a.logit_mean, a.logit_std, a.init_from, a.warmup, a.vae_crop, a.vae_fg_weight,
-          a.fg_weight, device, a.workers, a.precision, a.time_reverse, a.temporal_patch)
+          a.fg_weight, device, a.workers, a.precision, a.time_reverse, a.temporal_patch, a.sign_weight,
+          a.sign_margin)
     return 0
 
 
