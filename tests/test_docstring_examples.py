@@ -32,6 +32,7 @@ MODULES = {
     "dit_attn.controls.conditions": 10,
     "dit_attn.conditions.train": 23,
     "dit_attn.tensor_memo": 7,
+    "dit_attn.sparse.quality": 5,
 }
 TRITON_MODULES = {
     "dit_attn.kernels": 14,

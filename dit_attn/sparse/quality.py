@@ -10,6 +10,10 @@
    (same seed).
 4. Writes ``quality.json`` and ``per_layer.png`` / ``final.png`` (matplotlib) into ``--out``.
 
+``--samples N`` repeats 1-3 for N (prompt, seed) pairs and averages (one prompt and one seed is a small sample:
+on trained models the ranking of the variants can flip between seeds); each sample's PSNR / SSIM is kept in
+the JSON.
+
 Models: ``tiny:<family>`` (``dit_attn.testing`` tiny random-weight pipelines: sd3, flux, wan, hunyuan_video,
 cogvideox), ``shapes:t2v`` / ``shapes:t2i`` (the ShapesWorld models, when ``dit_attn.pipelines.load_shapes``
 exists), or a local diffusers pipeline directory (``DiffusionPipeline.from_pretrained``, never downloads). The
@@ -50,28 +54,35 @@ class _Capture(Control):
         return call
 
 
-def _load(model: str, steps: int, seed: int):
-    """(pipeline, call kwargs, default block size)."""
+def _load(model: str, steps: int):
+    """(pipeline, ``call_kwargs(i, seed)`` giving the i-th sample's call, default block size).
+
+    Sample i uses seed ``seed + i``; ShapesWorld models also take the i-th held-out caption of their kind, so a
+    multi-sample run averages over prompts as well as noise draws.
+    """
     if model.startswith("tiny:"):
         from dit_attn.testing import tiny_call_kwargs, tiny_pipeline
 
         fam = model.split(":", 1)[1]
-        return tiny_pipeline(fam), tiny_call_kwargs(fam, steps=steps, seed=seed), 8
+        return tiny_pipeline(fam), lambda i, seed: tiny_call_kwargs(fam, steps=steps, seed=seed + i), 8
     if model.startswith("shapes:"):
         from dit_attn.pipelines import load_shapes, shapes_call_kwargs
+        from dit_attn.pipelines.shapes.world import eval_prompts
 
         kind = model.split(":", 1)[1]
-        prompt = "a red circle moving right" if kind == "t2v" else "a red circle above a blue square"
-        kwargs = dict(shapes_call_kwargs(kind, steps=steps), prompt=prompt,
-                      generator=torch.Generator().manual_seed(seed), output_type="np")
+        base = shapes_call_kwargs(kind, steps=steps)
+
+        def call_kwargs(i, seed):
+            prompt = eval_prompts(kind, "heldout", n=i + 1)[i][0]
+            return dict(base, prompt=prompt, generator=torch.Generator().manual_seed(seed + i), output_type="np")
+
         # 64 image tokens per frame (t2v: 3 latent frames, 192 tokens): blocks of 16 give 4-12 blocks per row.
-        return load_shapes(kind), kwargs, 16
+        return load_shapes(kind), call_kwargs, 16
     from diffusers import DiffusionPipeline
 
     pipe = DiffusionPipeline.from_pretrained(model, local_files_only=True, use_safetensors=True)
-    kwargs = dict(prompt="a red circle above a blue square", num_inference_steps=steps,
-                  generator=torch.Generator().manual_seed(seed), output_type="np")
-    return pipe, kwargs, 128
+    return pipe, lambda i, seed: dict(prompt="a red circle above a blue square", num_inference_steps=steps,
+                                      generator=torch.Generator().manual_seed(seed + i), output_type="np"), 128
 
 
 def _default_model() -> str:
@@ -120,58 +131,95 @@ def ssim(a: np.ndarray, b: np.ndarray, win: int = 7) -> float:
 
 
 def evaluate(model: str, sparsities, variants, *, steps: int = 4, seed: int = 0, block_size: int | None = None,
-             neighbors: bool = True, tau: float = 0.3) -> dict:
-    """Run the whole evaluation and return the results as a JSON-able dict."""
-    pipe, kwargs, default_bs = _load(model, steps, seed)
-    bs = block_size or default_bs
-    fresh = lambda: dict(kwargs, generator=torch.Generator().manual_seed(seed)) if "generator" in kwargs else kwargs  # noqa: E731
-    if "generator" not in kwargs:  # tiny_call_kwargs build a fresh generator per call
-        from dit_attn.testing import tiny_call_kwargs
+             neighbors: bool = True, tau: float = 0.3, samples: int = 1, progress: bool = False) -> dict:
+    """Run the whole evaluation and return the results as a JSON-able dict.
 
-        fresh = lambda: tiny_call_kwargs(model.split(":", 1)[1], steps=steps, seed=seed)  # noqa: E731
-    cap = _Capture()
-    with dit_attn.attach(pipe, cap):
-        dense_out = _frames(pipe(**fresh()))
+    ``samples`` > 1 repeats it for that many (prompt, seed) pairs: per-layer errors are averaged over every captured
+    call of every sample; final PSNR / SSIM are the mean over samples, with each sample's value kept in
+    ``final[variant][sparsity]["psnr_samples"]`` (and ``"ssim_samples"``) so the spread can be read.
+    """
+    if samples < 1:
+        raise ValueError(f"samples must be >= 1, got {samples}")
+    pipe, call_kwargs, default_bs = _load(model, steps)
+    bs = block_size or default_bs
 
     def control(variant, sparsity, track=False):
         return dit_attn.RectifiedSparse(sparsity=sparsity, tau=tau, block_size=bs, neighbors=neighbors,
                                         variant=variant, track_density=track)
 
     layers: dict = {}
-    for q, k, v, mask, layout, scale in cap.calls:
-        probe = control("full", 0.5)
-        if not probe.applies_to(layout):
-            continue
-        ref = execute(AttentionCall(q, k, v, layout, attn_mask=mask, scale=scale)).double()
+    final: dict = {}
+    from tqdm.auto import tqdm
+
+    for i in tqdm(range(samples), desc="sparse quality samples", disable=not progress):
+        cap = _Capture()
+        with dit_attn.attach(pipe, cap):
+            dense_out = _frames(pipe(**call_kwargs(i, seed)))
+        for q, k, v, mask, layout, scale in cap.calls:
+            if not control("full", 0.5).applies_to(layout):
+                continue
+            ref = execute(AttentionCall(q, k, v, layout, attn_mask=mask, scale=scale)).double()
+            for variant in variants:
+                for sp in sparsities:
+                    c = control(variant, sp, track=True)
+                    out = sparse_attention(c, q, k, v, layout, attn_mask=mask, scale=scale).double()
+                    entry = layers.setdefault(str(layout.layer_index), {}).setdefault(variant, {}).setdefault(
+                        str(sp), {"rel_err": [], "cosine": [], "density": []})
+                    entry["rel_err"].append(float((out - ref).norm() / ref.norm()))
+                    entry["cosine"].append(float(torch.nn.functional.cosine_similarity(out.flatten(), ref.flatten(),
+                                                                                       dim=0)))
+                    entry["density"].append(float(c.density_log[0][2]) if c.density_log else 1.0)
+        del cap
         for variant in variants:
             for sp in sparsities:
                 c = control(variant, sp, track=True)
-                out = sparse_attention(c, q, k, v, layout, attn_mask=mask, scale=scale).double()
-                rel = float((out - ref).norm() / ref.norm())
-                cos = float(torch.nn.functional.cosine_similarity(out.flatten(), ref.flatten(), dim=0))
-                dens = float(c.density_log[0][2]) if c.density_log else 1.0
-                entry = layers.setdefault(str(layout.layer_index), {}).setdefault(variant, {}).setdefault(
-                    str(sp), {"rel_err": [], "cosine": [], "density": []})
-                entry["rel_err"].append(rel)
-                entry["cosine"].append(cos)
-                entry["density"].append(dens)
+                with dit_attn.attach(pipe, c):
+                    out = _frames(pipe(**call_kwargs(i, seed)))
+                dens = float(torch.stack([d for _, _, d in c.density_log]).mean()) if c.density_log else 1.0
+                entry = final.setdefault(variant, {}).setdefault(str(sp), {"psnr_samples": [], "ssim_samples": [],
+                                                                           "density_samples": []})
+                entry["psnr_samples"].append(psnr(out, dense_out))
+                entry["ssim_samples"].append(ssim(out, dense_out))
+                entry["density_samples"].append(dens)
     for per_variant in layers.values():
         for per_sp in per_variant.values():
             for key, e in per_sp.items():
                 per_sp[key] = {m: float(np.mean(vals)) for m, vals in e.items()}
+    for per_sp in final.values():
+        for e in per_sp.values():
+            e.update(psnr=float(np.mean(e["psnr_samples"])), ssim=float(np.mean(e["ssim_samples"])),
+                     density=float(np.mean(e.pop("density_samples"))))
+    results = {"model": model, "steps": steps, "seed": seed, "samples": samples, "block_size": bs,
+               "neighbors": neighbors, "tau": tau, "sparsities": list(sparsities), "variants": list(variants),
+               "per_layer": layers, "final": final, "machine": os.uname().machine, "torch": torch.__version__}
+    if "block" in variants and len(variants) > 1:
+        results["psnr_gain_vs_block"] = paired_psnr_gain(results)
+    return results
 
-    final: dict = {}
-    for variant in variants:
-        for sp in sparsities:
-            c = control(variant, sp, track=True)
-            with dit_attn.attach(pipe, c):
-                out = _frames(pipe(**fresh()))
-            dens = float(torch.stack([d for _, _, d in c.density_log]).mean()) if c.density_log else 1.0
-            final.setdefault(variant, {})[str(sp)] = {"psnr": psnr(out, dense_out), "ssim": ssim(out, dense_out),
-                                                     "density": dens}
-    return {"model": model, "steps": steps, "seed": seed, "block_size": bs, "neighbors": neighbors, "tau": tau,
-            "sparsities": list(sparsities), "variants": list(variants), "per_layer": layers, "final": final,
-            "machine": os.uname().machine, "torch": torch.__version__}
+
+def paired_psnr_gain(results: dict, baseline: str = "block") -> dict:
+    """Per variant and sparsity: mean PSNR gain over ``baseline`` on the same samples, its standard error (``None``
+    for one sample) and on how many samples the variant wins. Pairing removes the between-prompt spread, which on
+    trained models is larger than the differences between variants.
+
+    >>> r = {"variants": ["rc", "block"], "sparsities": [0.5], "final": {
+    ...     "rc": {"0.5": {"psnr_samples": [20.0, 18.0]}}, "block": {"0.5": {"psnr_samples": [19.0, 18.5]}}}}
+    >>> gain = paired_psnr_gain(r)["rc"]["0.5"]
+    >>> gain["mean"], round(gain["stderr"], 6), gain["wins"], gain["samples"]
+    (0.25, 0.75, 1, 2)
+    """
+    out: dict = {}
+    for variant in results["variants"]:
+        if variant == baseline:
+            continue
+        for sp in results["sparsities"]:
+            gain = (np.asarray(results["final"][variant][str(sp)]["psnr_samples"])
+                    - np.asarray(results["final"][baseline][str(sp)]["psnr_samples"]))
+            n = len(gain)
+            out.setdefault(variant, {})[str(sp)] = {
+                "mean": float(gain.mean()), "stderr": float(gain.std(ddof=1) / math.sqrt(n)) if n > 1 else None,
+                "wins": int((gain > 0).sum()), "samples": n}
+    return out
 
 
 def plot(results: dict, out_dir: Path) -> list[Path]:
@@ -218,6 +266,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--variants", default=",".join(VARIANTS))
     ap.add_argument("--steps", type=int, default=4)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--samples", type=int, default=1,
+                    help="(prompt, seed) pairs to average over: seeds seed..seed+N-1, ShapesWorld held-out captions")
     ap.add_argument("--block-size", type=int, default=None, help="default: 8 for tiny models, else 128")
     ap.add_argument("--tau", type=float, default=0.3)
     ap.add_argument("--no-neighbors", action="store_true")
@@ -232,18 +282,25 @@ def main(argv=None) -> dict:
         sparsities = [float(s) for s in args.sparsities.split(",") if s]
     except ValueError:
         ap.error(f"--sparsities must be comma-separated numbers; got {args.sparsities!r}")
+    if args.samples < 1:
+        ap.error(f"--samples must be >= 1; got {args.samples}")
     model = args.model or _default_model()
     results = evaluate(model, sparsities, variants, steps=args.steps, seed=args.seed, block_size=args.block_size,
-                       neighbors=not args.no_neighbors, tau=args.tau)
+                       neighbors=not args.no_neighbors, tau=args.tau, samples=args.samples, progress=True)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "quality.json").write_text(json.dumps(results, indent=1))
     plot(results, out)
     for variant in variants:
         row = "  ".join(f"sp={sp}: PSNR {results['final'][variant][str(sp)]['psnr']:.1f} dB "
+                        f"(min {min(results['final'][variant][str(sp)]['psnr_samples']):.1f}) "
                         f"SSIM {results['final'][variant][str(sp)]['ssim']:.3f} "
                         f"(density {results['final'][variant][str(sp)]['density']:.2f})" for sp in sparsities)
         print(f"{variant:>5}: {row}")
+    for variant, per_sp in results.get("psnr_gain_vs_block", {}).items():
+        row = "  ".join(f"sp={sp}: {g['mean']:+.2f} dB" + (f" ± {g['stderr']:.2f}" if g["stderr"] is not None else "")
+                        + f", wins {g['wins']}/{g['samples']}" for sp, g in per_sp.items())
+        print(f"{variant:>5} vs block (paired): {row}")
     return results
 
 
