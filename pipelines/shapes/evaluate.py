@@ -994,8 +994,10 @@ def intervals(results: Sequence[Any], z: float = 1.96) -> dict[str, tuple[float,
 
 def direction_confusion(results: Sequence[Any], specs: Sequence[Any]) -> dict[str, dict[str, int]]:
     """``{named direction: {measured direction: count}}`` over the objects of scored videos (:func:`score_video`
-    results with their prompts' specs); ``"none"``: not tracked in half the frames, or not moving. Tells a
-    generator that gets the axis but not the sign (left <-> right) from one that ignores the direction.
+    results with their prompts' specs). Besides the four directions, an object is measured ``"still"`` (tracked
+    with its colour in half the frames, moving less than :data:`MIN_MOTION`) or ``"lost"`` (not tracked in half the
+    frames). Tells a generator that gets the axis but not the sign (left <-> right) from one that ignores the
+    direction, and one that does not move its objects from one that loses them.
 
     >>> from dit_attn.pipelines.shapes import eval_prompts, render_video, score_video
     >>> specs = [s for _, s in eval_prompts("t2v", split="heldout", n=4)]
@@ -1007,7 +1009,8 @@ def direction_confusion(results: Sequence[Any], specs: Sequence[Any]) -> dict[st
     for res, spec in zip(results, specs):
         for got, obj in zip(res.objects, _as_scene(spec).objects):
             row = out.setdefault(obj.direction, {})
-            row[got.direction or "none"] = row.get(got.direction or "none", 0) + 1
+            measured = got.direction or ("lost" if got.displacement is None else "still")
+            row[measured] = row.get(measured, 0) + 1
     return out
 
 

@@ -293,3 +293,20 @@ def test_direction_confusion_shows_a_sign_error_as_the_opposite_direction():
     assert len(confusion) >= 3
     for named, row in confusion.items():
         assert row.get(opposite[named], 0) >= 0.9 * sum(row.values()), (named, row)
+
+
+def test_direction_confusion_tells_still_objects_from_lost_ones():
+    import numpy as np
+
+    from dit_attn.pipelines.shapes import eval_prompts, render_video, score_video
+    from dit_attn.pipelines.shapes.evaluate import direction_confusion
+
+    specs = [s for _, s in eval_prompts("t2v", split="heldout", n=8)]
+    clips = [np.asarray(render_video(s, 64, 9)) for s in specs]
+    frozen = [score_video(np.repeat(c[:1], len(c), axis=0), s) for c, s in zip(clips, specs)]  # first frame held
+    empty = [score_video(np.broadcast_to(c[:1, :1, :1], c.shape).copy(), s) for c, s in zip(clips, specs)]  # background
+    n_objects = sum(len(s.objects) for s in specs)
+    still = direction_confusion(frozen, specs)
+    lost = direction_confusion(empty, specs)
+    assert sum(row.get("still", 0) for row in still.values()) >= 0.9 * n_objects, still
+    assert sum(row.get("lost", 0) for row in lost.values()) == n_objects, lost
