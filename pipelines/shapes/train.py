@@ -51,7 +51,7 @@ from dit_attn.checkpoint import load_optimizer_tensors, optimizer_tensors
 from .models import (KINDS, NUM_FRAMES, RESOLUTION, T5_MAX_LENGTH, build_pipeline, is_framewise, text_encoder_names,
                      with_temporal_patch)
 from .render import render_image, render_video, to_tensor_image
-from .world import sample_scene, scene_rng
+from .world import COLOURS, sample_scene, scene_rng
 
 PRECISIONS = ("fp32", "bf16")
 _DEFAULTS = {  # kind: (total minutes, VAE minutes, batch, cache size)
@@ -83,6 +83,7 @@ def render_batch(kind: str, seed: int, indices: Sequence[int]) -> tuple[torch.Te
 
 _OPPOSITE_DIRECTION = {"left": "right", "right": "left", "up": "down", "down": "up"}
 _MOTION_PHRASE = re.compile(r"\bmoving (left|right|up|down)\b")
+_COLOUR_WORD = re.compile(r"\b(" + "|".join(COLOURS) + r")\b")
 
 
 def time_reversed_caption(caption: str) -> str:
@@ -94,6 +95,26 @@ def time_reversed_caption(caption: str) -> str:
         'a yellow square moving left and a blue circle moving down'
     """
     return _MOTION_PHRASE.sub(lambda m: "moving " + _OPPOSITE_DIRECTION[m.group(1)], caption)
+
+
+def colour_swapped_caption(caption: str, gen: torch.Generator) -> str:
+    """The caption with every colour word replaced by a different palette colour (each drawn from ``gen``): the
+    negative of the colour contrast (:func:`flow_loss` ``colour_weight``).
+
+    Example::
+
+        >>> import torch
+        >>> caption = "a red circle moving left and a blue square"
+        >>> words = colour_swapped_caption(caption, torch.Generator().manual_seed(0)).split()
+        >>> words[1] in COLOURS and words[1] != "red", words[7] in COLOURS and words[7] != "blue", words[2:7]
+        (True, True, ['circle', 'moving', 'left', 'and', 'a'])
+    """
+    names = list(COLOURS)
+
+    def other(m: re.Match) -> str:
+        return names[(names.index(m.group(1)) + int(torch.randint(1, len(names), (1,), generator=gen))) % len(names)]
+
+    return _COLOUR_WORD.sub(other, caption)
 
 
 def time_reverse(latents: torch.Tensor, captions: list[str], reverse: np.ndarray) -> tuple[torch.Tensor, list[str]]:
@@ -376,7 +397,8 @@ def _to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
 
 def flow_loss(pipe, kind: str, x0: torch.Tensor, prompts: list[str], gen: torch.Generator,
               logit_mean: float = 0.0, logit_std: float = 1.0, fg_weight: float = 0.0,
-              sign_weight: float = 0.0, sign_margin: float = 0.05) -> torch.Tensor:
+              sign_weight: float = 0.0, sign_margin: float = 0.05, colour_weight: float = 0.0,
+              colour_margin: float = 0.3) -> torch.Tensor:
     """Rectified-flow loss of one batch of normalised latents ``x0`` with their prompts; noise levels
     ``s = sigmoid(logit_mean + logit_std * z)`` (``s = 1``: pure noise). ``fg_weight`` > 0 weighs the error at
     object positions (:func:`foreground_mask`) ``1 + fg_weight`` times (a weighted mean: the loss keeps its
@@ -384,7 +406,9 @@ def flow_loss(pipe, kind: str, x0: torch.Tensor, prompts: list[str], gen: torch.
 
     ``sign_weight`` > 0 (t2v) adds ``sign_weight`` times the mean over clips with a motion phrase of the
     :func:`sign_contrast` hinge with ``sign_margin``: the same noisy clip is also denoised under its
-    time-reversed caption, which must then predict worse."""
+    time-reversed caption, which must then predict worse. ``colour_weight`` > 0 adds the same hinge (margin
+    ``colour_margin``) for the caption with its colour words swapped (:func:`colour_swapped_caption`), over clips
+    whose caption names a colour. All captions of a step share one forward of the repeated batch."""
     b = x0.shape[0]
     # CPU draws: the same run on any device; pinned + non_blocking so a CUDA step does not wait on the copy
     noise = _to_device(torch.randn(x0.shape, generator=gen), x0.device)
@@ -392,20 +416,27 @@ def flow_loss(pipe, kind: str, x0: torch.Tensor, prompts: list[str], gen: torch.
     sv = s.view(-1, *([1] * (x0.dim() - 1)))
     xt = (1 - sv) * x0 + sv * noise
     weight = (1.0 + fg_weight * foreground_mask(x0)).expand_as(x0) if fg_weight > 0 else torch.ones_like(x0)
-    reversed_prompts = [time_reversed_caption(p) for p in prompts] if sign_weight > 0 else prompts
-    has_motion = [r != p for r, p in zip(reversed_prompts, prompts)]
-    if not any(has_motion):
+    contrasts = []  # (weight, margin, the other captions)
+    if sign_weight > 0:
+        contrasts.append((sign_weight, sign_margin, [time_reversed_caption(p) for p in prompts]))
+    if colour_weight > 0:
+        contrasts.append((colour_weight, colour_margin, [colour_swapped_caption(p, gen) for p in prompts]))
+    contrasts = [c for c in contrasts if any(a != p for a, p in zip(c[2], prompts))]
+    if not contrasts:
         pred = predict_velocity(pipe, kind, xt, s, _encode_text(pipe, kind, prompts))
         return ((pred - (noise - x0)).pow(2) * weight).sum() / weight.sum()
-    # one forward for both captions: the reversed half sees the very same noisy latents
-    pred, pred_rev = predict_velocity(pipe, kind, torch.cat([xt, xt]), torch.cat([s, s]),
-                                      _encode_text(pipe, kind, prompts + reversed_prompts)).chunk(2)
-    err = (pred - (noise - x0)).pow(2) * weight
-    err_rev = (pred_rev - (noise - x0)).pow(2) * weight
-    per_clip, per_clip_rev = (e.flatten(1).sum(1) / weight.flatten(1).sum(1) for e in (err, err_rev))
-    mask = torch.tensor(has_motion, device=x0.device, dtype=per_clip.dtype)
-    hinge = sign_contrast(per_clip, per_clip_rev, sign_margin)
-    return err.sum() / weight.sum() + sign_weight * (hinge * mask).sum() / mask.sum()
+    # one forward for all captions: every contrast sees the very same noisy latents
+    k = 1 + len(contrasts)
+    all_prompts = prompts + [p for _, _, other in contrasts for p in other]
+    preds = predict_velocity(pipe, kind, torch.cat([xt] * k), torch.cat([s] * k),
+                             _encode_text(pipe, kind, all_prompts)).chunk(k)
+    errs = [(pred - (noise - x0)).pow(2) * weight for pred in preds]
+    per_clip = [e.flatten(1).sum(1) / weight.flatten(1).sum(1) for e in errs]
+    loss = errs[0].sum() / weight.sum()
+    for (w, margin, other), per_clip_other in zip(contrasts, per_clip[1:]):
+        mask = torch.tensor([a != p for a, p in zip(other, prompts)], device=x0.device, dtype=per_clip[0].dtype)
+        loss = loss + w * (sign_contrast(per_clip[0], per_clip_other, margin) * mask).sum() / mask.sum()
+    return loss
 
 
 def sign_contrast(loss_true: torch.Tensor, loss_reversed: torch.Tensor, margin: float) -> torch.Tensor:
@@ -413,7 +444,8 @@ def sign_contrast(loss_true: torch.Tensor, loss_reversed: torch.Tensor, margin: 
     denominator held constant: zero once the time-reversed caption predicts the clip's velocity at least
     ``margin`` (relative) worse than its own caption.
 
-    The plain flow loss barely rewards knowing a clip's direction sign (at most noise levels the noisy clip
+    The colour contrast uses the same hinge with colour-swapped captions. The plain flow loss barely rewards
+    knowing a clip's direction sign (at most noise levels the noisy clip
     already shows which way its objects go), and the bundled t2v learned the axis but not the sign; this term
     asks the text encoder and transformer directly to make "moving left" and "moving right" predict differently.
 
@@ -478,7 +510,8 @@ def train(kind: str, out: str, work: str, minutes: float, vae_minutes: float, ba
           eval_n: int, logit_mean: float = 0.0, logit_std: float = 1.0, init_from: Optional[str] = None,
           warmup: int = 200, vae_crop: int = 32, vae_fg_weight: float = 0.0, fg_weight: float = 0.0,
           device: str = "cpu", workers: int = 0, precision: str = "fp32", time_reverse_p: float = 0.0,
-          temporal_patch: int = 0, sign_weight: float = 0.0, sign_margin: float = 0.05) -> None:
+          temporal_patch: int = 0, sign_weight: float = 0.0, sign_margin: float = 0.05,
+          colour_weight: float = 0.0, colour_margin: float = 0.3) -> None:
     """Train (or resume) one ShapesWorld model; the CLI's flags map one to one (see :func:`main`). ``device``:
     where the VAE, text encoders and transformer train ("cpu", "cuda", "cuda:1"; random draws stay on the CPU,
     so a run does the same steps on any device); ``workers``: processes rendering the latent cache;
@@ -487,7 +520,8 @@ def train(kind: str, out: str, work: str, minutes: float, vae_minutes: float, ba
     ``time_reverse_p``: t2v only, the probability that a training clip is played backwards with its directions
     swapped (:func:`time_reverse`); ``temporal_patch``: t2v only, latent frames per transformer patch (0: the
     model's own; a one-frame model is converted with :func:`models.with_temporal_patch`); ``sign_weight``,
-    ``sign_margin``: t2v only, the direction-sign contrast of :func:`flow_loss` (0: off)."""
+    ``sign_margin``: t2v only, the direction-sign contrast of :func:`flow_loss` (0: off); ``colour_weight``,
+    ``colour_margin``: the colour contrast of :func:`flow_loss` (any kind; 0: off)."""
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     if not 0.0 <= time_reverse_p <= 1.0:
@@ -500,6 +534,9 @@ def train(kind: str, out: str, work: str, minutes: float, vae_minutes: float, ba
         raise ValueError(f"the sign contrast is a t2v loss; kind {kind!r} has no motion")
     if sign_weight < 0 or sign_margin <= 0:
         raise ValueError(f"sign_weight must be >= 0 and sign_margin > 0, got {sign_weight!r} and {sign_margin!r}")
+    if colour_weight < 0 or colour_margin <= 0:
+        raise ValueError(f"colour_weight must be >= 0 and colour_margin > 0, got {colour_weight!r} and "
+                         f"{colour_margin!r}")
     if temporal_patch < 0:
         raise ValueError(f"temporal_patch must be >= 0 (0: keep the model's own), got {temporal_patch!r}")
     torch.manual_seed(seed)
@@ -590,7 +627,7 @@ def train(kind: str, out: str, work: str, minutes: float, vae_minutes: float, ba
                       "cache_seconds": cache_s, "minutes": minutes, "logit_mean": logit_mean,
                       "logit_std": logit_std, "init_from": init_from, "fg_weight": fg_weight,
                       "precision": precision, "time_reverse_p": time_reverse_p, "sign_weight": sign_weight,
-                      "sign_margin": sign_margin}
+                      "sign_margin": sign_margin, "colour_weight": colour_weight, "colour_margin": colour_margin}
         save_state(work, modules, ema, opt, state_meta)
         export(pipe, kind, modules, ema, out, work)
         tqdm.write(f"[{kind}] step {step}: checkpoint saved, exported to {out}; eval {scores}")
@@ -607,7 +644,7 @@ def train(kind: str, out: str, work: str, minutes: float, vae_minutes: float, ba
             g["lr"] = lr * min(1.0, (step + 1) / warmup)
         with torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=precision == "bf16"):
             loss = flow_loss(pipe, kind, x0, prompts, gen, logit_mean, logit_std, fg_weight, sign_weight,
-                             sign_margin)
+                             sign_margin, colour_weight, colour_margin)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -682,6 +719,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         "time-reversed caption, which must predict --sign-margin worse); e.g. 1")
     p.add_argument("--sign-margin", type=float, default=0.05,
                    help="t2v: relative loss margin of the sign contrast")
+    p.add_argument("--colour-weight", type=float, default=0.0,
+                   help="weight of the colour contrast (each item also denoised under its caption with the colour "
+                        "words swapped, which must predict --colour-margin worse); e.g. 1")
+    p.add_argument("--colour-margin", type=float, default=0.3,
+                   help="relative loss margin of the colour contrast")
     a = p.parse_args(argv)
     device = ("cuda" if torch.cuda.is_available() else "cpu") if a.device == "auto" else a.device
     try:
@@ -695,7 +737,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
           a.batch or d_batch, a.cache_size or d_cache, a.lr, a.seed, a.resume, a.init_vae, a.log_every,
           a.ckpt_minutes, a.eval_n, a.logit_mean, a.logit_std, a.init_from, a.warmup, a.vae_crop, a.vae_fg_weight,
           a.fg_weight, device, a.workers, a.precision, a.time_reverse, a.temporal_patch, a.sign_weight,
-          a.sign_margin)
+          a.sign_margin, a.colour_weight, a.colour_margin)
     return 0
 
 
