@@ -88,9 +88,12 @@ def diagnose(pipe, kind: str = "t2i", n: int = 48, seed: int = 0, levels: Sequen
 @torch.no_grad()
 def direction_sign(pipe, n: int = 48, seed: int = 0, levels: Sequence[float] = (0.5, 0.7, 0.9)) -> dict:
     """``{s: {"loss": true-caption loss, "sign_gap": relative loss increase with reversed directions,
-    "time_reversal_gap": relative distance from time-reversal equivariance}}`` at noise levels ``s``, on the
-    normalised latents of ``n`` training clips (items 100..100+n-1) of the t2v model ``pipe``."""
-    from .train import _encode_text, encode_mean, predict_velocity, render_batch, time_reversed_caption
+    "colour_gap": the same with the colour words swapped, "time_reversal_gap": relative distance from
+    time-reversal equivariance}}`` at noise levels ``s``, on the normalised latents of ``n`` training clips
+    (items 100..100+n-1) of the t2v model ``pipe``. The colour gap is the yardstick for the sign gap: how much the
+    model's prediction depends on a caption word it has learnt to use."""
+    from .train import (_encode_text, colour_swapped_caption, encode_mean, predict_velocity, render_batch,
+                        time_reversed_caption)
 
     vae = pipe.vae
     x, captions = render_batch("t2v", seed, list(range(100, 100 + n)))
@@ -101,6 +104,8 @@ def direction_sign(pipe, n: int = 48, seed: int = 0, levels: Sequence[float] = (
     noise = torch.randn(z.shape, generator=torch.Generator().manual_seed(seed)).to(z.device)
     true, reversed_ = _encode_text(pipe, "t2v", captions), _encode_text(
         pipe, "t2v", [time_reversed_caption(c) for c in captions])
+    swap_gen = torch.Generator().manual_seed(seed)
+    swapped = _encode_text(pipe, "t2v", [colour_swapped_caption(c, swap_gen) for c in captions])
     report = {}
     for s in levels:
         xt = (1 - s) * z + s * noise
@@ -108,8 +113,10 @@ def direction_sign(pipe, n: int = 48, seed: int = 0, levels: Sequence[float] = (
         pred = predict_velocity(pipe, "t2v", xt, sv, true)
         loss = (pred - (noise - z)).pow(2).mean()
         loss_rev = (predict_velocity(pipe, "t2v", xt, sv, reversed_) - (noise - z)).pow(2).mean()
+        loss_swap = (predict_velocity(pipe, "t2v", xt, sv, swapped) - (noise - z)).pow(2).mean()
         pred_flip = predict_velocity(pipe, "t2v", xt.flip(2), sv, true).flip(2)
         report[str(s)] = {"loss": round(float(loss), 5), "sign_gap": round(float(loss_rev / loss - 1), 5),
+                          "colour_gap": round(float(loss_swap / loss - 1), 5),
                           "time_reversal_gap": round(float((pred_flip - pred).pow(2).mean().sqrt()
                                                            / pred.pow(2).mean().sqrt()), 5)}
     return report

@@ -203,6 +203,7 @@ def test_direction_sign_tells_models_that_use_the_sign_from_ones_that_cannot():
     pipe = bundled.load_shapes("t2v")
     trained = direction_sign(pipe, n=8, levels=(0.7,))["0.7"]
     assert trained["sign_gap"] > 0.2 and trained["time_reversal_gap"] > 0.05, trained
+    assert trained["colour_gap"] > trained["sign_gap"], trained  # colour: the word it learnt first
 
     averaged = bundled.load_shapes("t2v")
     averaged.transformer = with_temporal_patch(averaged.transformer, 3)
@@ -219,4 +220,4 @@ def test_direction_sign_tells_models_that_use_the_sign_from_ones_that_cannot():
             block.attn2.to_out[0].weight.zero_()
             block.attn2.to_out[0].bias.zero_()
     blind = direction_sign(pipe, n=8, levels=(0.7,))["0.7"]
-    assert abs(blind["sign_gap"]) < 1e-6, blind
+    assert abs(blind["sign_gap"]) < 1e-6 and abs(blind["colour_gap"]) < 1e-6, blind
