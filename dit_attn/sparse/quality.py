@@ -32,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 import dit_attn
 from dit_attn.call import AttentionCall, execute
@@ -149,8 +150,6 @@ def evaluate(model: str, sparsities, variants, *, steps: int = 4, seed: int = 0,
 
     layers: dict = {}
     final: dict = {}
-    from tqdm.auto import tqdm
-
     for i in tqdm(range(samples), desc="sparse quality samples", disable=not progress):
         cap = _Capture()
         with dit_attn.attach(pipe, cap):

@@ -269,32 +269,38 @@ def test_sign_contrast_loss_is_the_flow_loss_plus_the_hinge_over_clips_with_moti
             flow_loss(pipe, "t2v", x0, still, torch.Generator().manual_seed(4)))
 
 
+_CONTRAST_PROMPTS = ["a red circle moving left", "a blue square moving right", "a green star moving up",
+                     "a cyan ring moving down"]
+
+
+def _gap_after_training(steps: int, other_captions: list[str], **contrast) -> float:
+    """Train a fresh tiny t2v ``steps`` Adam steps on ``_CONTRAST_PROMPTS`` with ``flow_loss(**contrast)``, then
+    return the mean relative loss increase under ``other_captions`` on a fresh noise draw (s = 0.7)."""
+    from dit_attn.pipelines.shapes.train import _encode_text, predict_velocity
+
+    pipe = _tiny_t2v(seed=1)
+    x0 = torch.randn(4, pipe.transformer.config.in_channels, 3, 16, 16, generator=torch.Generator().manual_seed(5))
+    opt = torch.optim.Adam([p for m in (pipe.transformer, pipe.text_encoder) for p in m.parameters()], lr=3e-3)
+    for step in range(steps):
+        loss = flow_loss(pipe, "t2v", x0, _CONTRAST_PROMPTS, torch.Generator().manual_seed(100 + step), **contrast)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(6))
+        xt, s = 0.3 * x0 + 0.7 * noise, torch.full((4,), 0.7)
+        err = [(predict_velocity(pipe, "t2v", xt, s, _encode_text(pipe, "t2v", caps)) - (noise - x0))
+               .pow(2).flatten(1).mean(1) for caps in (_CONTRAST_PROMPTS, other_captions)]
+    return float(((err[1] - err[0]) / err[0]).mean())
+
+
 def test_sign_contrast_training_makes_the_reversed_caption_predict_worse():
     """20 optimiser steps with the contrast open a loss gap between a clip's caption and its time-reversed one on a
     fresh noise draw; the same steps without it leave the gap near zero."""
-    from dit_attn.pipelines.shapes.train import _encode_text, predict_velocity, time_reversed_caption
+    from dit_attn.pipelines.shapes.train import time_reversed_caption
 
-    prompts = ["a red circle moving left", "a blue square moving right", "a green star moving up",
-               "a cyan ring moving down"]
-    gaps = {}
-    for sign_weight in (1.0, 0.0):
-        pipe = _tiny_t2v(seed=1)
-        x0 = torch.randn(4, pipe.transformer.config.in_channels, 3, 16, 16,
-                         generator=torch.Generator().manual_seed(5))
-        params = [p for m in (pipe.transformer, pipe.text_encoder) for p in m.parameters()]
-        opt = torch.optim.Adam(params, lr=3e-3)
-        for step in range(20):
-            loss = flow_loss(pipe, "t2v", x0, prompts, torch.Generator().manual_seed(100 + step),
-                             sign_weight=sign_weight, sign_margin=0.2)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-        with torch.no_grad():
-            noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(6))
-            xt, s = 0.3 * x0 + 0.7 * noise, torch.full((4,), 0.7)
-            err = [(predict_velocity(pipe, "t2v", xt, s, _encode_text(pipe, "t2v", caps)) - (noise - x0))
-                   .pow(2).flatten(1).mean(1) for caps in (prompts, [time_reversed_caption(p) for p in prompts])]
-        gaps[sign_weight] = float(((err[1] - err[0]) / err[0]).mean())
+    reversed_ = [time_reversed_caption(p) for p in _CONTRAST_PROMPTS]
+    gaps = {w: _gap_after_training(20, reversed_, sign_weight=w, sign_margin=0.2) for w in (1.0, 0.0)}
     assert gaps[1.0] > 0.1 and abs(gaps[0.0]) < 0.02, gaps
 
 
@@ -336,30 +342,10 @@ def test_colour_contrast_training_makes_the_colour_swapped_caption_predict_worse
     """40 optimiser steps with the colour contrast open a loss gap between a clip's caption and a colour-swapped
     one (fresh noise, swaps not drawn in training); the same steps without it leave the gap near zero. (Seven
     wrong colours per word are harder than one reversed direction: 20 steps open only 0.1-0.3%.)"""
-    from dit_attn.pipelines.shapes.train import _encode_text, colour_swapped_caption, predict_velocity
+    from dit_attn.pipelines.shapes.train import colour_swapped_caption
 
-    prompts = ["a red circle moving left", "a blue square moving right", "a green star moving up",
-               "a cyan ring moving down"]
-    swapped = [colour_swapped_caption(p, torch.Generator().manual_seed(7)) for p in prompts]
-    gaps = {}
-    for colour_weight in (1.0, 0.0):
-        pipe = _tiny_t2v(seed=1)
-        x0 = torch.randn(4, pipe.transformer.config.in_channels, 3, 16, 16,
-                         generator=torch.Generator().manual_seed(5))
-        params = [p for m in (pipe.transformer, pipe.text_encoder) for p in m.parameters()]
-        opt = torch.optim.Adam(params, lr=3e-3)
-        for step in range(40):
-            loss = flow_loss(pipe, "t2v", x0, prompts, torch.Generator().manual_seed(100 + step),
-                             colour_weight=colour_weight, colour_margin=0.5)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-        with torch.no_grad():
-            noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(6))
-            xt, s = 0.3 * x0 + 0.7 * noise, torch.full((4,), 0.7)
-            err = [(predict_velocity(pipe, "t2v", xt, s, _encode_text(pipe, "t2v", caps)) - (noise - x0))
-                   .pow(2).flatten(1).mean(1) for caps in (prompts, swapped)]
-        gaps[colour_weight] = float(((err[1] - err[0]) / err[0]).mean())
+    swapped = [colour_swapped_caption(p, torch.Generator().manual_seed(7)) for p in _CONTRAST_PROMPTS]
+    gaps = {w: _gap_after_training(40, swapped, colour_weight=w, colour_margin=0.5) for w in (1.0, 0.0)}
     assert gaps[1.0] > 0.2 and abs(gaps[0.0]) < 0.02, gaps
 
 
