@@ -343,6 +343,36 @@ def test_trained_adapter_loads_disabled_and_drives_its_condition(tmp_path):
         load_condition_adapter(pipe.transformer, path, "other")
 
 
+def test_reloading_an_adapter_name_replaces_its_lora_settings_too(tmp_path):
+    """A retrained adapter with another rank and other target modules loads over the old one of the same name
+    (fidelity's --mode-adapters does this) and then acts exactly as it does on a fresh pipeline."""
+    import dit_attn
+    from dit_attn.conditions.adapters import load_condition_adapter
+    from dit_attn.testing import tiny_call_kwargs
+
+    paths = {}
+    for rank, targets in ((4, ("to_q", "to_k", "to_v", "to_out.0")), (2, ("to_q", "ff.net.2"))):
+        cfg = T.TrainConfig(output_dir=str(tmp_path / f"r{rank}"), steps=1, batch_size=1, size=32, rank=rank,
+                            target_modules=targets, learning_rate=1e-2, dataset_length=2, adapter_name="edges")
+        paths[rank] = T.train(cfg, pipe=tiny_pipeline("flux"), progress=False)["adapter"]
+    cond = torch.rand(3, 48, 64, generator=torch.Generator().manual_seed(1)) * 2 - 1
+
+    def run(pipe):
+        control = dit_attn.MultiCondition(spatial=[dit_attn.SpatialCondition(cond, adapter="edges")], mode="pka")
+        with dit_attn.attach(pipe, control):
+            return pipe(**tiny_call_kwargs("flux")).images
+
+    fresh = tiny_pipeline("flux")
+    load_condition_adapter(fresh.transformer, paths[2])
+    reloaded = tiny_pipeline("flux")
+    load_condition_adapter(reloaded.transformer, paths[4])
+    load_condition_adapter(reloaded.transformer, paths[2])
+    block = reloaded.transformer.transformer_blocks[0]
+    assert block.attn.to_q.lora_A["edges"].weight.shape[0] == 2 and "edges" in block.ff.net[2].lora_A
+    assert "edges" not in block.attn.to_k.lora_A  # the old adapter's extra targets are gone
+    np.testing.assert_array_equal(run(reloaded), run(fresh))
+
+
 def test_latent_adapter_equals_the_adapter_active_in_every_forward(tmp_path):
     """A latent_lora adapter (saved, reloaded) acts in the write pass and on the text + image tokens of the
     denoising passes: the same as running the condition without an adapter while that LoRA is active everywhere."""

@@ -133,7 +133,8 @@ def load_condition_adapter(transformer, weights_path: str, adapter_name: str | N
 
     ``weights_path``: the adapter's ``.safetensors`` (peft state dict); its LoRA settings (``rank``, ``alpha``,
     ``target_modules``) come from ``config`` or the ``.json`` beside it. ``adapter_name`` defaults to the file
-    name (``edges.safetensors`` -> ``"edges"``). Loading an adapter under a name that exists replaces its weights.
+    name (``edges.safetensors`` -> ``"edges"``). Loading an adapter under a name that exists replaces that adapter
+    (weights and LoRA settings: a retrained adapter may have another rank or other target modules).
     Condition adapters are **inactive in ordinary forwards** (the transformer stays as it was: stock, or with the
     LoRA adapters that were active before, e.g. a style LoRA);
     :class:`dit_attn.MultiCondition` switches one on for its condition's write pass only
@@ -167,9 +168,11 @@ def load_condition_adapter(transformer, weights_path: str, adapter_name: str | N
         raise ValueError(f"condition adapter config lacks {sorted(missing)}")
     # peft makes a newly added adapter the only active one: remember what was active (e.g. a user's style LoRA).
     before = {layer: (layer._active_adapter, layer._disable_adapters) for layer in _tuner_layers(transformer)}
-    if name not in adapter_names(transformer):
-        transformer.add_adapter(LoraConfig(r=int(config["rank"]), lora_alpha=float(config["alpha"]),
-                                           target_modules=list(config["target_modules"])), adapter_name=name)
+    if name in adapter_names(transformer):
+        # Replace it whole: the new file may have another rank, alpha or target modules (a retrained adapter).
+        transformer.delete_adapters(name)
+    transformer.add_adapter(LoraConfig(r=int(config["rank"]), lora_alpha=float(config["alpha"]),
+                                       target_modules=list(config["target_modules"])), adapter_name=name)
     result = set_peft_model_state_dict(transformer, load_file(weights_path), adapter_name=name)
     unexpected = getattr(result, "unexpected_keys", None)
     if unexpected:
