@@ -115,14 +115,47 @@ def score(images: Sequence[np.ndarray], scenes: Sequence) -> dict[str, float]:
     return out
 
 
+def save_grid(path: str, scenes: Sequence, condition: str, images: Sequence[np.ndarray], columns: int = 8) -> str:
+    """Save a PNG of ``images`` under their condition inputs: per block of ``columns`` scenes, a row of condition
+    images (edge maps / subject references) above the row of generations. Returns ``path``.
+
+    Example::
+
+        >>> import tempfile, os
+        >>> scenes = heldout_scenes("subject", 3)
+        >>> out = save_grid(os.path.join(tempfile.mkdtemp(), "g.png"), scenes, "subject",
+        ...                 [np.zeros((64, 64, 3), np.uint8)] * 3)
+        >>> from PIL import Image; Image.open(out).size
+        (192, 128)
+    """
+    from PIL import Image
+
+    if len(images) != len(scenes) or not images:
+        raise ValueError(f"need one image per scene, got {len(images)} images for {len(scenes)} scenes")
+    size = images[0].shape[0]
+    cond = [np.clip(np.rint((condition_image(s, condition, size).movedim(0, -1).numpy() + 1) * 127.5), 0, 255)
+            .astype(np.uint8) for s in scenes]
+    cols = min(columns, len(images))
+    rows = []
+    for start in range(0, len(images), cols):
+        pad = [np.zeros_like(images[0])] * (cols - len(images[start:start + cols]))
+        rows.append(np.concatenate(cond[start:start + cols] + pad, axis=1))
+        rows.append(np.concatenate(list(images[start:start + cols]) + pad, axis=1))
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    Image.fromarray(np.concatenate(rows, axis=0)).save(path)
+    return path
+
+
 def fidelity(pipe, condition: str = "edge", modes: Sequence[str] = MODES, n: int = 32, seed: int = 0,
              adapter: Optional[str] = "default", batch: int = 8, epsilon: float = 0.2, steps: Optional[int] = None,
              guidance: Optional[float] = None, progress: bool = True,
-             mode_adapters: Optional[dict[str, str]] = None) -> dict[str, dict[str, float]]:
+             mode_adapters: Optional[dict[str, str]] = None,
+             grid_prefix: Optional[str] = None) -> dict[str, dict[str, float]]:
     """``{mode: scores}`` on ``n`` held-out scenes (see the module docstring). ``adapter="default"`` uses the
     bundled adapter of ``condition`` (``"edges"`` / ``"subject"``); ``None`` runs the condition without one.
     ``mode_adapters``: ``{mode: adapter .safetensors}`` trained in that mode, loaded under the adapter's name
-    before that mode runs (each mode with its own adapter: the fair comparison)."""
+    before that mode runs (each mode with its own adapter: the fair comparison). ``grid_prefix``: also save
+    each mode's generations under their conditions as ``{grid_prefix}_{condition}_{mode}.png`` (:func:`save_grid`)."""
     from tqdm.auto import tqdm
 
     from .adapters import load_condition_adapter
@@ -140,6 +173,8 @@ def fidelity(pipe, condition: str = "edge", modes: Sequence[str] = MODES, n: int
         images = generate_conditioned(pipe, scenes, condition, mode, adapter, seed=seed, batch=batch,
                                       epsilon=epsilon, steps=steps, guidance=guidance)
         results[mode] = {k: round(v, 4) for k, v in score(images, scenes).items()}
+        if grid_prefix:
+            save_grid(f"{grid_prefix}_{condition}_{mode}.png", scenes, condition, images)
     return results
 
 
@@ -243,8 +278,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                    help="an adapter .safetensors trained in each mode (e.g. pka=runs/pka/edges.safetensors), loaded "
                         "under the condition's adapter name before that mode runs; one --condition only")
     p.add_argument("--out", default=None, help="JSON file for the results (a PNG beside it for --curves)")
+    p.add_argument("--grids", action="store_true",
+                   help="with --out: also save each mode's generations under their conditions, OUT_<condition>_<mode>.png")
     p.add_argument("--threads", type=int, default=None)
     a = p.parse_args(argv)
+    if a.grids and not a.out:
+        p.error("--grids needs --out (the grids are saved beside it)")
     if a.threads:
         torch.set_num_threads(a.threads)
 
@@ -279,7 +318,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 p.error(f"--mode-adapters takes MODE=PATH with MODE in {MODES[1:]}; got {bad}")
             mode_adapters = dict(pairs)
         pipe = loader()
-        result = {c: fidelity(pipe, c, a.modes, n=a.n, mode_adapters=mode_adapters) for c in a.condition}
+        prefix = os.path.splitext(a.out)[0] if a.grids else None
+        result = {c: fidelity(pipe, c, a.modes, n=a.n, mode_adapters=mode_adapters, grid_prefix=prefix)
+                  for c in a.condition}
     text = json.dumps(result, indent=1)
     if a.out:
         os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)

@@ -71,3 +71,23 @@ def test_convergence_curves_score_every_checkpoint(tmp_path):
     assert rows[0]["val_loss"] != rows[1]["val_loss"]  # the checkpoints' weights were loaded
     FID.plot_curves(curves, str(tmp_path / "curves.png"))
     assert os.path.getsize(tmp_path / "curves.png") > 1000
+
+
+def test_save_grid_puts_each_generation_under_its_condition(tmp_path):
+    from PIL import Image
+
+    scenes = FID.heldout_scenes("subject", 3)
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 256, (64, 64, 3), dtype=np.uint8) for _ in scenes]
+    path = FID.save_grid(str(tmp_path / "sub" / "grid.png"), scenes, "subject", images, columns=2)
+    grid = np.asarray(Image.open(path))
+    assert grid.shape == (4 * 64, 2 * 64, 3)  # two blocks of (condition row, generation row), two columns
+    np.testing.assert_array_equal(grid[64:128, 64:128], images[1])
+    np.testing.assert_array_equal(grid[192:256, 0:64], images[2])
+    assert not grid[192:256, 64:128].any()  # the short last block is padded with black
+    ref = ((FID.condition_image(scenes[2], "subject").movedim(0, -1).numpy() + 1) * 127.5).round()
+    np.testing.assert_array_equal(grid[128:192, 0:64], ref.astype(np.uint8))
+    with pytest.raises(ValueError, match="one image per scene"):
+        FID.save_grid(str(tmp_path / "x.png"), scenes, "subject", images[:2])
+    with pytest.raises(SystemExit):
+        FID.main(["--grids", "--condition", "subject", "--modes", "none", "--n", "1"])
