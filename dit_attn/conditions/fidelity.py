@@ -7,7 +7,12 @@ condition scenes and scores every image with the exact evaluator (:func:`dit_att
   against the scene the edge map was rendered from;
 * **subject** (a sprite reference + its made-up keyword through the ``subject`` adapter): whether the subject is
   drawn inside its keyword region (the region the caption puts it in), and edge F1 / mask IoU of the whole scene;
-* per-object colour + shape accuracy of the caption's other objects (the text is still followed).
+* per-object colour + shape accuracy of the caption's other objects (the text is still followed);
+* with ``reference_swap`` (``--reference-swap``), subject only: each scene is generated again with the reference
+  of *another* subject under the same keyword, and the sprite drawn (the best-matching subject anywhere in the
+  image, if it matches at all) is counted as the reference's (``follows_reference``) or the keyword's
+  (``follows_keyword``). An adapter that copies the reference draws the reference's sprite; a text-only
+  shortcut (the keyword alone picks the sprite) draws the keyword's.
 
 Each mode (``pka``, ``cached-full``, ``concat``) runs with the same adapter, prompts and seeds; ``none`` is the
 stock model without conditions (what the adapter adds). ``--curves RUN [RUN ...]`` instead scores every
@@ -47,16 +52,16 @@ def heldout_scenes(condition: str, n: int, seed: int = 0) -> list:
     return [condition_scene(seed, "heldout", i, subject_prob=prob) for i in range(n)]
 
 
-def condition_image(scene, condition: str, size: int = 64) -> torch.Tensor:
+def condition_image(scene, condition: str, size: int = 64, subject: Optional[str] = None) -> torch.Tensor:
     """The condition input of ``scene`` as a ``[3, size, size]`` tensor in [-1, 1]: its edge map, or its subject
-    reference sprite on the scene's background."""
+    reference sprite on the scene's background (``subject``: another subject's sprite instead)."""
     from dit_attn.pipelines.shapes.render import (grey_to_rgb, render_edges, render_subject_reference,
                                                   to_tensor_image)
 
     if condition == "edge":
         return to_tensor_image(grey_to_rgb(render_edges(scene, size)))
     if condition == "subject":
-        return to_tensor_image(render_subject_reference(scene.subject, size, scene.background))
+        return to_tensor_image(render_subject_reference(subject or scene.subject, size, scene.background))
     raise ValueError(f"condition must be 'edge' or 'subject', got {condition!r}")
 
 
@@ -74,8 +79,13 @@ def _control(mode: str, condition: str, images: torch.Tensor, keyword: str, adap
 @torch.no_grad()
 def generate_conditioned(pipe, scenes: Sequence, condition: str, mode: str, adapter: Optional[str] = None,
                          seed: int = 0, batch: int = 8, epsilon: float = 0.2, steps: Optional[int] = None,
-                         guidance: Optional[float] = None) -> list[np.ndarray]:
-    """One uint8 image per scene (prompt = the scene's caption, generator ``seed + i``); ``mode="none"``: stock."""
+                         guidance: Optional[float] = None,
+                         references: Optional[Sequence[str]] = None) -> list[np.ndarray]:
+    """One uint8 image per scene (prompt = the scene's caption, generator ``seed + i``); ``mode="none"``: stock.
+    ``references``: subject condition only, the subject whose sprite is each scene's reference (default: the
+    scene's own)."""
+    if references is not None and (condition != "subject" or len(references) != len(scenes)):
+        raise ValueError("references: one subject per scene, for the subject condition only")
     import dit_attn
     from dit_attn.pipelines.shapes.generate import shapes_call_kwargs
 
@@ -94,7 +104,9 @@ def generate_conditioned(pipe, scenes: Sequence, condition: str, mode: str, adap
             if mode == "none":
                 images = pipe(**call).images
             else:
-                cond = torch.stack([condition_image(scenes[i], condition, size) for i in ids])
+                cond = torch.stack([condition_image(scenes[i], condition, size,
+                                                    references[i] if references is not None else None)
+                                    for i in ids])
                 control = _control(mode, condition, cond, keyword, adapter, epsilon)
                 with dit_attn.attach(pipe, control):
                     images = pipe(**call).images
@@ -113,6 +125,34 @@ def score(images: Sequence[np.ndarray], scenes: Sequence) -> dict[str, float]:
     out.update({k: caption[k] for k in ("colour", "object_accuracy") if k in caption})
     out["n"] = float(len(images))
     return out
+
+
+def swapped_references(scenes: Sequence) -> list[str]:
+    """For each subject scene, another subject (cycling through the other three by scene index), whose sprite
+    :func:`fidelity` uses as the reference under the scene's own keyword when ``reference_swap`` is on."""
+    from dit_attn.pipelines.shapes.geometry import SUBJECTS
+
+    return [SUBJECTS[(SUBJECTS.index(s.subject) + 1 + i % (len(SUBJECTS) - 1)) % len(SUBJECTS)]
+            for i, s in enumerate(scenes)]
+
+
+def drawn_subject(image: np.ndarray) -> Optional[str]:
+    """The subject whose sprite matches best anywhere in ``image``, or None when none reaches the evaluator's
+    :data:`~dit_attn.pipelines.shapes.evaluate.SUBJECT_THRESHOLD`."""
+    from dit_attn.pipelines.shapes.evaluate import SUBJECT_THRESHOLD, find_subject
+    from dit_attn.pipelines.shapes.geometry import SUBJECTS
+
+    m = find_subject(image, SUBJECTS[0])
+    return m.best_subject if m.best_subject is not None and m.scores[m.best_subject] >= SUBJECT_THRESHOLD else None
+
+
+def reference_following(images: Sequence[np.ndarray], scenes: Sequence, references: Sequence[str]) -> dict:
+    """Of images generated with another subject's reference under each scene's keyword: the fraction whose
+    drawn sprite (:func:`drawn_subject`) is the reference's and the fraction where it is the keyword's."""
+    drawn = [drawn_subject(img) for img in images]
+    n = max(len(images), 1)
+    return {"follows_reference": sum(d == r for d, r in zip(drawn, references)) / n,
+            "follows_keyword": sum(d == s.subject for d, s in zip(drawn, scenes)) / n}
 
 
 def save_grid(path: str, scenes: Sequence, condition: str, images: Sequence[np.ndarray], columns: int = 8) -> str:
@@ -149,13 +189,15 @@ def save_grid(path: str, scenes: Sequence, condition: str, images: Sequence[np.n
 def fidelity(pipe, condition: str = "edge", modes: Sequence[str] = MODES, n: int = 32, seed: int = 0,
              adapter: Optional[str] = "default", batch: int = 8, epsilon: float = 0.2, steps: Optional[int] = None,
              guidance: Optional[float] = None, progress: bool = True,
-             mode_adapters: Optional[dict[str, str]] = None,
-             grid_prefix: Optional[str] = None) -> dict[str, dict[str, float]]:
+             mode_adapters: Optional[dict[str, str]] = None, grid_prefix: Optional[str] = None,
+             reference_swap: bool = False) -> dict[str, dict[str, float]]:
     """``{mode: scores}`` on ``n`` held-out scenes (see the module docstring). ``adapter="default"`` uses the
     bundled adapter of ``condition`` (``"edges"`` / ``"subject"``); ``None`` runs the condition without one.
     ``mode_adapters``: ``{mode: adapter .safetensors}`` trained in that mode, loaded under the adapter's name
     before that mode runs (each mode with its own adapter: the fair comparison). ``grid_prefix``: also save
-    each mode's generations under their conditions as ``{grid_prefix}_{condition}_{mode}.png`` (:func:`save_grid`)."""
+    each mode's generations under their conditions as ``{grid_prefix}_{condition}_{mode}.png`` (:func:`save_grid`).
+    ``reference_swap`` (subject): also ``follows_reference`` / ``follows_keyword`` per mode (module docstring;
+    twice the generations)."""
     from tqdm.auto import tqdm
 
     from .adapters import load_condition_adapter
@@ -175,6 +217,11 @@ def fidelity(pipe, condition: str = "edge", modes: Sequence[str] = MODES, n: int
         results[mode] = {k: round(v, 4) for k, v in score(images, scenes).items()}
         if grid_prefix:
             save_grid(f"{grid_prefix}_{condition}_{mode}.png", scenes, condition, images)
+        if reference_swap and condition == "subject" and mode != "none":
+            refs = swapped_references(scenes)
+            swapped = generate_conditioned(pipe, scenes, condition, mode, adapter, seed=seed, batch=batch,
+                                           epsilon=epsilon, steps=steps, guidance=guidance, references=refs)
+            results[mode].update({k: round(v, 4) for k, v in reference_following(swapped, scenes, refs).items()})
     return results
 
 
@@ -278,6 +325,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                    help="an adapter .safetensors trained in each mode (e.g. pka=runs/pka/edges.safetensors), loaded "
                         "under the condition's adapter name before that mode runs; one --condition only")
     p.add_argument("--out", default=None, help="JSON file for the results (a PNG beside it for --curves)")
+    p.add_argument("--reference-swap", action="store_true",
+                   help="subject: also generate with another subject's reference under each keyword and report how "
+                        "often the reference's sprite is drawn (follows_reference) vs the keyword's")
     p.add_argument("--grids", action="store_true",
                    help="with --out: also save each mode's generations under their conditions, OUT_<condition>_<mode>.png")
     p.add_argument("--threads", type=int, default=None)
@@ -319,8 +369,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             mode_adapters = dict(pairs)
         pipe = loader()
         prefix = os.path.splitext(a.out)[0] if a.grids else None
-        result = {c: fidelity(pipe, c, a.modes, n=a.n, mode_adapters=mode_adapters, grid_prefix=prefix)
-                  for c in a.condition}
+        result = {c: fidelity(pipe, c, a.modes, n=a.n, mode_adapters=mode_adapters, grid_prefix=prefix,
+                              reference_swap=a.reference_swap) for c in a.condition}
     text = json.dumps(result, indent=1)
     if a.out:
         os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)

@@ -52,6 +52,9 @@ def test_subject_adapter_runs_in_every_mode(flux):
     for mode in ("pka", "cached-full", "concat"):
         images = FID.generate_conditioned(flux, scenes, "subject", mode, "subject", steps=2)
         assert len(images) == 2 and images[0].shape == (64, 64, 3) and images[0].dtype == np.uint8
+    swap = FID.fidelity(flux, "subject", modes=("none", "pka"), n=2, steps=2, progress=False, reference_swap=True)
+    assert "follows_reference" not in swap["none"]  # no reference to follow without a condition
+    assert 0.0 <= swap["pka"]["follows_reference"] + swap["pka"]["follows_keyword"] <= 1.0
     with pytest.raises(ValueError, match="unknown modes"):
         FID.fidelity(flux, "edge", modes=("sparse",), n=1)
 
@@ -91,3 +94,31 @@ def test_save_grid_puts_each_generation_under_its_condition(tmp_path):
         FID.save_grid(str(tmp_path / "x.png"), scenes, "subject", images[:2])
     with pytest.raises(SystemExit):
         FID.main(["--grids", "--condition", "subject", "--modes", "none", "--n", "1"])
+
+
+def test_reference_following_tells_the_reference_from_the_keyword():
+    """Scenes rendered with the swapped reference's sprite follow the reference, the scenes as captioned follow
+    the keyword, and noise follows neither (the evaluator's threshold)."""
+    import dataclasses
+
+    from dit_attn.pipelines.shapes.geometry import SUBJECTS
+    from dit_attn.pipelines.shapes.render import render_image
+
+    scenes = FID.heldout_scenes("subject", 6)
+    refs = FID.swapped_references(scenes)
+    assert all(r != s.subject and r in SUBJECTS for r, s in zip(refs, scenes))
+    assert len({(s.subject, r) for s, r in zip(scenes, refs)}) > 3  # cycles through the other subjects
+
+    def with_sprite(scene, subject):
+        objs = tuple(dataclasses.replace(o, shape=subject) if o.is_subject else o for o in scene.objects)
+        return render_image(dataclasses.replace(scene, objects=objs))
+
+    drawn_ref = [with_sprite(s, r) for s, r in zip(scenes, refs)]
+    assert FID.reference_following(drawn_ref, scenes, refs) == {"follows_reference": 1.0, "follows_keyword": 0.0}
+    drawn_kw = [render_image(s) for s in scenes]
+    assert FID.reference_following(drawn_kw, scenes, refs) == {"follows_reference": 0.0, "follows_keyword": 1.0}
+    rng = np.random.default_rng(3)
+    noise = [rng.integers(0, 256, (64, 64, 3), dtype=np.uint8) for _ in scenes]
+    assert FID.reference_following(noise, scenes, refs) == {"follows_reference": 0.0, "follows_keyword": 0.0}
+    with pytest.raises(ValueError, match="one subject per scene"):
+        FID.generate_conditioned(None, scenes, "subject", "pka", references=refs[:2])
