@@ -46,6 +46,16 @@ def test_edge_adapter_draws_the_edges(flux):
     assert scores["pka"]["mask_iou"] > scores["none"]["mask_iou"] + 0.1, scores
 
 
+def test_subject_adapter_draws_the_reference_sprite_where_its_keyword_says(flux):
+    """On held-out scenes the bundled subject adapter (pka) puts the sprite in its keyword's region more often
+    than the stock model, and with another subject's reference it draws the reference's sprite, not the
+    keyword's: it copies the reference rather than learning the keyword (2026-12-05 adapter: 4 and 3 of 16)."""
+    scores = FID.fidelity(flux, "subject", modes=("none", "pka"), n=16, steps=12, progress=False,
+                          reference_swap=True)
+    assert scores["pka"]["subject"] >= scores["none"]["subject"] + 2 / 16, scores
+    assert scores["pka"]["follows_reference"] >= scores["pka"]["follows_keyword"] + 2 / 16, scores
+
+
 def test_subject_adapter_runs_in_every_mode(flux):
     scenes = FID.heldout_scenes("subject", 2)
     assert all(s.subject and s.subject in s.caption for s in scenes)

@@ -132,6 +132,16 @@ def test_bundled_t2v_model_is_present():
                                        f"{bundled.model_dir('t2v')}"
 
 
+def test_bundled_weights_are_safetensors_and_fit_the_size_budget():
+    """Issue 4's budget: the bundled models, tokenizers and adapters together stay within 25 MB, and every weight
+    file is safetensors (nothing to unpickle)."""
+    root = os.path.dirname(bundled.model_dir("t2i"))
+    files = [os.path.join(d, f) for d, _, names in os.walk(root) for f in names]
+    assert sum(os.path.getsize(f) for f in files) <= 25_000_000
+    weights = [f for f in files if f.endswith((".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".pkl"))]
+    assert weights and all(f.endswith(".safetensors") for f in weights), weights
+
+
 def test_bundled_t2v_colours_score_above_chance_on_training_captions():
     """The video model draws the prompt's colours through the clip (right in more than half of the frames).
     24 prompts at the evaluator's 20 steps: colour is ~46% on 100 prompts, and 8 prompts were too few to tell."""
