@@ -49,7 +49,8 @@ def test_edge_adapter_draws_the_edges(flux):
 def test_subject_adapter_draws_the_reference_sprite_where_its_keyword_says(flux):
     """On held-out scenes the bundled subject adapter (pka) puts the sprite in its keyword's region more often
     than the stock model, and with another subject's reference it draws the reference's sprite, not the
-    keyword's: it copies the reference rather than learning the keyword (2026-12-05 adapter: 4 and 3 of 16)."""
+    keyword's: it copies the reference rather than learning the keyword (2026-12-05 adapter: placed in 3
+    of 16, none without it; the reference's sprite in 5, the keyword's in 1)."""
     scores = FID.fidelity(flux, "subject", modes=("none", "pka"), n=16, steps=12, progress=False,
                           reference_swap=True)
     assert scores["pka"]["subject"] >= scores["none"]["subject"] + 2 / 16, scores
