@@ -142,7 +142,7 @@ def drawn_subject(image: np.ndarray) -> Optional[str]:
     from dit_attn.pipelines.shapes.evaluate import SUBJECT_THRESHOLD, find_subject
     from dit_attn.pipelines.shapes.geometry import SUBJECTS
 
-    m = find_subject(image, SUBJECTS[0])
+    m = find_subject(image, SUBJECTS[0])  # scores every subject; the argument only decides what `present` means
     return m.best_subject if m.best_subject is not None and m.scores[m.best_subject] >= SUBJECT_THRESHOLD else None
 
 
@@ -170,19 +170,18 @@ def save_grid(path: str, scenes: Sequence, condition: str, images: Sequence[np.n
     """
     from PIL import Image
 
+    from dit_attn.pipelines.shapes.data import tile
+
     if len(images) != len(scenes) or not images:
         raise ValueError(f"need one image per scene, got {len(images)} images for {len(scenes)} scenes")
     size = images[0].shape[0]
     cond = [np.clip(np.rint((condition_image(s, condition, size).movedim(0, -1).numpy() + 1) * 127.5), 0, 255)
             .astype(np.uint8) for s in scenes]
-    cols = min(columns, len(images))
     rows = []
-    for start in range(0, len(images), cols):
-        pad = [np.zeros_like(images[0])] * (cols - len(images[start:start + cols]))
-        rows.append(np.concatenate(cond[start:start + cols] + pad, axis=1))
-        rows.append(np.concatenate(list(images[start:start + cols]) + pad, axis=1))
+    for start in range(0, len(images), columns):
+        rows += [cond[start:start + columns], list(images[start:start + columns])]
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    Image.fromarray(np.concatenate(rows, axis=0)).save(path)
+    Image.fromarray(tile(rows, pad=0, fill=0)).save(path)
     return path
 
 

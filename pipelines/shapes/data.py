@@ -30,7 +30,15 @@ def _scene(kind: str, split: str, seed: int, i: int) -> Scene:
     return sample_scene(scene_rng(seed, kind, split, i), split=split, kind=kind)
 
 
-def _tile(rows: Sequence[Sequence[np.ndarray]], pad: int = 2, fill: int = 255) -> np.ndarray:
+def tile(rows: Sequence[Sequence[np.ndarray]], pad: int = 2, fill: int = 255) -> np.ndarray:
+    """Tile rows of equal-size uint8 ``(h, w, 3)`` images into one image, ``pad`` pixels of ``fill`` between and
+    around them; short rows are filled with ``fill``.
+
+    Example::
+
+        >>> tile([[np.zeros((4, 4, 3), np.uint8)] * 2, [np.zeros((4, 4, 3), np.uint8)]], pad=1).shape
+        (11, 11, 3)
+    """
     h, w = rows[0][0].shape[:2]
     ncols = max(len(r) for r in rows)
     out = np.full((len(rows) * (h + pad) + pad, ncols * (w + pad) + pad, 3), fill, dtype=np.uint8)
@@ -61,7 +69,7 @@ def preview(out: str, n: int = 16, kind: str = "image", split: str = "train", si
             rows.append([render_image(s, size)] + [grey_to_rgb(cond[k]) for k in ("edge", "mask", "depth")] + [ref])
     else:
         raise ValueError(f"unknown kind {kind!r}")
-    grid = _tile(rows)
+    grid = tile(rows)
     img = Image.fromarray(grid)
     if scale > 1:
         img = img.resize((grid.shape[1] * scale, grid.shape[0] * scale), Image.NEAREST)
