@@ -129,7 +129,14 @@ def score(images: Sequence[np.ndarray], scenes: Sequence) -> dict[str, float]:
 
 def swapped_references(scenes: Sequence) -> list[str]:
     """For each subject scene, another subject (cycling through the other three by scene index), whose sprite
-    :func:`fidelity` uses as the reference under the scene's own keyword when ``reference_swap`` is on."""
+    :func:`fidelity` uses as the reference under the scene's own keyword when ``reference_swap`` is on.
+
+    Example::
+
+        >>> scenes = heldout_scenes("subject", 3)
+        >>> all(r != s.subject for r, s in zip(swapped_references(scenes), scenes))
+        True
+    """
     from dit_attn.pipelines.shapes.geometry import SUBJECTS
 
     return [SUBJECTS[(SUBJECTS.index(s.subject) + 1 + i % (len(SUBJECTS) - 1)) % len(SUBJECTS)]
@@ -138,7 +145,15 @@ def swapped_references(scenes: Sequence) -> list[str]:
 
 def drawn_subject(image: np.ndarray) -> Optional[str]:
     """The subject whose sprite matches best anywhere in ``image``, or None when none reaches the evaluator's
-    :data:`~dit_attn.pipelines.shapes.evaluate.SUBJECT_THRESHOLD`."""
+    :data:`~dit_attn.pipelines.shapes.evaluate.SUBJECT_THRESHOLD`.
+
+    Example (a ground-truth render of a subject scene, and a blank image)::
+
+        >>> from dit_attn.pipelines.shapes.render import render_image
+        >>> scene = heldout_scenes("subject", 1)[0]
+        >>> drawn_subject(render_image(scene)) == scene.subject, drawn_subject(np.zeros((64, 64, 3), np.uint8))
+        (True, None)
+    """
     from dit_attn.pipelines.shapes.evaluate import SUBJECT_THRESHOLD, find_subject
     from dit_attn.pipelines.shapes.geometry import SUBJECTS
 
@@ -148,7 +163,15 @@ def drawn_subject(image: np.ndarray) -> Optional[str]:
 
 def reference_following(images: Sequence[np.ndarray], scenes: Sequence, references: Sequence[str]) -> dict:
     """Of images generated with another subject's reference under each scene's keyword: the fraction whose
-    drawn sprite (:func:`drawn_subject`) is the reference's and the fraction where it is the keyword's."""
+    drawn sprite (:func:`drawn_subject`) is the reference's and the fraction where it is the keyword's.
+
+    Example (renders of the scenes as captioned draw the keyword's sprite)::
+
+        >>> from dit_attn.pipelines.shapes.render import render_image
+        >>> scenes = heldout_scenes("subject", 2)
+        >>> reference_following([render_image(s) for s in scenes], scenes, swapped_references(scenes))
+        {'follows_reference': 0.0, 'follows_keyword': 1.0}
+    """
     drawn = [drawn_subject(img) for img in images]
     n = max(len(images), 1)
     return {"follows_reference": sum(d == r for d, r in zip(drawn, references)) / n,
