@@ -5,7 +5,9 @@ Phases (each resumable, all under one wall-clock budget ``--minutes``):
 1. **VAE** (``--vae-minutes``): the pipeline's VAE (``AutoencoderKL`` for t2i/flux, ``AutoencoderKLWan`` for
    t2v) is trained as an autoencoder on fresh ShapesWorld renders (L2 + L1 reconstruction, a tiny KL term).
    ``--init-vae FOLDER`` starts from a trained VAE of the same class instead (flux reuses the t2i VAE this way;
-   the VAE phase can then be skipped with ``--vae-minutes 0``).
+   the VAE phase can then be skipped with ``--vae-minutes 0``). ``--vae-decoder-only`` trains the decoder alone:
+   with ``--init-from`` an exported pipeline, its decoder is fine-tuned and its transformer stays valid, since
+   the frozen encoder gives the very latents it was trained on.
 2. **Latent cache**: ``--cache-size`` training items are rendered and encoded once (posterior mean); the
    per-channel statistics set the VAE's ``scaling_factor`` / ``shift_factor`` (KL) or ``latents_mean`` /
    ``latents_std`` (Wan), exactly the normalisation the diffusers pipelines undo before decoding.
@@ -187,8 +189,18 @@ class _Log:
 # ------------------------------------------------------------------------------------------------------------
 # Phase 1: VAE
 # ------------------------------------------------------------------------------------------------------------
+def decoder_parameters(vae: torch.nn.Module) -> list[torch.nn.Parameter]:
+    """The parameters on the decoding side of a VAE (``decoder`` and ``post_quant_conv``): training only these
+    leaves the encoder, hence every latent a transformer was trained on, unchanged."""
+    params = list(vae.decoder.parameters())
+    if getattr(vae, "post_quant_conv", None) is not None:
+        params += list(vae.post_quant_conv.parameters())
+    return params
+
+
 def train_vae(kind: str, vae: torch.nn.Module, work: str, seconds: float, seed: int, batch: int, log: _Log,
-              resume_meta: Optional[dict], crop: int = 32, fg_weight: float = 0.0) -> None:
+              resume_meta: Optional[dict], crop: int = 32, fg_weight: float = 0.0, decoder_only: bool = False,
+              lr: float = 1e-3, latent_noise: float = 0.0) -> None:
     """Autoencoder training on fresh renders for ``seconds`` (continuing a saved VAE phase when resuming).
 
     Trains on random ``crop`` x ``crop`` windows (4x4 latent-aligned offsets are not needed: the model has no
@@ -196,8 +208,23 @@ def train_vae(kind: str, vae: torch.nn.Module, work: str, seconds: float, seed: 
     renders. ``fg_weight`` > 0 weighs the reconstruction error of object pixels (those away from the clip's
     median colour) ``1 + fg_weight`` times: objects are a few percent of the pixels, and a VAE that paints the
     background alone is a deep local minimum (seen with the video VAE on background-heavy crops).
+    ``decoder_only`` trains the decoder alone (:func:`decoder_parameters`; the encoder is frozen, so the latents
+    of an already trained transformer keep their meaning and the pipeline gets a better decoder for free).
+    ``latent_noise`` adds Gaussian noise of that many latent standard deviations (the VAE config's
+    ``latents_std``, or 1) to every sampled latent, so that the decoder learns to forgive a generator's small
+    errors rather than only the encoder's exact codes.
     """
-    opt = torch.optim.AdamW(vae.parameters(), lr=1e-3, weight_decay=0.0)
+    if decoder_only:
+        vae.requires_grad_(False)
+        params = decoder_parameters(vae)
+        for prm in params:
+            prm.requires_grad_(True)
+    else:
+        params = list(vae.parameters())
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    std = getattr(vae.config, "latents_std", None)
+    noise_scale = (torch.tensor(std, dtype=torch.float32).view(1, -1, *([1] * (3 if kind == "t2v" else 2)))
+                   if std is not None else torch.ones(())).to(next(vae.parameters()).device)
     meta = {"phase": "vae", "vae_step": 0, "vae_elapsed": 0.0}
     if resume_meta is not None and resume_meta.get("phase") == "vae":
         meta = load_state(work, {"vae": vae}, {}, opt)
@@ -225,17 +252,20 @@ def train_vae(kind: str, vae: torch.nn.Module, work: str, seconds: float, seed: 
         if crop and crop < x.shape[-1] and elapsed < 0.75 * seconds:
             oy, ox = (int(v) for v in torch.randint(0, x.shape[-1] - crop + 1, (2,), generator=gen))
             x = x[..., oy:oy + crop, ox:ox + crop]
-        post = vae.encode(x).latent_dist
-        z = post.mean + post.std * torch.randn(post.mean.shape, generator=gen).to(device)
+        with torch.set_grad_enabled(not decoder_only):
+            post = vae.encode(x).latent_dist
+            z = post.mean + post.std * torch.randn(post.mean.shape, generator=gen).to(device)
+            kl = 0.5 * (post.mean.pow(2) + post.var - 1.0 - post.logvar).mean()
+            if latent_noise:
+                z = z + latent_noise * noise_scale * torch.randn(z.shape, generator=gen).to(device)
         rec = vae.decode(z).sample
-        kl = 0.5 * (post.mean.pow(2) + post.var - 1.0 - post.logvar).mean()
         err = (rec - x).pow(2) + 0.5 * (rec - x).abs()
         if fg_weight > 0:
             err = err * (1.0 + fg_weight * foreground_mask(x, threshold=0.1))
         loss = err.mean() + 1e-4 * kl
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         step += 1
         elapsed += time.time() - t0
@@ -511,7 +541,8 @@ def train(kind: str, out: str, work: str, minutes: float, vae_minutes: float, ba
           warmup: int = 200, vae_crop: int = 32, vae_fg_weight: float = 0.0, fg_weight: float = 0.0,
           device: str = "cpu", workers: int = 0, precision: str = "fp32", time_reverse_p: float = 0.0,
           temporal_patch: int = 0, sign_weight: float = 0.0, sign_margin: float = 0.05,
-          colour_weight: float = 0.0, colour_margin: float = 0.3) -> None:
+          colour_weight: float = 0.0, colour_margin: float = 0.3, vae_decoder_only: bool = False,
+          vae_lr: float = 1e-3, vae_latent_noise: float = 0.0) -> None:
     """Train (or resume) one ShapesWorld model; the CLI's flags map one to one (see :func:`main`). ``device``:
     where the VAE, text encoders and transformer train ("cpu", "cuda", "cuda:1"; random draws stay on the CPU,
     so a run does the same steps on any device); ``workers``: processes rendering the latent cache;
@@ -521,7 +552,9 @@ def train(kind: str, out: str, work: str, minutes: float, vae_minutes: float, ba
     swapped (:func:`time_reverse`); ``temporal_patch``: t2v only, latent frames per transformer patch (0: the
     model's own; a one-frame model is converted with :func:`models.with_temporal_patch`); ``sign_weight``,
     ``sign_margin``: t2v only, the direction-sign contrast of :func:`flow_loss` (0: off); ``colour_weight``,
-    ``colour_margin``: the colour contrast of :func:`flow_loss` (any kind; 0: off)."""
+    ``colour_margin``: the colour contrast of :func:`flow_loss` (any kind; 0: off); ``vae_decoder_only``,
+    ``vae_lr``, ``vae_latent_noise``: see :func:`train_vae` (with ``init_from`` and ``vae_minutes`` > 0, the
+    exported pipeline's decoder is fine-tuned before the flow phase; its transformer stays valid)."""
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     if not 0.0 <= time_reverse_p <= 1.0:
@@ -537,6 +570,11 @@ def train(kind: str, out: str, work: str, minutes: float, vae_minutes: float, ba
     if colour_weight < 0 or colour_margin <= 0:
         raise ValueError(f"colour_weight must be >= 0 and colour_margin > 0, got {colour_weight!r} and "
                          f"{colour_margin!r}")
+    if vae_decoder_only and not (init_from or init_vae):
+        raise ValueError("vae_decoder_only fine-tunes the decoder of a trained VAE: pass init_from (an exported "
+                         "pipeline) or init_vae; a fresh VAE's encoder is random")
+    if vae_lr <= 0 or vae_latent_noise < 0:
+        raise ValueError(f"vae_lr must be > 0 and vae_latent_noise >= 0, got {vae_lr!r} and {vae_latent_noise!r}")
     if temporal_patch < 0:
         raise ValueError(f"temporal_patch must be >= 0 (0: keep the model's own), got {temporal_patch!r}")
     torch.manual_seed(seed)
@@ -559,7 +597,7 @@ def train(kind: str, out: str, work: str, minutes: float, vae_minutes: float, ba
         # file then overrides the weights)
         pipe = type(pipe).from_pretrained(init_from, torch_dtype=torch.float32, use_safetensors=True,
                                           local_files_only=True)
-        if meta is None:  # its VAE is the trained VAE: no VAE phase
+        if meta is None and not (vae_decoder_only and vae_minutes > 0):  # its VAE is trained: no VAE phase
             pipe.vae.save_pretrained(os.path.join(work, "vae"), safe_serialization=True)
             with open(os.path.join(work, "vae_done.json"), "w") as f:
                 json.dump({"vae_step": 0, "vae_elapsed": 0.0, "init_from": init_from}, f)
@@ -580,7 +618,8 @@ def train(kind: str, out: str, work: str, minutes: float, vae_minutes: float, ba
             pipe.register_modules(vae=vae_cls.from_pretrained(init_vae, torch_dtype=torch.float32,
                                                                use_safetensors=True).to(device))
         train_vae(kind, pipe.vae, work, vae_minutes * 60.0, seed, 16 if kind != "t2v" else 4, log, meta,
-                  crop=vae_crop, fg_weight=vae_fg_weight)
+                  crop=vae_crop, fg_weight=vae_fg_weight, decoder_only=vae_decoder_only, lr=vae_lr,
+                  latent_noise=vae_latent_noise)
         meta = None
     with open(os.path.join(work, "vae_done.json")) as f:
         vae_elapsed = float(json.load(f)["vae_elapsed"])
@@ -703,6 +742,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--vae-crop", type=int, default=32, help="VAE training crop size in pixels (0: full frames)")
     p.add_argument("--vae-fg-weight", type=float, default=0.0,
                    help="extra weight of object pixels in the VAE loss (e.g. 4 for the video VAE)")
+    p.add_argument("--vae-decoder-only", action="store_true",
+                   help="train only the VAE decoder (encoder frozen: latents unchanged); with --init-from and "
+                        "--vae-minutes > 0 this fine-tunes a trained pipeline's decoder before the flow phase")
+    p.add_argument("--vae-lr", type=float, default=1e-3, help="VAE learning rate (e.g. 5e-4 to fine-tune)")
+    p.add_argument("--vae-latent-noise", type=float, default=0.0,
+                   help="noise added to the VAE's sampled latents, in latent standard deviations (e.g. 0.1)")
     p.add_argument("--fg-weight", type=float, default=0.0,
                    help="extra weight of object positions in the flow loss (e.g. 4: objects count 5x)")
     p.add_argument("--precision", choices=PRECISIONS, default="fp32",
@@ -737,7 +782,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
           a.batch or d_batch, a.cache_size or d_cache, a.lr, a.seed, a.resume, a.init_vae, a.log_every,
           a.ckpt_minutes, a.eval_n, a.logit_mean, a.logit_std, a.init_from, a.warmup, a.vae_crop, a.vae_fg_weight,
           a.fg_weight, device, a.workers, a.precision, a.time_reverse, a.temporal_patch, a.sign_weight,
-          a.sign_margin, a.colour_weight, a.colour_margin)
+          a.sign_margin, a.colour_weight, a.colour_margin, a.vae_decoder_only, a.vae_lr, a.vae_latent_noise)
     return 0
 
 

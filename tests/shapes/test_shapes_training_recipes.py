@@ -362,3 +362,31 @@ def test_sign_contrast_errors(tmp_path):
         train("t2v", str(tmp_path / "o"), str(tmp_path / "w"), 0.01, 0.0, 2, 4, 1e-3, 0, False, None, 1, 1.0, 0,
               colour_weight=1.0, colour_margin=0.0)
     assert not (tmp_path / "o").exists()
+
+
+def test_decoder_only_vae_training_keeps_the_latents_and_changes_the_decoder(tmp_path):
+    from dit_attn.pipelines.shapes.train import _Log, decoder_parameters, train_vae
+
+    vae = vae_wan(seed=4)
+    x = _clips(seed=7)
+    with torch.no_grad():
+        z_before = encode_mean(vae, x)
+    encoder_before = {k: v.clone() for k, v in vae.state_dict().items() if not k.startswith(("decoder.", "post_quant"))}
+    decoder_before = [p.detach().clone() for p in decoder_parameters(vae)]
+    train_vae("t2v", vae, str(tmp_path), 1e-9, 0, 1, _Log(str(tmp_path / "log.jsonl")), None, crop=0,
+              fg_weight=4.0, decoder_only=True, lr=1e-3, latent_noise=0.1)  # one step, then the scores
+    for k, v in vae.state_dict().items():
+        if k in encoder_before:
+            torch.testing.assert_close(v, encoder_before[k], rtol=0, atol=0, msg=k)
+    assert any((p - q).abs().max() > 0 for p, q in zip(decoder_parameters(vae), decoder_before))
+    assert is_framewise(vae)
+    with torch.no_grad():
+        torch.testing.assert_close(encode_mean(vae.eval(), x), z_before, rtol=0, atol=0)
+
+
+def test_decoder_only_needs_a_trained_vae(tmp_path):
+    from dit_attn.pipelines.shapes.train import train
+
+    with pytest.raises(ValueError, match="init_from"):
+        train("t2v", str(tmp_path / "out"), str(tmp_path / "work"), 1.0, 1.0, 2, 8, 5e-4, 0, False, None, 10, 1.0,
+              0, vae_decoder_only=True)
