@@ -1,5 +1,8 @@
 """ShapesWorld training recipes: the frame-wise video VAE, the object-weighted flow loss, time reversal, temporal
-patches and the direction-sign contrast."""
+patches, the direction-sign contrast and the decoder-only VAE fine-tune."""
+
+import json
+import os
 
 import pytest
 import torch
@@ -390,3 +393,32 @@ def test_decoder_only_needs_a_trained_vae(tmp_path):
     with pytest.raises(ValueError, match="init_from"):
         train("t2v", str(tmp_path / "out"), str(tmp_path / "work"), 1.0, 1.0, 2, 8, 5e-4, 0, False, None, 10, 1.0,
               0, vae_decoder_only=True)
+
+
+def test_cli_decoder_fine_tune_of_an_exported_pipeline_keeps_its_encoder_and_transformer(tmp_path):
+    """``train --init-from DIR --vae-decoder-only --vae-minutes M --minutes M``: the VAE phase runs on the exported
+    pipeline's VAE (not skipped as for a plain --init-from), the flow phase gets no time, and the export is the
+    input pipeline with a new decoder."""
+    from safetensors.torch import load_file
+
+    from dit_attn.pipelines.shapes import bundled
+    from dit_attn.pipelines.shapes.train import main
+
+    src, out = bundled.model_dir("t2v"), tmp_path / "out"
+    main(["--kind", "t2v", "--init-from", src, "--vae-decoder-only", "--vae-minutes", "0.002", "--minutes", "0.002",
+          "--vae-crop", "0", "--vae-lr", "5e-4", "--vae-latent-noise", "0.1", "--cache-size", "4", "--eval-n", "0",
+          "--work", str(tmp_path / "work"), "--out", str(out)])
+
+    def weights(root, part):
+        return load_file(os.path.join(root, part, "diffusion_pytorch_model.safetensors"))
+
+    before, after = weights(src, "vae"), weights(out, "vae")
+    decoder = [k for k in before if k.startswith(("decoder.", "post_quant_conv."))]
+    assert decoder and any(not torch.equal(before[k], after[k]) for k in decoder)
+    for k in before.keys() - set(decoder):
+        assert torch.equal(before[k], after[k]), k
+    t_before, t_after = weights(src, "transformer"), weights(out, "transformer")
+    assert all(torch.equal(t_before[k], t_after[k]) for k in t_before)
+    with open(out / "training_log.jsonl") as f:
+        phases = [json.loads(line)["phase"] for line in f]
+    assert "vae_done" in phases and "flow" not in phases
