@@ -198,6 +198,16 @@ def decoder_parameters(vae: torch.nn.Module) -> list[torch.nn.Parameter]:
     return params
 
 
+def latent_std(vae) -> torch.Tensor:
+    """The standard deviation of a VAE's latents as its pipeline normalises them, broadcastable over them:
+    Wan's per-channel ``latents_std``, else ``1 / scaling_factor`` (KL), else 1."""
+    cfg = vae.config
+    if cfg.get("latents_std") is not None:
+        std = torch.tensor(cfg["latents_std"], dtype=torch.float32)
+        return std.view(1, -1, 1, 1, 1) if cfg.get("z_dim") is not None else std.view(1, -1, 1, 1)
+    return torch.tensor(1.0 / cfg["scaling_factor"] if cfg.get("scaling_factor") else 1.0)
+
+
 def train_vae(kind: str, vae: torch.nn.Module, work: str, seconds: float, seed: int, batch: int, log: _Log,
               resume_meta: Optional[dict], crop: int = 32, fg_weight: float = 0.0, decoder_only: bool = False,
               lr: float = 1e-3, latent_noise: float = 0.0) -> None:
@@ -210,8 +220,8 @@ def train_vae(kind: str, vae: torch.nn.Module, work: str, seconds: float, seed: 
     background alone is a deep local minimum (seen with the video VAE on background-heavy crops).
     ``decoder_only`` trains the decoder alone (:func:`decoder_parameters`; the encoder is frozen, so the latents
     of an already trained transformer keep their meaning and the pipeline gets a better decoder for free).
-    ``latent_noise`` adds Gaussian noise of that many latent standard deviations (the VAE config's
-    ``latents_std``, or 1) to every sampled latent, so that the decoder learns to forgive a generator's small
+    ``latent_noise`` adds Gaussian noise of that many latent standard deviations (:func:`latent_std`) to every
+    sampled latent, so that the decoder learns to forgive a generator's small
     errors rather than only the encoder's exact codes.
     """
     if decoder_only:
@@ -222,9 +232,7 @@ def train_vae(kind: str, vae: torch.nn.Module, work: str, seconds: float, seed: 
     else:
         params = list(vae.parameters())
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
-    std = getattr(vae.config, "latents_std", None)
-    noise_scale = (torch.tensor(std, dtype=torch.float32).view(1, -1, *([1] * (3 if kind == "t2v" else 2)))
-                   if std is not None else torch.ones(())).to(next(vae.parameters()).device)
+    noise_scale = latent_std(vae).to(next(vae.parameters()).device)
     meta = {"phase": "vae", "vae_step": 0, "vae_elapsed": 0.0}
     if resume_meta is not None and resume_meta.get("phase") == "vae":
         meta = load_state(work, {"vae": vae}, {}, opt)

@@ -422,3 +422,16 @@ def test_cli_decoder_fine_tune_of_an_exported_pipeline_keeps_its_encoder_and_tra
     with open(out / "training_log.jsonl") as f:
         phases = [json.loads(line)["phase"] for line in f]
     assert "vae_done" in phases and "flow" not in phases
+
+
+def test_latent_std_is_the_scale_the_pipelines_normalise_by():
+    from dit_attn.pipelines.shapes.models import vae_kl
+    from dit_attn.pipelines.shapes.train import latent_std
+
+    wan = vae_wan(seed=0)
+    wan.register_to_config(latents_std=[0.5, 1.0, 2.0, 4.0])
+    torch.testing.assert_close(latent_std(wan).flatten(), torch.tensor([0.5, 1.0, 2.0, 4.0]))
+    assert latent_std(wan).shape == (1, 4, 1, 1, 1)  # broadcasts over [B, C, F, H, W] latents
+    kl = vae_kl(seed=0)
+    kl.register_to_config(scaling_factor=0.25)
+    assert float(latent_std(kl)) == 4.0
