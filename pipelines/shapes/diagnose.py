@@ -92,14 +92,14 @@ def direction_sign(pipe, n: int = 48, seed: int = 0, levels: Sequence[float] = (
     time-reversal equivariance}}`` at noise levels ``s``, on the normalised latents of ``n`` training clips
     (items 100..100+n-1) of the t2v model ``pipe``. The colour gap is the yardstick for the sign gap: how much the
     model's prediction depends on a caption word it has learnt to use."""
-    from .train import (_encode_text, colour_swapped_caption, encode_mean, predict_velocity, render_batch,
-                        time_reversed_caption)
+    from .train import (_encode_text, colour_swapped_caption, encode_mean, latent_std, predict_velocity,
+                        render_batch, time_reversed_caption)
 
     vae = pipe.vae
     x, captions = render_batch("t2v", seed, list(range(100, 100 + n)))
     z = encode_mean(vae, x.to(vae.device))
     mean = torch.tensor(vae.config.latents_mean, device=z.device).view(1, -1, 1, 1, 1)
-    std = torch.tensor(vae.config.latents_std, device=z.device).view(1, -1, 1, 1, 1)
+    std = latent_std(vae).to(z.device)
     z = (z - mean) / std
     noise = torch.randn(z.shape, generator=torch.Generator().manual_seed(seed)).to(z.device)
     true, reversed_ = _encode_text(pipe, "t2v", captions), _encode_text(

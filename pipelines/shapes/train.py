@@ -581,6 +581,9 @@ def train(kind: str, out: str, work: str, minutes: float, vae_minutes: float, ba
     if vae_decoder_only and not (init_from or init_vae):
         raise ValueError("vae_decoder_only fine-tunes the decoder of a trained VAE: pass init_from (an exported "
                          "pipeline) or init_vae; a fresh VAE's encoder is random")
+    if vae_decoder_only and vae_minutes <= 0:
+        raise ValueError("vae_decoder_only needs vae_minutes > 0 (the time the decoder trains); got "
+                         f"{vae_minutes!r}")
     if vae_lr <= 0 or vae_latent_noise < 0:
         raise ValueError(f"vae_lr must be > 0 and vae_latent_noise >= 0, got {vae_lr!r} and {vae_latent_noise!r}")
     if temporal_patch < 0:

@@ -393,6 +393,9 @@ def test_decoder_only_needs_a_trained_vae(tmp_path):
     with pytest.raises(ValueError, match="init_from"):
         train("t2v", str(tmp_path / "out"), str(tmp_path / "work"), 1.0, 1.0, 2, 8, 5e-4, 0, False, None, 10, 1.0,
               0, vae_decoder_only=True)
+    with pytest.raises(ValueError, match="vae_minutes > 0"):
+        train("t2v", str(tmp_path / "out"), str(tmp_path / "work"), 1.0, 0.0, 2, 8, 5e-4, 0, False, None, 10, 1.0,
+              0, init_from="some/pipeline", vae_decoder_only=True)
 
 
 def test_cli_decoder_fine_tune_of_an_exported_pipeline_keeps_its_encoder_and_transformer(tmp_path):
