@@ -57,7 +57,32 @@ __all__ = [
     "hunyuan_prompt_template", "patch_wan_i2v_ftfy", "cpu_threads",
 ]
 
-FAMILIES = ("sd3", "flux", "wan", "hunyuan_video", "cogvideox")
+#: Families whose tiny pipeline is built in this file.
+_CORE_FAMILIES = ("sd3", "flux", "wan", "hunyuan_video", "cogvideox")
+#: Families whose tiny pipeline lives in a submodule of this package (family name -> module name). Each module
+#: defines ``PIPELINE_CLASS``, ``TRANSFORMER_CLASS``, ``transformer_config()``, ``components(seed, transformer)``
+#: (every pipeline component but the transformer) and ``call_kwargs(steps, seed, guidance)``.
+_PLUGIN_FAMILIES = {
+    "flux2": "flux2", "qwenimage": "qwenimage", "hunyuan_video15": "hunyuan_video15", "ltx": "ltx",
+    "chroma": "chroma", "z_image": "z_image", "wan_vace": "wan_vace", "skyreels_v2": "skyreels_v2",
+    "cogview4": "cogview4", "lumina2": "lumina2",
+}
+
+
+def _plugin(family: str):
+    import importlib
+
+    return importlib.import_module(f"{__name__}.{_PLUGIN_FAMILIES[family]}")
+
+
+def _available_plugins() -> tuple[str, ...]:
+    import importlib.util
+
+    return tuple(f for f, m in _PLUGIN_FAMILIES.items() if importlib.util.find_spec(f"{__name__}.{m}") is not None)
+
+
+#: One tiny pipeline per transformer class dit_attn supports.
+FAMILIES = _CORE_FAMILIES + _available_plugins()
 #: ``FAMILIES`` plus variants that share a transformer class with one of them.
 ALL_FAMILIES = FAMILIES + ("wan_i2v",)
 
@@ -307,6 +332,8 @@ _LATENT_H, _LATENT_W = HEIGHT // 4, WIDTH // 4
 def transformer_config(family: str) -> dict[str, Any]:
     """The tiny transformer's constructor kwargs for ``family`` (a fresh dict; edit freely)."""
     _check_family(family)
+    if family in _PLUGIN_FAMILIES:
+        return _plugin(family).transformer_config()
     if family == "sd3":
         return dict(
             sample_size=_LATENT_H, patch_size=2, in_channels=LATENT_CHANNELS, out_channels=LATENT_CHANNELS,
@@ -369,7 +396,8 @@ def tiny_transformer(family: str, seed: int = 0, **config_overrides):
     _check_family(family)
     cfg = transformer_config(family)
     cfg.update(config_overrides)
-    cls = getattr(diffusers, _TRANSFORMER_CLASSES[family])
+    name = _plugin(family).TRANSFORMER_CLASS if family in _PLUGIN_FAMILIES else _TRANSFORMER_CLASSES[family]
+    cls = getattr(diffusers, name)
     return _build(seed, "transformer", lambda: cls(**cfg))
 
 
@@ -410,6 +438,10 @@ def patch_wan_i2v_ftfy() -> bool:
 
 def _components(family: str, seed: int, transformer) -> tuple[type, dict[str, Any]]:
     import diffusers
+
+    if family in _PLUGIN_FAMILIES:
+        plugin = _plugin(family)
+        return getattr(diffusers, plugin.PIPELINE_CLASS), dict(transformer=transformer, **plugin.components(seed))
 
     if family == "sd3":
         return diffusers.StableDiffusion3Pipeline, dict(
@@ -531,6 +563,9 @@ def _component_names(family: str) -> set[str]:
 
     import diffusers
 
+    if family in _PLUGIN_FAMILIES:
+        cls = getattr(diffusers, _plugin(family).PIPELINE_CLASS)
+        return set(inspect.signature(cls.__init__).parameters) - {"self"}
     cls = getattr(diffusers, {
         "sd3": "StableDiffusion3Pipeline", "flux": "FluxPipeline", "wan": "WanPipeline",
         "wan_i2v": "WanImageToVideoPipeline", "hunyuan_video": "HunyuanVideoPipeline",
@@ -564,6 +599,8 @@ def tiny_call_kwargs(family: str, steps: int = 2, seed: int = 0, guidance: bool 
     ``(1, HEIGHT, WIDTH, 3)`` or videos ``(1, NUM_FRAMES, HEIGHT, WIDTH, 3)``.
     """
     _check_family(family)
+    if family in _PLUGIN_FAMILIES:
+        return _plugin(family).call_kwargs(steps=steps, seed=seed, guidance=guidance)
     kw: dict[str, Any] = dict(
         prompt=PROMPT, num_inference_steps=steps, height=HEIGHT, width=WIDTH, output_type="np",
         generator=torch.Generator().manual_seed(seed),
