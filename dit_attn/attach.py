@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from .families import family_of
+from .families import family_of, processors_of, set_processors
 from .processor import build_processors
 from .state import HOOK_NAME, ensure_forward_hook, remove_forward_hook
 
@@ -33,7 +33,7 @@ class _Installed:
 
     def __init__(self, transformer: torch.nn.Module):
         self.transformer = transformer
-        self.original_processors = dict(transformer.attn_processors)
+        self.original_processors = processors_of(transformer)
         self.had_registry = hasattr(transformer, "_diffusers_hook")
         self.had_forward_attr = "forward" in transformer.__dict__
         self.forward_attr = transformer.__dict__.get("forward")
@@ -90,7 +90,7 @@ class Attachment:
                 self._installed.append(record)
                 record.hook = ensure_forward_hook(transformer, pipeline=self.pipeline)
                 record.hook.controls = self.controls  # share the live list
-                transformer.set_attn_processor(build_processors(transformer, self.controls, record.hook.box))
+                set_processors(transformer, build_processors(transformer, self.controls, record.hook.box))
             self.attached = True
             for control in self.controls:
                 control.on_attach(self)
@@ -107,7 +107,7 @@ class Attachment:
                 control.on_detach(self)
         for record in reversed(self._installed):
             t = record.transformer
-            t.set_attn_processor(record.original_processors)
+            set_processors(t, record.original_processors)
             remove_forward_hook(t)
             if record.had_forward_attr:
                 t.__dict__["forward"] = record.forward_attr

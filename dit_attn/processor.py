@@ -1,8 +1,11 @@
 """The one generic attention processor.
 
-``DitAttnProcessor`` reads its family's adapter (data about one diffusers attention class) to compute Q/K/V
-exactly as stock, hands each attention call through the active controls, runs it with
-:func:`dit_attn.call.execute`, and finishes exactly as stock. There is no processor body per model.
+``DitAttnProcessor`` wraps the stock processor of one attention module. It runs the stock processor's own code
+(see :mod:`dit_attn.routing`), so Q/K/V, RoPE, masks and the output projections are exactly stock for every model
+family and every diffusers release; only the attention call itself comes to us. There, the family's data
+(:mod:`dit_attn.families`) says where text and image tokens sit, the active controls edit the call, and
+:func:`dit_attn.call.execute` runs it. When no control changed the call, the stock attention function runs with
+the stock arguments, so the output is stock bit for bit. There is no processor body per model.
 
 Use it the diffusers way::
 
@@ -11,126 +14,241 @@ Use it the diffusers way::
 
     pipe = tiny_pipeline("flux")
     stock = dict(pipe.transformer.attn_processors)
-    pipe.transformer.set_attn_processor(dit_attn.make_processors(pipe.transformer, dit_attn.PassThrough()))
+    pipe.transformer.set_attn_processor(dit_attn.make_processors(pipe, dit_attn.PassThrough()))
     image = pipe(**tiny_call_kwargs("flux")).images
     pipe.transformer.set_attn_processor(stock)
 
 or let :func:`dit_attn.attach` do the bookkeeping.
+
+One processor serves one forward at a time (as diffusers' own hooks assume for a transformer): the arguments of
+the stock call in progress are kept on the processor while the stock code runs.
 """
 
 from __future__ import annotations
 
-import torch
+import inspect
+import logging
 
+import torch
+from diffusers.models.attention_dispatch import dispatch_attention_fn
+
+from . import routing
 from .call import AttentionCall, execute
-from .families import Family, attention_sites, family_of
+from .families import Family, attention_sites, family_of, processors_of, resolve_family
 from .layout import LayerSite, Layout, StateBox
+
+logger = logging.getLogger("dit_attn")
+
+_DISPATCH_PARAMS = routing.parameter_names(dispatch_attention_fn)
+_SDPA_PARAMS = ("query", "key", "value", "attn_mask", "dropout_p", "is_causal", "scale", "enable_gqa")
+
+
+class _Frame:
+    """The stock call in progress: its arguments by name and how many attention calls it has made."""
+
+    __slots__ = ("attn", "inputs", "calls")
+
+    def __init__(self, attn, inputs: dict):
+        self.attn, self.inputs, self.calls = attn, inputs, 0
 
 
 class DitAttnProcessor:
-    """Attention processor that runs one family's stock attention math with dit_attn controls in the middle.
+    """Attention processor that runs a stock diffusers processor with dit_attn controls on its attention call.
 
     Args:
         family: the :class:`~dit_attn.families.Family` (or its name, e.g. ``"flux"``).
+        stock: the stock processor of the module (e.g. ``FluxAttnProcessor()``); its code computes everything
+            but the attention itself.
         controls: a list of controls; the processor keeps a reference, so controls added to or removed from that
             list (or their fields changed) take effect on the next call.
-        site: static facts about the module (name, block, layer); ``None`` when unknown.
+        site: static facts about the module (name, block, layer, token layout); ``None`` when unknown.
         state: the :class:`~dit_attn.layout.StateBox` shared with the transformer's forward hook; ``None``
             when unknown.
 
-    ``_attention_backend`` and ``_parallel_config`` are the attributes diffusers' ``set_attention_backend`` and
-    context parallelism set on processors; they are passed to ``dispatch_attention_fn``.
+    ``_attention_backend`` and ``_parallel_config`` (set by diffusers' ``set_attention_backend`` and context
+    parallelism) are the stock processor's own attributes, read and written through.
 
-    Example (one processor for every attention module; with no control changing anything the output is stock):
+    Example (the processors :func:`make_processors` builds; with no control changing anything the output is stock):
         >>> import dit_attn
         >>> from dit_attn.testing import tiny_pipeline, tiny_call_kwargs
         >>> pipe = tiny_pipeline("flux")
         >>> stock = dict(pipe.transformer.attn_processors)
         >>> expected = pipe(**tiny_call_kwargs("flux")).images
         >>> recorder = dit_attn.Recorder()
-        >>> proc = dit_attn.DitAttnProcessor("flux", [recorder])
-        >>> proc.family.name, proc.controls[0] is recorder
+        >>> procs = dit_attn.make_processors(pipe, recorder)
+        >>> proc = procs["transformer_blocks.0.attn.processor"]
+        >>> proc.family.name, proc.stock is stock["transformer_blocks.0.attn.processor"]
         ('flux', True)
-        >>> pipe.transformer.set_attn_processor(proc)
+        >>> pipe.transformer.set_attn_processor(procs)
         >>> images = pipe(**tiny_call_kwargs("flux")).images
         >>> bool((images == expected).all()), recorder.layouts[0].kind, recorder.layouts[0].query_segments
         (True, 'joint', {'text': (0, 32), 'image': (32, 80)})
         >>> pipe.transformer.set_attn_processor(stock)
     """
 
-    _attention_backend = None
-    _parallel_config = None
-
-    def __init__(self, family: Family | str, controls: list | None = None, site: LayerSite | None = None,
+    def __init__(self, family: Family | str, stock, controls: list | None = None, site: LayerSite | None = None,
                  state: StateBox | None = None):
-        from .families import FAMILIES
-
-        if isinstance(family, str):
-            if family not in FAMILIES:
-                raise ValueError(f"unknown family {family!r}; supported: {', '.join(FAMILIES)}")
-            family = FAMILIES[family]
-        self.family = family
+        self.family = resolve_family(family)
+        if stock is None or isinstance(stock, DitAttnProcessor):
+            raise TypeError("DitAttnProcessor wraps the module's stock diffusers processor; got "
+                            f"{type(stock).__name__} (build processors with dit_attn.make_processors)")
+        points = routing.entry_points(type(stock).__call__)
+        if not points:
+            raise TypeError(
+                f"{type(stock).__name__} does not call dispatch_attention_fn or F.scaled_dot_product_attention in "
+                "its __call__, so dit_attn cannot route its attention; supported processors are the stock ones of "
+                f"the supported families ({', '.join(self.family_names())})")
+        self.stock = stock
         self.controls = controls if controls is not None else []
         self.site = site
-        self.state_box = state if state is not None else StateBox(family.name)
+        self.state_box = state if state is not None else StateBox(self.family.name)
+        self._frame: _Frame | None = None
+        self._warned_unrouted = False
+        call = type(stock).__call__
+        self._routed = routing.route_attention(call, dispatch=self._dispatch, sdpa=self._sdpa)
+        self._params = routing.parameter_names(call)[1:]  # after ``self``
+        # diffusers' attention modules pass a processor only the keyword arguments its ``__call__`` names
+        # (``inspect.signature(processor.__call__)``): an instance attribute gives that lookup the stock signature.
+        entry = self._enter
+        signature = inspect.signature(call)
+        params = list(signature.parameters.values())[1:]
+        self.__dict__["__call__"] = _with_signature(entry, signature.replace(parameters=params))
 
-    # The parameter names matter: diffusers' attention modules drop every keyword the processor does not name.
-    # ``image_rotary_emb`` is passed by name (legacy Attention) or fifth positionally (FluxAttention, WanAttention,
-    # which calls it ``rotary_emb``).
-    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None,
-                 image_rotary_emb=None):
-        adapter = self.family.adapter
-        projected = adapter.project(attn, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb,
-                                    self.state_box.current.text_len)
-        outs = [self._attend(attn, spec) for spec in projected.calls]
-        return adapter.finish(attn, outs, projected)
+    @staticmethod
+    def family_names() -> list[str]:
+        from .families import FAMILIES
 
-    def _attend(self, attn, spec) -> torch.Tensor:
+        return list(FAMILIES)
+
+    # --- diffusers' per-processor attributes, kept on the stock processor that reads them ------------------------
+    @property
+    def _attention_backend(self):
+        return getattr(self.stock, "_attention_backend", None)
+
+    @_attention_backend.setter
+    def _attention_backend(self, value):
+        self.stock._attention_backend = value
+
+    @property
+    def _parallel_config(self):
+        return getattr(self.stock, "_parallel_config", None)
+
+    @_parallel_config.setter
+    def _parallel_config(self, value):
+        self.stock._parallel_config = value
+
+    # --- the stock call ------------------------------------------------------------------------------------------
+    def __call__(self, attn, *args, **kwargs):
+        return self._enter(attn, *args, **kwargs)
+
+    def _enter(self, attn, *args, **kwargs):
+        inputs = dict(zip(self._params[1:], args))  # _params[0] is ``attn``
+        inputs.update(kwargs)
+        outer, self._frame = self._frame, _Frame(attn, inputs)
+        try:
+            result = self._routed(self.stock, attn, *args, **kwargs)
+            if self._frame.calls == 0 and self.controls and not self._warned_unrouted:
+                self._warned_unrouted = True
+                logger.warning("%s: the stock %s attended outside its __call__ (e.g. a KV-cache path); dit_attn "
+                               "controls did not act on this module", self.site.module_name if self.site else "?",
+                               type(self.stock).__name__)
+            return result
+        finally:
+            self._frame = outer
+
+    def _dispatch(self, *args, **kwargs):
+        """``dispatch_attention_fn`` as the stock code calls it: q/k/v are ``[B, N, H, D]``."""
+        bound = dict(zip(_DISPATCH_PARAMS, args))
+        bound.update(kwargs)
+        q, k, v = bound["query"], bound["key"], bound["value"]
+        call = self._call(q, k, v, bound.get("attn_mask"), bound.get("scale"), bound.get("backend"),
+                          bound.get("parallel_config"))
+        return self._attend(call, lambda: dispatch_attention_fn(*args, **kwargs), (q, k, v))
+
+    def _sdpa(self, *args, **kwargs):
+        """``F.scaled_dot_product_attention`` as older stock code calls it: q/k/v are ``[B, H, N, D]``."""
+        bound = dict(zip(_SDPA_PARAMS, args))
+        bound.update(kwargs)
+        if bound.get("dropout_p", 0.0) or bound.get("is_causal", False):
+            raise NotImplementedError("dit_attn routes attention without dropout or a causal mask only")
+        q, k, v = (bound[n].transpose(1, 2) for n in ("query", "key", "value"))
+        if bound.get("enable_gqa") and k.shape[2] != q.shape[2]:
+            k, v = (t.repeat_interleave(q.shape[2] // t.shape[2], dim=2) for t in (k, v))
+        call = self._call(q, k, v, bound.get("attn_mask"), bound.get("scale"), None, None)
+
+        def stock():
+            return torch.nn.functional.scaled_dot_product_attention(*args, **kwargs).transpose(1, 2)
+
+        return self._attend(call, stock, (q, k, v)).transpose(1, 2)
+
+    def _call(self, q, k, v, mask, scale, backend, parallel_config) -> AttentionCall:
+        frame = self._frame
+        ordinal = frame.calls
+        frame.calls += 1
+        kind = self.site.kind if self.site is not None else None
+        described = self.family.describe(kind, frame.attn, frame.inputs, ordinal, q.shape[1], k.shape[1],
+                                         self.state_box.current)
         layout = Layout(
-            family=self.family.name, site=self.site, kind=spec.kind, heads=spec.query.shape[2],
-            head_dim=spec.query.shape[3], query_segments=spec.query_segments, key_segments=spec.key_segments,
-            batch_size=spec.query.shape[0], state=self.state_box.current,
+            family=self.family.name, site=self.site, kind=described.kind, heads=q.shape[2], head_dim=q.shape[3],
+            query_segments=described.query_segments, key_segments=described.key_segments, batch_size=q.shape[0],
+            state=self.state_box.current,
         )
-        call = AttentionCall(
-            spec.query, spec.key, spec.value, layout, attn_mask=spec.attn_mask,
-            backend=self._attention_backend, parallel_config=self._parallel_config if spec.parallel else None,
-        )
-        active = [c for c in self.controls if c.applies_to(layout)]
+        return AttentionCall(q, k, v, layout, attn_mask=mask, scale=scale, backend=backend,
+                             parallel_config=parallel_config)
+
+    def _attend(self, call: AttentionCall, stock, originals) -> torch.Tensor:
+        active = [c for c in self.controls if c.applies_to(call.layout)]
+        mask = call.attn_mask
         for control in active:
             call = control.prepare(call)
-        out = self._run(call, active)
+        out = stock() if _untouched(call, mask, originals) else self._run(call, active)
         for control in reversed(active):
             out = control.finish(call, out)
         return out
 
     def _run(self, call: AttentionCall, active: list) -> torch.Tensor:
-        """The attention itself (subclasses swap it, e.g. multi-condition attention); controls run around it."""
+        """The attention itself when a control changed the call (subclasses swap it, e.g. multi-condition)."""
         return execute(call)
 
     def __repr__(self) -> str:
         where = self.site.module_name if self.site else "?"
-        return f"DitAttnProcessor({self.family.name}, {where}, controls={self.controls!r})"
+        return f"DitAttnProcessor({self.family.name}, {where}, {type(self.stock).__name__}, controls={self.controls!r})"
+
+
+def _untouched(call: AttentionCall, mask, originals) -> bool:
+    """Whether the controls left the call exactly as the stock code made it (then stock runs it, bit for bit)."""
+    q, k, v = originals
+    return call.is_plain and call.attn_mask is mask and call.query is q and call.key is k and call.value is v
+
+
+def _with_signature(fn, signature: inspect.Signature):
+    def entry(*args, **kwargs):
+        return fn(*args, **kwargs)
+
+    entry.__signature__ = signature
+    return entry
 
 
 def build_processors(transformer: torch.nn.Module, controls: list, state: StateBox | None = None):
-    """``{processor name: processor}`` for every attention module of ``transformer``: ours where we take over,
-    the current processor elsewhere (e.g. HunyuanVideo's token refiner), ready for ``set_attn_processor``."""
+    """``{processor name: processor}`` for every attention module of ``transformer``: ours where we take over
+    (each wrapping the module's current processor), the current processor elsewhere (e.g. refiner blocks)."""
     family = family_of(transformer)
     state = state if state is not None else StateBox(family.name)
     sites = list(attention_sites(transformer, family))
-    block_lists = list(dict.fromkeys(s[1] for s in sites))
+    block_lists = list(dict.fromkeys(s.block_list for s in sites))
     offsets, total = {}, 0
     for name in block_lists:  # flat layer index over blocks in model order (FLUX: 0-18 double, 19-56 single)
         offsets[name] = total
         total += len(getattr(transformer, name))
-    processors = dict(transformer.attn_processors)
-    for module_name, list_name, index, kind, module in sites:
-        site = LayerSite(module_name, list_name, index, offsets[list_name] + index, total, kind)
-        proc = DitAttnProcessor(family, controls, site, state)
-        # Keep the backend the user chose with set_attention_backend before attaching.
-        proc._attention_backend = getattr(module.processor, "_attention_backend", None)
-        proc._parallel_config = getattr(module.processor, "_parallel_config", None)
-        processors[f"{module_name}.processor"] = proc
+    processors = processors_of(transformer)
+    for s in sites:
+        current = s.module.processor
+        if isinstance(current, DitAttnProcessor):
+            raise RuntimeError(f"{s.module_name} already has a dit_attn processor; detach it (or restore the "
+                               "stock processors) before building new ones")
+        site = LayerSite(s.module_name, s.block_list, s.block_index, offsets[s.block_list] + s.block_index, total,
+                         s.tokens)
+        processors[f"{s.module_name}.processor"] = DitAttnProcessor(family, current, controls, site, state)
     return processors
 
 

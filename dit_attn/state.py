@@ -47,6 +47,7 @@ class ForwardStateHook(ModelHook):
         self.context_manager = StateManager(_NoState)  # receives diffusers' cache_context
         self._pipeline_ref = weakref.ref(pipeline) if pipeline is not None else None
         self._params: list[str] | None = None
+        self._forwards_in_step: tuple[int | None, int] = (None, 0)
 
     @property
     def pipeline(self):
@@ -75,15 +76,20 @@ class ForwardStateHook(ModelHook):
         state = ForwardState(family=self.family.name)
         self.box.current = state
         inputs = self._bind(module, args, kwargs)
+        for usual, name in self.family.arguments.items():  # e.g. Z-Image's ``x`` is the usual ``hidden_states``
+            if name in inputs:
+                inputs.setdefault(usual, inputs[name])
         hidden_states = inputs.get("hidden_states")
-        text = inputs.get("encoder_hidden_states")
         ctx = self.context_manager._context
         state.context = ctx.name if ctx is not None else None
         state.timestep = inputs.get("timestep")
-        state.text_len = text.shape[1] if isinstance(text, torch.Tensor) else None
-        batch = hidden_states.shape[0] if isinstance(hidden_states, torch.Tensor) else None
+        state.text_len = self.family.text_length(inputs)
+        if isinstance(hidden_states, torch.Tensor):
+            batch = hidden_states.shape[0]
+        else:  # a list of per-item latents (Z-Image)
+            batch = len(hidden_states) if isinstance(hidden_states, (list, tuple)) else None
         state.step_index, state.num_steps = self._step(ctx, state.timestep)
-        state.batch_roles = self._roles(state.context, batch)
+        state.batch_roles = self._roles(state.context, batch, state.step_index)
         family, kw = self.family, dict(inputs)
         state.grid_fn = lambda: family.grid(module, kw, hidden_states)
         state.in_forward = True
@@ -127,12 +133,12 @@ class ForwardStateHook(ModelHook):
         ts = timesteps.detach().float().cpu()
         return int((ts - t).abs().argmin())
 
-    def _roles(self, context: str | None, batch: int | None) -> tuple[str, ...] | None:
+    def _roles(self, context: str | None, batch: int | None, step: int | None) -> tuple[str, ...] | None:
         if batch is None:
             return None
-        if context == "cond":
+        if context in ("cond", "pred_cond"):  # HunyuanVideo 1.5's guider names them pred_cond / pred_uncond
             return (COND,) * batch
-        if context == "uncond":
+        if context in ("uncond", "pred_uncond"):
             return (UNCOND,) * batch
         pipe = self.pipeline
         cfg = False
@@ -141,9 +147,18 @@ class ForwardStateHook(ModelHook):
             flag = getattr(pipe, "do_classifier_free_guidance", None)
             scale = getattr(pipe, "_guidance_scale", None)
             cfg = bool(flag) if isinstance(flag, bool) else (isinstance(scale, (int, float)) and scale > 1)
-        if (context == "cond_uncond" or context is None) and cfg and batch % 2 == 0:
-            first, second = self.family.batched_cfg_order
+        if not cfg:
+            return (COND,) * batch
+        if self.family.cfg == "batched" and context in ("cond_uncond", None) and batch % 2 == 0:
+            first, second = self.family.cfg_order
             return (first,) * (batch // 2) + (second,) * (batch // 2)
+        if self.family.cfg == "separate" and context is None and step is not None:
+            # Pipelines that run cond and uncond as separate forwards without naming them (Chroma): the k-th
+            # forward of a denoising step has the k-th role of the family's order.
+            last_step, count = self._forwards_in_step
+            count = count + 1 if last_step == step else 0
+            self._forwards_in_step = (step, count)
+            return (self.family.cfg_order[count % 2],) * batch
         return (COND,) * batch
 
 
@@ -157,7 +172,10 @@ def ensure_forward_hook(transformer: torch.nn.Module, controls: list | None = No
     if hook is None:
         hook = ForwardStateHook(family_of(transformer), list(controls or []), pipeline)
         registry.register_hook(hook, HOOK_NAME)
-        registry.invalidate_child_registries_cache()
+        # Newer diffusers cache child registries; older releases have no such cache (and no method).
+        invalidate = getattr(registry, "invalidate_child_registries_cache", None)
+        if invalidate is not None:
+            invalidate()
     else:
         if controls is not None:
             hook.controls[:] = controls

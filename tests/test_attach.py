@@ -7,10 +7,20 @@ import pytest
 import torch
 from diffusers.models.attention_dispatch import attention_backend
 
+import inspect
+
 import dit_attn
+from dit_attn.families import FAMILIES as FAMILY_DATA
+from dit_attn.families import processors_of, set_processors
 from dit_attn.testing import FAMILIES, tiny_call_kwargs, tiny_pipeline
 
-BATCHED_CFG = {"sd3", "cogvideox"}  # cond and uncond rows share one forward; others run separate forwards
+
+def _install(transformer, processors) -> None:
+    """The diffusers way: ``set_attn_processor`` where the model has it, else each module's ``set_processor``."""
+    if hasattr(transformer, "set_attn_processor"):
+        transformer.set_attn_processor(processors)
+    else:
+        set_processors(transformer, processors)
 
 
 def _output(result) -> np.ndarray:
@@ -29,16 +39,16 @@ def test_attach_without_controls_equals_stock_and_detach_restores(family_pipe):
     family, pipe = family_pipe
     kwargs = tiny_call_kwargs(family, steps=2)
     stock = _output(pipe(**kwargs))
-    originals = dict(pipe.transformer.attn_processors)
+    originals = processors_of(pipe.transformer)
     forward_before = pipe.transformer.__dict__.get("forward")
 
     attachment = dit_attn.attach(pipe)
-    assert any(isinstance(p, dit_attn.DitAttnProcessor) for p in pipe.transformer.attn_processors.values())
+    assert any(isinstance(p, dit_attn.DitAttnProcessor) for p in processors_of(pipe.transformer).values())
     attached = _output(pipe(**tiny_call_kwargs(family, steps=2)))
     attachment.detach()
 
     assert np.abs(attached - stock).max() <= 1e-6
-    restored = pipe.transformer.attn_processors
+    restored = processors_of(pipe.transformer)
     assert restored.keys() == originals.keys()
     assert all(restored[name] is originals[name] for name in originals)
     assert pipe.transformer.__dict__.get("forward") is forward_before
@@ -58,13 +68,13 @@ def test_pass_through_control_changes_nothing(family_pipe):
 def test_processors_the_diffusers_way(family_pipe):
     family, pipe = family_pipe
     stock = _output(pipe(**tiny_call_kwargs(family, steps=2)))
-    originals = dict(pipe.transformer.attn_processors)
+    originals = processors_of(pipe.transformer)
     recorder = dit_attn.Recorder()
-    pipe.transformer.set_attn_processor(dit_attn.make_processors(pipe, recorder))
+    _install(pipe.transformer, dit_attn.make_processors(pipe, recorder))
     try:
         out = _output(pipe(**tiny_call_kwargs(family, steps=2)))
     finally:
-        pipe.transformer.set_attn_processor(originals)
+        _install(pipe.transformer, originals)
         from dit_attn.state import remove_forward_hook
 
         remove_forward_hook(pipe.transformer)
@@ -76,9 +86,12 @@ def test_processors_the_diffusers_way(family_pipe):
 def test_recorder_sees_correct_layout(family_pipe, steps):
     family, pipe = family_pipe
     forwards = []  # what the transformer really received, per forward
+    data = FAMILY_DATA[family]
+    signature = inspect.signature(pipe.transformer.forward)
 
     def spy(module, args, kwargs):
-        forwards.append({k: kwargs.get(k) for k in ("hidden_states", "encoder_hidden_states")})
+        bound = signature.bind_partial(*args, **kwargs).arguments
+        forwards.append({k: bound.get(data.arguments.get(k, k)) for k in ("hidden_states", "encoder_hidden_states")})
 
     handle = pipe.transformer.register_forward_pre_hook(spy, with_kwargs=True)
     recorder = dit_attn.Recorder()
@@ -89,7 +102,7 @@ def test_recorder_sees_correct_layout(family_pipe, steps):
         handle.remove()
 
     layouts = recorder.layouts
-    cfg_forwards = 1 if family in BATCHED_CFG else 2
+    cfg_forwards = 1 if data.cfg == "batched" else 2
     assert len(forwards) == steps * cfg_forwards
     calls_per_forward = len(layouts) // len(forwards)
     assert calls_per_forward * len(forwards) == len(layouts)
@@ -97,21 +110,25 @@ def test_recorder_sees_correct_layout(family_pipe, steps):
     for f, inputs in enumerate(forwards):
         chunk = layouts[f * calls_per_forward:(f + 1) * calls_per_forward]
         hs, ehs = inputs["hidden_states"], inputs["encoder_hidden_states"]
-        batch = hs.shape[0]
+        batch = len(hs)  # a tensor's first axis, or a list of per-item latents (Z-Image)
         for layout in chunk:
             assert layout.step_index == f // cfg_forwards
             assert layout.num_steps == steps
             assert layout.batch_size == batch
-            if family in BATCHED_CFG:
-                assert layout.batch_roles == ("uncond",) * (batch // 2) + ("cond",) * (batch // 2)
+            first, second = data.cfg_order
+            if data.cfg == "batched":
+                assert layout.batch_roles == (first,) * (batch // 2) + (second,) * (batch // 2)
             else:
-                assert layout.batch_roles == (("cond",) if f % 2 == 0 else ("uncond",)) * batch
+                assert layout.batch_roles == ((first,) if f % 2 == 0 else (second,)) * batch
             frames, height, width = layout.grid
             n_visual = frames * height * width
             assert layout.query_segments["image"][1] - layout.query_segments["image"][0] == n_visual
-            if "text" in layout.key_segments and layout.kind != "cross":
+            # The text segment is the forward's text (HunyuanVideo 1.5 adds image and byT5 tokens to it in the
+            # forward; Z-Image pads each caption to a multiple of 32).
+            if "text" in layout.key_segments and layout.kind != "cross" and family != "hunyuan_video15":
                 start, stop = layout.key_segments["text"]
-                assert stop - start == ehs.shape[1]
+                padded = max(-(-len(c) // 32) * 32 for c in ehs) if isinstance(ehs, list) else ehs.shape[1]
+                assert stop - start == padded
                 assert layout.key_segments == layout.query_segments
             assert layout.module_name.startswith(layout.block_list + ".")
             assert 0 <= layout.layer_index < n_layers

@@ -1,10 +1,12 @@
-"""Every family adapter against the stock processor, at transformer level, with fresh random inputs.
+"""Every family against the stock processors, at transformer level, with fresh random inputs.
 
 Covers what the tiny pipelines do not reach: the Wan I2V image context, HunyuanVideo's padded text mask,
 CogVideoX RoPE, SD3.5 dual attention, batch > 1.
 """
 
 from __future__ import annotations
+
+import inspect
 
 import pytest
 import torch
@@ -18,7 +20,8 @@ from diffusers import (
 from diffusers.models.embeddings import get_3d_rotary_pos_embed
 
 import dit_attn
-from dit_attn.families import FAMILIES, family_of
+from dit_attn.families import FAMILIES, family_of, processors_of
+from dit_attn.testing import NEGATIVE_PROMPT, PROMPT, tiny_call_kwargs, tiny_pipeline
 
 
 def _sd3(g):
@@ -110,8 +113,81 @@ def test_transformer_matches_stock(case):
         assert not any(isinstance(p, dit_attn.DitAttnProcessor) for n, p in procs.items() if "token_refiner" in n)
 
 
-def test_every_family_has_a_case():
-    assert set(FAMILIES) <= set(CASES)
+def _captured_batch2_forward(family):
+    """The tiny pipeline of ``family``, and the inputs of its first transformer forward for two prompts of
+    different lengths (so text is padded where the family pads) with their negative prompts."""
+    pipe = tiny_pipeline(family)
+    kwargs = tiny_call_kwargs(family, steps=2)  # (one step: some schedulers' terminal shift divides by zero)
+    kwargs.update(prompt=[PROMPT, "a green triangle"], output_type="latent")
+    if "negative_prompt" in kwargs:
+        kwargs["negative_prompt"] = [NEGATIVE_PROMPT, "dark"]
+    if family == "wan_vace":  # its pipeline takes one prompt and makes one video: the batch is doubled below
+        kwargs.update(prompt=PROMPT, negative_prompt=NEGATIVE_PROMPT)
+    captured = []
+
+    def capture(module, args, kw):
+        if not captured:
+            captured.append((args, dict(kw)))
+
+    handle = pipe.transformer.register_forward_pre_hook(capture, with_kwargs=True)
+    try:
+        with torch.no_grad():
+            pipe(**kwargs)
+    finally:
+        handle.remove()
+    return pipe, captured[0]
+
+
+def _fresh(value, g):
+    """Fresh random values of the same shape for latent inputs (tensors or lists of tensors)."""
+    if isinstance(value, torch.Tensor) and value.is_floating_point():
+        return torch.randn(value.shape, generator=g, dtype=value.dtype)
+    if isinstance(value, list) and value and all(isinstance(v, torch.Tensor) for v in value):
+        return [_fresh(v, g) for v in value]
+    return value
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_every_family_matches_stock_at_batch_2_with_padded_text(family):
+    """Every supported family, at transformer level, on the inputs its own pipeline builds for two prompts of
+    different lengths (batch 2 or more, non-square grid, padded text where the family pads), latents replaced by
+    fresh random values: attached with Recorder + PassThrough equals stock, and detach restores the processors."""
+    seed = int(torch.randint(0, 2**31 - 1, ()))
+    g = torch.Generator().manual_seed(seed)
+    pipe, (args, kwargs) = _captured_batch2_forward(family)
+    data = FAMILIES[family]
+    latent_name = data.arguments.get("hidden_states", "hidden_states")
+    signature = inspect.signature(pipe.transformer.forward)
+    bound = signature.bind_partial(*args, **kwargs)
+    for name, value in bound.arguments.items():  # a pipeline that only runs batch 1: two rows of it
+        if isinstance(value, torch.Tensor) and value.dim() and value.shape[0] == 1:
+            bound.arguments[name] = torch.cat([value, value])
+    bound.arguments[latent_name] = _fresh(bound.arguments[latent_name], g)
+    model = pipe.transformer
+    before = processors_of(model)
+
+    def run():
+        with torch.no_grad():
+            out = model(*bound.args, **bound.kwargs)
+        out = out[0] if isinstance(out, tuple) else out.sample
+        return torch.stack(out) if isinstance(out, list) else out
+
+    stock = run()
+    recorder = dit_attn.Recorder()
+    with dit_attn.attach(model, recorder, dit_attn.PassThrough()):
+        ours = run()
+    assert (ours - stock).abs().max() <= 1e-6, f"seed {seed}"
+    assert recorder.layouts and all(layout.batch_size >= 2 for layout in recorder.layouts)
+    grid = recorder.layouts[0].grid
+    assert grid is not None and grid[1] != grid[2], grid  # non-square token grid
+    assert all(processors_of(model)[name] is proc for name, proc in before.items())
+
+
+def test_unsupported_transformers_are_refused_by_name():
+    pipe = tiny_pipeline("lumina2")
+    with pytest.raises(ValueError, match="does not support Lumina2Transformer2DModel; supported model families: sd3"):
+        dit_attn.attach(pipe)
+    assert not any(isinstance(p, dit_attn.DitAttnProcessor) for p in processors_of(pipe.transformer).values())
 
 
 def test_family_of_rejects_other_models():
@@ -122,8 +198,9 @@ def test_family_of_rejects_other_models():
 def test_flux_grid_is_read_once_per_img_ids_tensor():
     """The grid read from ``img_ids`` (a host read) is cached by tensor identity and version: the pipelines pass
     the same ids at every step; new or modified ids are read again."""
-    from dit_attn.families import _flux_grid
+    from dit_attn.families.grids import from_ids
 
+    _flux_grid = from_ids("img_ids")
     owner = torch.nn.Module()
     rows, cols = torch.meshgrid(torch.arange(3), torch.arange(5), indexing="ij")
     ids = torch.stack([torch.zeros(15), rows.flatten().float(), cols.flatten().float()], dim=1)

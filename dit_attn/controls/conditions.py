@@ -204,19 +204,20 @@ class MultiCondition(Control):
 
     # --- attach / detach ------------------------------------------------------------------------------------
     def on_attach(self, attachment) -> None:
-        from ..families import family_of
+        from ..families import FAMILIES, family_of, processors_of, set_processors
         from ..state import ensure_forward_hook
 
         for transformer in attachment.transformers:
-            family = family_of(transformer).name
-            if family != "flux":
-                raise ValueError(f"MultiCondition supports FLUX-architecture transformers (FluxTransformer2DModel); "
-                                 f"got the {family!r} family ({type(transformer).__name__})")
+            family = family_of(transformer)
+            if not family.flux_architecture:
+                supported = ", ".join(f.transformer_class for f in FAMILIES.values() if f.flux_architecture)
+                raise ValueError(f"MultiCondition supports FLUX-architecture transformers ({supported}); "
+                                 f"got the {family.name!r} family ({type(transformer).__name__})")
         transformer = attachment.transformers[0]
         self._state.update(transformer=transformer, hook=ensure_forward_hook(transformer), attachment=attachment)
         procs = {name: ConditionProcessor(p, self) if isinstance(p, DitAttnProcessor) else p
-                 for name, p in transformer.attn_processors.items()}
-        transformer.set_attn_processor(procs)  # attach's detach() restores the stock processors
+                 for name, p in processors_of(transformer).items()}
+        set_processors(transformer, procs)  # attach's detach() restores the stock processors
         pipe = attachment.pipeline
         self._state["pipe"] = pipe
         if pipe is not None and hasattr(pipe, "check_inputs"):
@@ -463,9 +464,7 @@ class ConditionProcessor(DitAttnProcessor):
     """The generic processor, with :meth:`MultiCondition.attend` in place of :func:`dit_attn.call.execute`."""
 
     def __init__(self, base: DitAttnProcessor, control: MultiCondition):
-        super().__init__(base.family, base.controls, base.site, base.state_box)
-        self._attention_backend = base._attention_backend
-        self._parallel_config = base._parallel_config
+        super().__init__(base.family, base.stock, base.controls, base.site, base.state_box)
         self.condition_control = control
 
     def _run(self, call: AttentionCall, active: list) -> torch.Tensor:

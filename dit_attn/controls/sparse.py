@@ -26,6 +26,12 @@ from .base import Control
 _KINDS = ("self", "joint", "single")
 
 
+def _video_first_frame(family: str | None) -> bool:
+    from ..families import FAMILIES
+
+    return family in FAMILIES and FAMILIES[family].video_first_frame
+
+
 def _resolve_variant(variant, rectify, gain_aware) -> str:
     from dit_attn.sparse.selection import VARIANTS
 
@@ -182,7 +188,7 @@ class RectifiedSparse(Control):
         k = call.key.index_select(1, plan.kv_index)
         v = call.value.index_select(1, plan.kv_index)
         forced = plan.neighbors if self.neighbors else None
-        first_frame = self.first_frame if self.first_frame is not None else layout.family == "wan"
+        first_frame = self.first_frame if self.first_frame is not None else _video_first_frame(layout.family)
         if first_frame and grid[0] > 1:
             ff = plan.first_frame[:, None] & plan.first_frame[None, :]
             forced = ff if forced is None else forced | ff

@@ -60,8 +60,8 @@ __all__ = [
 #: Families whose tiny pipeline is built in this file.
 _CORE_FAMILIES = ("sd3", "flux", "wan", "hunyuan_video", "cogvideox")
 #: Families whose tiny pipeline lives in a submodule of this package (family name -> module name). Each module
-#: defines ``PIPELINE_CLASS``, ``TRANSFORMER_CLASS``, ``transformer_config()``, ``components(seed, transformer)``
-#: (every pipeline component but the transformer) and ``call_kwargs(steps, seed, guidance)``.
+#: defines ``PIPELINE_CLASS``, ``TRANSFORMER_CLASS``, ``transformer_config()``, ``components(seed)`` (every
+#: pipeline component but the transformer) and ``call_kwargs(steps, seed, guidance)``.
 _PLUGIN_FAMILIES = {
     "flux2": "flux2", "qwenimage": "qwenimage", "hunyuan_video15": "hunyuan_video15", "ltx": "ltx",
     "chroma": "chroma", "z_image": "z_image", "wan_vace": "wan_vace", "skyreels_v2": "skyreels_v2",
@@ -75,16 +75,18 @@ def _plugin(family: str):
     return importlib.import_module(f"{__name__}.{_PLUGIN_FAMILIES[family]}")
 
 
-def _available_plugins() -> tuple[str, ...]:
-    import importlib.util
+def _supported() -> tuple[str, ...]:
+    from dit_attn.families import FAMILIES as SUPPORTED
 
-    return tuple(f for f, m in _PLUGIN_FAMILIES.items() if importlib.util.find_spec(f"{__name__}.{m}") is not None)
+    return tuple(SUPPORTED)
 
 
-#: One tiny pipeline per transformer class dit_attn supports.
-FAMILIES = _CORE_FAMILIES + _available_plugins()
-#: ``FAMILIES`` plus variants that share a transformer class with one of them.
-ALL_FAMILIES = FAMILIES + ("wan_i2v",)
+#: One tiny pipeline per model family dit_attn supports (the names of :data:`dit_attn.families.FAMILIES`).
+FAMILIES = _supported()
+#: Tiny pipelines of transformers dit_attn does not support (yet): attach must refuse them clearly.
+UNSUPPORTED = ("lumina2",)
+#: ``FAMILIES`` plus variants that share a transformer class with one of them, plus :data:`UNSUPPORTED`.
+ALL_FAMILIES = FAMILIES + ("wan_i2v",) + UNSUPPORTED
 
 PROMPT = "a red circle above a blue square"
 NEGATIVE_PROMPT = "blurry, dark, low quality"
