@@ -211,39 +211,109 @@ def sd3_text_weights(tokenizer_clip, tokenizer_t5, prompt, *, clip_max_length: i
     return torch.cat([clip, t5])
 
 
+def _fit(weights: torch.Tensor, length: int | None, align: str = "left") -> torch.Tensor:
+    """``weights`` cut or padded with ones to ``length`` tokens (padding after them, or before for ``"right"``)."""
+    if length is None or weights.shape[0] == length:
+        return weights
+    if weights.shape[0] > length:
+        return weights[:length] if align == "left" else weights[-length:]
+    pad = torch.ones(length - weights.shape[0])
+    return torch.cat([weights, pad] if align == "left" else [pad, weights])
+
+
+def _chat_template(tokenizer, **options) -> str:
+    """The chat template a pipeline applies to one user message, with ``{}`` where the prompt goes."""
+    text = tokenizer.apply_chat_template([{"role": "user", "content": "\x00"}], tokenize=False,
+                                         add_generation_prompt=True, **options)
+    return text.replace("{", "{{").replace("}", "}}").replace("\x00", "{}")
+
+
+def _t5_like(attr: str, default_length: int):
+    def weights(pipe, parsed, args):
+        return token_weights(getattr(pipe, attr), parsed, max_length=args.get("max_sequence_length") or default_length)
+
+    return weights
+
+
+def _wan(pipe, parsed, args):
+    text, char_weights = _collapse_whitespace(parsed.text, parsed.char_weights())
+    return token_weights(pipe.tokenizer, None, max_length=args.get("max_sequence_length") or 512, text=text,
+                         char_weights=char_weights)
+
+
+def _sd3(pipe, parsed, args):
+    return sd3_text_weights(pipe.tokenizer, pipe.tokenizer_3, parsed, clip_max_length=pipe.tokenizer.model_max_length,
+                            t5_max_length=args.get("max_sequence_length") or 256)
+
+
+def _hunyuan_video(pipe, parsed, args):
+    from diffusers.pipelines.hunyuan_video.pipeline_hunyuan_video import DEFAULT_PROMPT_TEMPLATE
+
+    template = args.get("prompt_template") or DEFAULT_PROMPT_TEMPLATE
+    crop_start = template.get("crop_start")
+    if crop_start is None:  # as the pipeline computes it
+        crop_start = len(pipe.tokenizer(template["template"], padding="max_length")["input_ids"]) - 2
+    return template_token_weights(pipe.tokenizer, template["template"], parsed,
+                                  max_length=args.get("max_sequence_length") or 256, crop_start=crop_start)
+
+
+def _qwenimage(pipe, parsed, args):
+    # The pipeline drops the template's first tokens after the text encoder; the rest (prompt + template end) is
+    # padded to the longest prompt of the batch.
+    return template_token_weights(pipe.tokenizer, pipe.prompt_template_encode, parsed,
+                                  max_length=args.get("max_sequence_length") or 512,
+                                  crop_start=pipe.prompt_template_encode_start_idx)
+
+
+def _flux2_klein(pipe, parsed, args):
+    template = _chat_template(pipe.tokenizer, enable_thinking=False)
+    return template_token_weights(pipe.tokenizer, template, parsed,
+                                  max_length=args.get("max_sequence_length") or 512, crop_start=0)
+
+
+def _cogview4(pipe, parsed, args):
+    # GLM: the prompt's tokens, padded on the left (to the longest prompt, then to a multiple of 16).
+    return token_weights(pipe.tokenizer, parsed, max_length=args.get("max_sequence_length") or 1024,
+                         padding=False), "right"
+
+
+#: How each pipeline lays its prompt out in the text sequence the transformer sees: pipeline class name ->
+#: ``recipe(pipe, parsed_prompt, encode_prompt_arguments) -> weights`` (or ``(weights, "right")`` when the
+#: sequence is padded on the left). The weights are then fitted to the encoded sequence's length.
+TEXT_LAYOUTS = {
+    "StableDiffusion3Pipeline": _sd3,
+    "FluxPipeline": _t5_like("tokenizer_2", 512),
+    "ChromaPipeline": _t5_like("tokenizer", 512),
+    "WanPipeline": _wan, "WanImageToVideoPipeline": _wan, "WanVACEPipeline": _wan,
+    "SkyReelsV2Pipeline": _wan, "SkyReelsV2DiffusionForcingPipeline": _wan,
+    "HunyuanVideoPipeline": _hunyuan_video,
+    "CogVideoXPipeline": _t5_like("tokenizer", 226),
+    "LTXPipeline": _t5_like("tokenizer", 128),
+    "QwenImagePipeline": _qwenimage,
+    "Flux2KleinPipeline": _flux2_klein,
+    "CogView4Pipeline": _cogview4,
+}
+
+
+def text_layout_of(pipe):
+    """The recipe of :data:`TEXT_LAYOUTS` for ``pipe`` (by class, nearest first), or ``None``."""
+    for cls in type(pipe).__mro__:
+        if cls.__name__ in TEXT_LAYOUTS:
+            return TEXT_LAYOUTS[cls.__name__]
+    return None
+
+
 def pipeline_text_weights(pipe, prompt, *, max_sequence_length: int | None = None,
-                          prompt_template: dict | None = None) -> torch.Tensor:
-    """The weight of every text token, in the order the pipeline's transformer sees its text sequence."""
-    from diffusers import (
-        CogVideoXPipeline,
-        FluxPipeline,
-        HunyuanVideoPipeline,
-        StableDiffusion3Pipeline,
-        WanImageToVideoPipeline,
-        WanPipeline,
-    )
+                          prompt_template: dict | None = None, length: int | None = None) -> torch.Tensor:
+    """The weight of every text token, in the order the pipeline's transformer sees its text sequence.
 
-    parsed = _as_prompt(prompt)
-    if isinstance(pipe, StableDiffusion3Pipeline):
-        return sd3_text_weights(pipe.tokenizer, pipe.tokenizer_3, parsed,
-                                clip_max_length=pipe.tokenizer.model_max_length,
-                                t5_max_length=max_sequence_length or 256)
-    if isinstance(pipe, FluxPipeline):
-        return token_weights(pipe.tokenizer_2, parsed, max_length=max_sequence_length or 512)
-    if isinstance(pipe, (WanPipeline, WanImageToVideoPipeline)):
-        text, weights = _collapse_whitespace(parsed.text, parsed.char_weights())
-        return token_weights(pipe.tokenizer, None, max_length=max_sequence_length or 512, text=text,
-                             char_weights=weights)
-    if isinstance(pipe, HunyuanVideoPipeline):
-        from diffusers.pipelines.hunyuan_video.pipeline_hunyuan_video import DEFAULT_PROMPT_TEMPLATE
-
-        template = prompt_template or DEFAULT_PROMPT_TEMPLATE
-        crop_start = template.get("crop_start")
-        if crop_start is None:  # as the pipeline computes it
-            crop_start = len(pipe.tokenizer(template["template"], padding="max_length")["input_ids"]) - 2
-        return template_token_weights(pipe.tokenizer, template["template"], parsed,
-                                      max_length=max_sequence_length or 256, crop_start=crop_start)
-    if isinstance(pipe, CogVideoXPipeline):
-        return token_weights(pipe.tokenizer, parsed, max_length=max_sequence_length or 226)
-    raise ValueError(f"prompt emphasis does not know {type(pipe).__name__}; supported: StableDiffusion3Pipeline, "
-                     "FluxPipeline, WanPipeline, WanImageToVideoPipeline, HunyuanVideoPipeline, CogVideoXPipeline")
+    ``length`` (the encoded sequence's length, when known) fits the weights to it: pipelines that pad to the
+    longest prompt of a batch (Qwen-Image, CogView4) give sequences shorter than the tokenizer's maximum.
+    """
+    recipe = text_layout_of(pipe)
+    if recipe is None:
+        raise ValueError(f"prompt emphasis does not know {type(pipe).__name__}; supported: {', '.join(TEXT_LAYOUTS)}")
+    result = recipe(pipe, _as_prompt(prompt), {"max_sequence_length": max_sequence_length,
+                                                "prompt_template": prompt_template})
+    weights, align = result if isinstance(result, tuple) else (result, "left")
+    return _fit(weights, length, align)

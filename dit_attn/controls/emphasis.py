@@ -85,9 +85,15 @@ class Emphasis(Control):
 
     # --- pipeline level: strip the syntax before the text encoders, keep the weights ------------------------
     def on_attach(self, attachment) -> None:
+        from ..prompt import TEXT_LAYOUTS, text_layout_of
+
         pipe = attachment.pipeline
         if pipe is None or not hasattr(pipe, "encode_prompt"):
             return  # attached to a bare transformer: nothing to parse (weights can be set with set_weights)
+        if text_layout_of(pipe) is None:
+            raise ValueError(
+                f"Emphasis does not support {type(pipe).__name__} yet (its text sequence is laid out per row or "
+                f"through a processor it does not know); supported pipelines: {', '.join(TEXT_LAYOUTS)}")
         original = pipe.encode_prompt
         signature = inspect.signature(original)
 
@@ -134,11 +140,11 @@ class Emphasis(Control):
 
         return parse_emphasis(text)
 
-    def _token_weights(self, pipe, parsed, args: dict, repeat: int) -> torch.Tensor:
+    def _token_weights(self, pipe, parsed, args: dict, repeat: int, length: int) -> torch.Tensor:
         from ..prompt import pipeline_text_weights
 
         rows = [pipeline_text_weights(pipe, p, max_sequence_length=args.get("max_sequence_length"),
-                                      prompt_template=args.get("prompt_template")) for p in parsed]
+                                      prompt_template=args.get("prompt_template"), length=length) for p in parsed]
         w = torch.stack(rows)  # [n_prompts, T]
         return w.repeat_interleave(repeat, dim=0)
 
@@ -152,7 +158,7 @@ class Emphasis(Control):
             parsed = weights.get(role)
             if parsed is None:
                 continue
-            w = self._token_weights(pipe, parsed, bound.arguments, repeat)
+            w = self._token_weights(pipe, parsed, bound.arguments, repeat, embeds.shape[1])
             if w.shape[1] != embeds.shape[1]:
                 raise RuntimeError(
                     f"Emphasis: {w.shape[1]} token weights for a text sequence of {embeds.shape[1]} tokens "

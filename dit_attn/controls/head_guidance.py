@@ -54,7 +54,7 @@ CHUNK = 256  # image queries per chunk for scope="image"
 # Transformer arguments that are never batched even when their first dimension happens to equal the batch size.
 _UNBATCHED = frozenset({
     "img_ids", "txt_ids", "image_rotary_emb", "rotary_emb", "joint_attention_kwargs", "attention_kwargs",
-    "return_dict", "skip_layers", "controlnet_blocks_repeat",
+    "return_dict", "skip_layers", "controlnet_blocks_repeat", "control_hidden_states_scale",
 })
 _RAW_COND = "dit_attn.softpag.raw_cond"
 
@@ -88,9 +88,25 @@ def _text_bias(mask: torch.Tensor | None, rows: slice, heads: slice, q_rows: sli
     return m.to(dtype)
 
 
+def _self_bias(mask: torch.Tensor | None, rows: slice, heads: slice, q_rows: slice, dtype) -> torch.Tensor | None:
+    """The stock mask's entry for each image query and its own key, additive, ``[B, H, N_img, 1]`` (a float mask
+    such as Chroma's adds to image-image pairs too)."""
+    if mask is None:
+        return None
+    m = mask
+    while m.dim() < 4:
+        m = m.unsqueeze(0)
+    m = m[rows] if m.shape[0] > 1 else m
+    m = m[:, heads] if m.shape[1] > 1 else m
+    diag = torch.diagonal(m[:, :, q_rows, q_rows], dim1=-2, dim2=-1) if m.shape[2] > 1 else m[:, :, 0, q_rows]
+    if diag.dtype == torch.bool:
+        diag = torch.zeros(diag.shape, dtype=dtype, device=diag.device).masked_fill(~diag, float("-inf"))
+    return diag.to(dtype).unsqueeze(-1)
+
+
 def image_self_target(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, q_image: slice,
                       k_text: slice | None, scale: float, text_bias: torch.Tensor | None = None,
-                      chunk: int = CHUNK) -> torch.Tensor:
+                      chunk: int = CHUNK, self_bias: torch.Tensor | None = None) -> torch.Tensor:
     """Output of the "image_self" identity attention for the image query rows, ``[B, N_img, H, D]``.
 
     Each image query i sees only its own key (logit ``scale·q_i·k_i``) and the text keys (``scale·q_i·k_t`` plus
@@ -103,6 +119,8 @@ def image_self_target(query: torch.Tensor, key: torch.Tensor, value: torch.Tenso
         return vi.to(value.dtype)
     kt, vt = key[:, k_text].to(work).transpose(1, 2), value[:, k_text].to(work).transpose(1, 2)  # [B, H, T, D]
     self_logit = (qi * ki).sum(-1).transpose(1, 2).unsqueeze(-1) * scale  # [B, H, N_img, 1]
+    if self_bias is not None:
+        self_logit = self_logit + self_bias.to(work)
     qh, vh = qi.transpose(1, 2), vi.transpose(1, 2)  # [B, H, N_img, D]
     parts = []
     for lo in range(0, qh.shape[2], chunk):
@@ -136,8 +154,10 @@ def perturb_output(call: AttentionCall, out: torch.Tensor, rows: list[int], head
             if split:
                 bias = _text_bias(call.attn_mask, r, h, q_img, layout.key_slice("text"),
                                   torch.promote_types(call.query.dtype, torch.float32))
+                work = torch.promote_types(call.query.dtype, torch.float32)
                 target = image_self_target(call.query[r, :, h], call.key[r, :, h], call.value[r, :, h], q_img,
-                                           layout.key_slice("text"), call.effective_scale, bias, chunk)
+                                           layout.key_slice("text"), call.effective_scale, bias, chunk,
+                                           _self_bias(call.attn_mask, r, h, q_img, work))
                 region = out[r, q_img, h]
             else:
                 target = call.value[r, :, h]
@@ -262,7 +282,15 @@ class SoftPAG(Control):
 
     # --- attach / detach ------------------------------------------------------------------------------------
     def on_attach(self, attachment) -> None:
+        from ..families import FAMILIES, family_of
+
         for transformer in attachment.transformers:
+            family = family_of(transformer)
+            if family.batch_as_list:
+                supported = ", ".join(name for name, f in FAMILIES.items() if not f.batch_as_list)
+                raise ValueError(f"SoftPAG does not support the {family.name!r} family yet: its transformer takes "
+                                 f"lists of per-item latents, so perturbed rows cannot be appended; supported: "
+                                 f"{supported}")
             self.heads.validate(transformer)  # ValueError listing what the model has
         self._pipeline = attachment.pipeline
         self._pending.clear()

@@ -15,6 +15,7 @@ SD3.5's image-only ``attn2``). Cross-attention (Wan ``attn2``) and anything else
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 
 import torch
@@ -23,7 +24,20 @@ from ..call import AttentionCall, SparsePlan, _mask_to_bias
 from ..layout import Layout
 from .base import Control
 
+logger = logging.getLogger("dit_attn")
+
 _KINDS = ("self", "joint", "single")
+
+
+_DENSE_REASONS_LOGGED: set = set()
+
+
+def _stays_dense(layout: Layout, reason: str) -> None:
+    """Log (once per family and reason) that a call the control would plan stays dense."""
+    key = (layout.family, reason)
+    if key not in _DENSE_REASONS_LOGGED:
+        _DENSE_REASONS_LOGGED.add(key)
+        logger.info("RectifiedSparse: %s calls stay dense (%s)", layout.family, reason)
 
 
 def _video_first_frame(family: str | None) -> bool:
@@ -124,7 +138,10 @@ class RectifiedSparse(Control):
         if layout.kind not in _KINDS or dict(layout.query_segments) != dict(layout.key_segments):
             return False
         segs = layout.query_segments
-        if "image" not in segs or not set(segs) <= {"image", "text"} or layout.query_len < self.min_tokens:
+        if "image" not in segs or layout.query_len < self.min_tokens:
+            return False
+        if not set(segs) <= {"image", "text"}:
+            _stays_dense(layout, f"token segments {sorted(segs)} (only image and text are planned)")
             return False
         return not self.is_warmup(layout)
 
@@ -160,6 +177,7 @@ class RectifiedSparse(Control):
             call.key_bias_rows.indices(call.query.shape[1])[:2] == tuple(vis)
         if not key_only or call.sparse is not None or call.extra_keys or \
                 (call.key_bias_rows is not None and not rows_only):
+            _stays_dense(layout, "a per-query attention mask" if not key_only else "another control's plan")
             return call  # something this control cannot combine with: stay dense
         grid = self.grid_for(layout)
         text = layout.query_segments.get("text")

@@ -12,7 +12,7 @@ Adding a family: see ``docs/families.md``.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Iterator, Mapping
+from typing import Callable, Iterator, Mapping, NamedTuple
 
 import torch
 
@@ -26,8 +26,7 @@ SELF = "self"  # image/video tokens only
 CROSS = "cross"  # image/video queries, text keys (``encoder_hidden_states``); ``SELF`` when no context is given
 
 
-@dataclass(frozen=True)
-class Site:
+class Site(NamedTuple):
     """Attention modules ``<block_list>.<i>.<attr>`` with one token layout."""
 
     block_list: str
@@ -84,6 +83,7 @@ class Family:
     cfg: str = "separate"
     cfg_order: tuple[str, str] = (COND, UNCOND)
     image_padding: bool = False  # the image segment is followed by padding tokens (up to a multiple)
+    batch_as_list: bool = False  # the forward takes and returns lists of per-item tensors (Z-Image)
     image_context_first: bool = False  # cross-attention modules with ``add_k_proj`` attend to an image context first
     video_first_frame: bool = False  # rectified sparse's first-frame rule applies (Wan-style video)
     flux_architecture: bool = False  # FLUX-style double/single stream on [text, image]: MultiCondition applies
@@ -157,7 +157,7 @@ FAMILIES: dict[str, Family] = {
         Family("z_image", "ZImageTransformer2DModel", (Site("layers", "attention", SINGLE),),
                grids.from_latent_list("x"), order=("image", "text"), text_length=_z_image_text_length,
                arguments={"hidden_states": "x", "timestep": "t", "encoder_hidden_states": "cap_feats"},
-               cfg="batched", image_padding=True, pipelines=("ZImagePipeline",), tested_with="z_image",
+               cfg="batched", image_padding=True, batch_as_list=True, pipelines=("ZImagePipeline",), tested_with="z_image",
                notes="image and text each padded to a multiple of 32 with learned tokens; refiner blocks stay stock"),
         Family("hunyuan_video15", "HunyuanVideo15Transformer3DModel", (Site("transformer_blocks", "attn", JOINT),),
                grids.from_latents(patch_t=1, frame_axis=2, spatial_axes=(3, 4)), order=("image", "text"),
@@ -212,8 +212,7 @@ def family_of(transformer: torch.nn.Module) -> Family:
     )
 
 
-@dataclass(frozen=True)
-class FoundSite:
+class FoundSite(NamedTuple):
     module_name: str
     block_list: str
     block_index: int

@@ -7,7 +7,7 @@ Components: a tiny ``Qwen2_5_VLForConditionalGeneration`` text encoder (2 text l
 vision tower that text-only prompts never run; the pipeline takes ``hidden_states[-1]``), a word-level tokenizer over
 :data:`dit_attn.testing.VOCAB` plus Qwen's chat / vision tokens and ``"\\n"`` as a token of its own, a tiny
 ``AutoencoderKLQwenImage`` (4x spatial compression, 4 latent channels) and a ``FlowMatchEulerDiscreteScheduler``
-with Qwen-Image's settings (dynamic exponential shift, ``shift_terminal=0.02``).
+with Qwen-Image's settings (dynamic exponential shift) but no ``shift_terminal`` (with one step its stretch divides by zero).
 
 Prompt template. ``QwenImagePipeline.__init__`` hard-codes ``prompt_template_encode`` (below, :data:`PROMPT_TEMPLATE`)
 and ``prompt_template_encode_start_idx = 34``: the number of tokens of the template prefix (everything before
@@ -131,7 +131,7 @@ def components(seed: int) -> dict[str, Any]:
         # Qwen/Qwen-Image's scheduler_config.json (the pipeline passes mu from the image token count).
         scheduler=_flow_scheduler(
             shift=1.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=0.9, base_image_seq_len=256,
-            max_image_seq_len=8192, shift_terminal=0.02, time_shift_type="exponential",
+            max_image_seq_len=8192, time_shift_type="exponential",
         ),
         vae=_vae(seed),
         text_encoder=_text_encoder(seed),
