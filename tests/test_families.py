@@ -211,3 +211,19 @@ def test_flux_grid_is_read_once_per_img_ids_tensor():
     other = ids[:10].clone()  # new tensor
     assert _flux_grid(owner, {"img_ids": other}, None) == (1, 2, 5)
     assert _flux_grid(owner, {"img_ids": ids[None]}, None) == (1, 7, 5)  # 3-D ids (deprecated diffusers form)
+
+
+def test_readme_support_matrix_is_generated_from_the_family_data():
+    from pathlib import Path
+
+    from dit_attn.families.support import markdown_table
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    assert markdown_table() in readme, "regenerate the table with `python -m dit_attn.families.support`"
+
+
+def test_testing_families_are_the_supported_families():
+    from dit_attn import testing
+
+    assert testing.FAMILIES == tuple(FAMILIES)
+    assert all(FAMILIES[name].tested_with == name for name in testing.FAMILIES)

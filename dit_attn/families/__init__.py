@@ -84,6 +84,7 @@ class Family:
     cfg_order: tuple[str, str] = (COND, UNCOND)
     image_padding: bool = False  # the image segment is followed by padding tokens (up to a multiple)
     batch_as_list: bool = False  # the forward takes and returns lists of per-item tensors (Z-Image)
+    per_query_mask: bool = False  # the stock processor passes an [B, 1, N, N] mask (rectified sparse stays dense)
     image_context_first: bool = False  # cross-attention modules with ``add_k_proj`` attend to an image context first
     video_first_frame: bool = False  # rectified sparse's first-frame rule applies (Wan-style video)
     flux_architecture: bool = False  # FLUX-style double/single stream on [text, image]: MultiCondition applies
@@ -135,7 +136,7 @@ FAMILIES: dict[str, Family] = {
                flux_architecture=True, pipelines=("FluxPipeline", "FluxKontextPipeline", "FluxControlPipeline"),
                tested_with="flux"),
         Family("chroma", "ChromaTransformer2DModel", _FLUX_SITES, grids.from_ids("img_ids"), timestep_scale=1000.0,
-               flux_architecture=True, pipelines=("ChromaPipeline",), tested_with="chroma",
+               per_query_mask=True, pipelines=("ChromaPipeline",), tested_with="chroma",
                notes="FLUX attention with Chroma's additive 0/1 text mask"),
         Family("wan", "WanTransformer3DModel", _WAN_SITES,
                grids.from_latents(patch_t=1, frame_axis=2, spatial_axes=(3, 4)), image_context_first=True,
@@ -161,7 +162,7 @@ FAMILIES: dict[str, Family] = {
                notes="image and text each padded to a multiple of 32 with learned tokens; refiner blocks stay stock"),
         Family("hunyuan_video15", "HunyuanVideo15Transformer3DModel", (Site("transformer_blocks", "attn", JOINT),),
                grids.from_latents(patch_t=1, frame_axis=2, spatial_axes=(3, 4)), order=("image", "text"),
-               pipelines=("HunyuanVideo15Pipeline",), tested_with="hunyuan_video15",
+               per_query_mask=True, pipelines=("HunyuanVideo15Pipeline",), tested_with="hunyuan_video15",
                notes="context = image embeds + byT5 + MLLM text, valid tokens first per row; per-query mask"),
         Family("ltx", "LTXVideoTransformer3DModel",
                (Site("transformer_blocks", "attn1", SELF), Site("transformer_blocks", "attn2", CROSS)),
