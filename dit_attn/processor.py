@@ -201,10 +201,17 @@ class DitAttnProcessor:
         mask = call.attn_mask
         for control in active:
             call = control.prepare(call)
-        out = stock() if _untouched(call, mask, originals) else self._run(call, active)
+        if _untouched(call, mask, originals) and not self._takes_over(active):
+            out = stock()
+        else:
+            out = self._run(call, active)
         for control in reversed(active):
             out = control.finish(call, out)
         return out
+
+    def _takes_over(self, active: list) -> bool:
+        """Whether :meth:`_run` must run even for an unchanged call (a subclass that attends differently)."""
+        return False
 
     def _run(self, call: AttentionCall, active: list) -> torch.Tensor:
         """The attention itself when a control changed the call (subclasses swap it, e.g. multi-condition)."""

@@ -467,7 +467,9 @@ class ConditionProcessor(DitAttnProcessor):
         super().__init__(base.family, base.stock, base.controls, base.site, base.state_box)
         self.condition_control = control
 
-    def _run(self, call: AttentionCall, active: list) -> torch.Tensor:
-        mine = any(c is self.condition_control for c in active) or \
+    def _takes_over(self, active: list) -> bool:
+        return any(c is self.condition_control for c in active) or \
             self.condition_control._state["writing"] is not None
-        return self.condition_control.attend(call) if mine else execute(call)
+
+    def _run(self, call: AttentionCall, active: list) -> torch.Tensor:
+        return self.condition_control.attend(call) if self._takes_over(active) else execute(call)
