@@ -45,3 +45,12 @@ gpu-wheels:
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info
+
+# The diffusers range pyproject.toml declares: the lowest supported release and the newest one on the package
+# index, each tested (tests/test_families.py, tests/test_attach.py) in its own venv under $TMPDIR.
+DIFFUSERS_LOWEST := 0.35.0
+.PHONY: test-diffusers-range
+test-diffusers-range:
+	bash .ci/diffusers_range.sh $(DIFFUSERS_LOWEST); lowest=$$?; \
+	bash .ci/diffusers_range.sh newest; newest=$$?; \
+	test $$lowest -eq 0 && test $$newest -eq 0

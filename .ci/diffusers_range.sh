@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Test dit_attn against one diffusers release, in a throwaway venv beside the project's own.
 #
-#   .ci/diffusers_range.sh [DIFFUSERS_VERSION] [extra pytest arguments...]
+#   .ci/diffusers_range.sh [DIFFUSERS_VERSION|newest] [extra pytest arguments...]
 #
-# DIFFUSERS_VERSION defaults to the lowest release dit_attn supports (0.35.0, the bound in pyproject.toml).
+# DIFFUSERS_VERSION defaults to the lowest release dit_attn supports (0.35.0, the bound in pyproject.toml);
+# "newest" is the newest release on the package index that pyproject.toml's diffusers requirement admits.
 # The venv is ${TMPDIR:-/tmp}/dit_attn-diffusers-<version>; it is reused while its install line is unchanged
 # (FRESH=1 rebuilds it). It gets the CPU torch wheel pinned in the Makefile (CPU_TORCH), that diffusers, the
 # newest transformers (TRANSFORMERS=... overrides; every release from 0.35 on imports with transformers 5.x),
@@ -17,6 +18,16 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VERSION="${1:-0.35.0}"
 [ "$#" -gt 0 ] && shift
 PYTHON="${PYTHON:-python3}"
+if [ "$VERSION" = newest ]; then
+    REQUIREMENT="$(grep -o '"diffusers[^"]*"' "$ROOT/pyproject.toml" | head -n 1 | tr -d '"')"
+    VERSION="$("$PYTHON" -m pip index versions diffusers 2>/dev/null | sed -n 's/^Available versions: //p' | \
+        "$PYTHON" -c '
+import sys
+from pip._vendor.packaging.requirements import Requirement
+spec = Requirement(sys.argv[1]).specifier
+print(next(v for v in sys.stdin.read().replace(",", " ").split() if spec.contains(v)))' "$REQUIREMENT")"
+    echo "== newest diffusers on the index within $REQUIREMENT: $VERSION"
+fi
 CPU_TORCH="$(sed -n 's/^CPU_TORCH[[:space:]]*:=[[:space:]]*//p' "$ROOT/Makefile" | head -n 1)"
 CPU_TORCH="${CPU_TORCH:-torch==2.13.0}"
 # diffusers 0.35.0/0.35.1 import transformers.utils.FLAX_WEIGHTS_NAME unconditionally; transformers 4.57 dropped
