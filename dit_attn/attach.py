@@ -79,7 +79,10 @@ class Attachment:
         for transformer in transformers:
             family_of(transformer)  # ValueError naming the supported families
             registry = getattr(transformer, "_diffusers_hook", None)
-            if registry is not None and registry.get_hook(HOOK_NAME) is not None:
+            hook = registry.get_hook(HOOK_NAME) if registry is not None else None
+            if hook is not None and not hook.installed(transformer):
+                remove_forward_hook(transformer)  # left by make_processors after the stock processors came back
+            elif hook is not None:
                 raise RuntimeError(
                     f"dit_attn is already attached to this {type(transformer).__name__}; call detach() on the "
                     "existing Attachment (or leave its `with` block) before attaching again"

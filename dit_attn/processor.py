@@ -267,6 +267,12 @@ def make_processors(target, *controls) -> dict:
     forward hook on the transformer (once), which fills the per-forward layout facts. Prefer
     :func:`dit_attn.attach`, which also restores everything on ``detach()``.
 
+    The processors give exactly what :func:`dit_attn.attach` gives for controls that act inside the transformer
+    (Recorder, EntropyScale, RectifiedSparse, your own). Controls that must also act around the pipeline call
+    (``Control.pipeline_level``: Emphasis, SoftPAG, MultiCondition) are refused on a pipeline with a
+    ``ValueError`` saying what processors alone cannot do; pass the transformer instead to install only their
+    transformer-level part (the behaviour of a bare transformer), or use :func:`dit_attn.attach`.
+
     Example:
         >>> import dit_attn
         >>> from dit_attn.testing import tiny_pipeline, tiny_call_kwargs
@@ -276,6 +282,7 @@ def make_processors(target, *controls) -> dict:
         >>> images = pipe(**tiny_call_kwargs("sd3")).images
         >>> pipe.transformer.set_attn_processor(stock)
     """
+    from .controls.base import Control
     from .state import ensure_forward_hook
 
     pipeline = None
@@ -284,5 +291,14 @@ def make_processors(target, *controls) -> dict:
         pipeline, transformer = target, getattr(target, "transformer", None)
         if not isinstance(transformer, torch.nn.Module):
             raise ValueError(f"make_processors expects a transformer or a pipeline with one; got {type(target).__name__}")
+    for control in controls:
+        if not isinstance(control, Control):
+            raise TypeError(f"make_processors takes control instances (dit_attn.Control); got {control!r}")
+        if pipeline is not None and control.pipeline_level:
+            raise ValueError(
+                f"{type(control).__name__} cannot be installed with set_attn_processor on a pipeline: it "
+                f"{control.pipeline_level}, which processors alone cannot do. Use dit_attn.attach(pipe, ...), or "
+                f"make_processors(pipe.transformer, ...) for its transformer-level part only")
+        control.validate(transformer)
     hook = ensure_forward_hook(transformer, controls=list(controls), pipeline=pipeline)
     return build_processors(transformer, hook.controls, hook.box)

@@ -72,7 +72,20 @@ class ForwardStateHook(ModelHook):
         bound.update(kwargs)
         return bound
 
+    def installed(self, module) -> bool:
+        """Whether this hook's processors are in the transformer (a user who put the stock processors back with
+        ``set_attn_processor`` leaves the hook behind: it then does nothing, and ``attach`` replaces it)."""
+        from .families import attention_sites
+        from .processor import DitAttnProcessor
+
+        site = next(attention_sites(module, self.family), None)
+        processor = getattr(site.module, "processor", None) if site is not None else None
+        return isinstance(processor, DitAttnProcessor) and processor.state_box is self.box
+
     def pre_forward(self, module, *args, **kwargs):
+        if not self.installed(module):
+            self.box.current = ForwardState(family=self.family.name)
+            return args, kwargs
         state = ForwardState(family=self.family.name)
         self.box.current = state
         inputs = self._bind(module, args, kwargs)
@@ -98,6 +111,8 @@ class ForwardStateHook(ModelHook):
         return args, kwargs
 
     def post_forward(self, module, output):
+        if not self.state.in_forward:  # not installed: pre_forward did nothing either
+            return output
         for control in reversed(self.controls):
             output = control.after_forward(self.state, output)
         self.state.in_forward = False

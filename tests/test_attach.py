@@ -269,3 +269,58 @@ def test_wan_i2v_pipeline_equals_stock():
         out = _output(pipe(**tiny_call_kwargs("wan_i2v", steps=2)))
     assert np.abs(out - stock).max() <= 1e-6
     assert "cross_image" in {layout.kind for layout in recorder.layouts}
+
+
+TRANSFORMER_LEVEL = {
+    "Recorder": lambda: dit_attn.Recorder(),
+    "EntropyScale": lambda: dit_attn.EntropyScale(train_tokens=32),
+    "RectifiedSparse": lambda: dit_attn.RectifiedSparse(sparsity=0.5, block_size=8),
+}
+
+
+@pytest.mark.parametrize("family", ["flux", "wan", "sd3"])
+@pytest.mark.parametrize("control", list(TRANSFORMER_LEVEL))
+def test_both_doors_give_the_same_result(family, control):
+    """make_processors + set_attn_processor gives exactly what attach gives for transformer-level controls."""
+    pipe = tiny_pipeline(family)
+    with dit_attn.attach(pipe, TRANSFORMER_LEVEL[control]()):
+        attached = _output(pipe(**tiny_call_kwargs(family, steps=2)))
+    stock = processors_of(pipe.transformer)
+    _install(pipe.transformer, dit_attn.make_processors(pipe, TRANSFORMER_LEVEL[control]()))
+    try:
+        plain = _output(pipe(**tiny_call_kwargs(family, steps=2)))
+    finally:
+        _install(pipe.transformer, stock)
+    assert np.array_equal(plain, attached)
+
+
+def test_plain_door_refuses_pipeline_level_controls_and_says_what_to_use():
+    pipe = tiny_pipeline("flux")
+    stock_out = _output(pipe(**tiny_call_kwargs("flux", steps=2)))
+    stock = processors_of(pipe.transformer)
+    for control, what in ((dit_attn.Emphasis(), "encode_prompt"), (dit_attn.SoftPAG("transformer_blocks.0:0"),
+                                                                     "scheduler.step")):
+        with pytest.raises(ValueError, match=f"{type(control).__name__} cannot be installed with set_attn_processor"
+                                             f".*{what}.*dit_attn.attach"):
+            dit_attn.make_processors(pipe, control)
+    with pytest.raises(TypeError, match="control instances"):
+        dit_attn.make_processors(pipe, dit_attn.Recorder)
+    with pytest.raises(ValueError, match="single_transformer_blocks"):  # head specs are validated: it lists them
+        dit_attn.make_processors(pipe.transformer, dit_attn.SoftPAG("transformer_blocks.9:0"))
+    assert all(processors_of(pipe.transformer)[n] is p for n, p in stock.items())
+    assert np.array_equal(_output(pipe(**tiny_call_kwargs("flux", steps=2))), stock_out)
+
+
+def test_hook_left_by_the_plain_door_neither_acts_nor_blocks_attach():
+    """After set_attn_processor(stock), the forward hook make_processors registered does nothing (a SoftPAG
+    there would otherwise still add batch rows) and a later attach replaces it."""
+    pipe = tiny_pipeline("flux")
+    stock_out = _output(pipe(**tiny_call_kwargs("flux", steps=2)))
+    stock = processors_of(pipe.transformer)
+    _install(pipe.transformer, dit_attn.make_processors(pipe.transformer, dit_attn.SoftPAG("transformer_blocks.0:0")))
+    _install(pipe.transformer, stock)
+    assert np.array_equal(_output(pipe(**tiny_call_kwargs("flux", steps=2))), stock_out)
+    recorder = dit_attn.Recorder()
+    with dit_attn.attach(pipe, recorder):
+        out = _output(pipe(**tiny_call_kwargs("flux", steps=2)))
+    assert recorder.layouts and np.abs(out - stock_out).max() <= 1e-6

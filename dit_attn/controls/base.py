@@ -36,7 +36,17 @@ from ..layout import ForwardState, Layout
 
 
 class Control:
-    """Base class of all controls. Every method is optional; the defaults change nothing."""
+    """Base class of all controls. Every method is optional; the defaults change nothing.
+
+    ``pipeline_level`` says, for controls that must act around the pipeline call (not only inside the
+    transformer), what they do there: :func:`dit_attn.make_processors` refuses them on a pipeline with that
+    reason, since processors alone cannot do it, and points to :func:`dit_attn.attach`.
+    """
+
+    pipeline_level: str = ""
+
+    def validate(self, transformer: torch.nn.Module) -> None:
+        """Raise ``ValueError`` if this control cannot run on ``transformer`` (e.g. heads it does not have)."""
 
     def applies_to(self, layout: Layout) -> bool:
         return True

@@ -202,6 +202,9 @@ class MultiCondition(Control):
         """The KSA masks (``[B, N]`` bool, ``None`` = unmasked) the next denoising forward uses at ``layer``."""
         return [self._state["masks_cur"].get(layer, {}).get(k) for k in range(len(self.subjects))]
 
+    pipeline_level = ("encodes its conditions and runs the condition pass when the pipeline is called (it wraps "
+                      "check_inputs) and installs its own processors")
+
     # --- attach / detach ------------------------------------------------------------------------------------
     def on_attach(self, attachment) -> None:
         from ..families import FAMILIES, family_of, processors_of, set_processors

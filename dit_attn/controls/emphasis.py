@@ -83,6 +83,9 @@ class Emphasis(Control):
             if bad:
                 raise ValueError(f"Emphasis.layers takes layer indices (int) or block-list names (str); got {bad}")
 
+    pipeline_level = ("strips the emphasis syntax before the text encoders and keeps each token's weight (it wraps "
+                      "the pipeline's encode_prompt)")
+
     # --- pipeline level: strip the syntax before the text encoders, keep the weights ------------------------
     def on_attach(self, attachment) -> None:
         from ..prompt import TEXT_LAYOUTS, text_layout_of

@@ -281,17 +281,23 @@ class SoftPAG(Control):
         return start * num_steps - eps <= step_index < stop * num_steps - eps
 
     # --- attach / detach ------------------------------------------------------------------------------------
-    def on_attach(self, attachment) -> None:
+    pipeline_level = ("adds its guidance term after the pipeline's own classifier-free guidance (it wraps "
+                      "scheduler.step)")
+
+    def validate(self, transformer) -> None:
         from ..families import FAMILIES, family_of
 
+        family = family_of(transformer)
+        if family.batch_as_list:
+            supported = ", ".join(name for name, f in FAMILIES.items() if not f.batch_as_list)
+            raise ValueError(f"SoftPAG does not support the {family.name!r} family yet: its transformer takes "
+                             f"lists of per-item latents, so perturbed rows cannot be appended; supported: "
+                             f"{supported}")
+        self.heads.validate(transformer)  # ValueError listing what the model has
+
+    def on_attach(self, attachment) -> None:
         for transformer in attachment.transformers:
-            family = family_of(transformer)
-            if family.batch_as_list:
-                supported = ", ".join(name for name, f in FAMILIES.items() if not f.batch_as_list)
-                raise ValueError(f"SoftPAG does not support the {family.name!r} family yet: its transformer takes "
-                                 f"lists of per-item latents, so perturbed rows cannot be appended; supported: "
-                                 f"{supported}")
-            self.heads.validate(transformer)  # ValueError listing what the model has
+            self.validate(transformer)
         self._pipeline = attachment.pipeline
         self._pending.clear()
         self._head_cache.clear()
