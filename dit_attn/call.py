@@ -20,6 +20,7 @@ Tensors in a call use diffusers' dispatch layout ``[batch, tokens, heads, head_d
 
 from __future__ import annotations
 
+import inspect
 import math
 from dataclasses import dataclass, field, replace
 
@@ -27,6 +28,14 @@ import torch
 from diffusers.models.attention_dispatch import dispatch_attention_fn
 
 from .layout import Layout
+
+# ``parallel_config`` (context parallelism) is a parameter of dispatch_attention_fn since diffusers 0.36.
+_DISPATCH_TAKES_PARALLEL = "parallel_config" in inspect.signature(dispatch_attention_fn).parameters
+
+
+def _parallel(call) -> dict:
+    """``parallel_config=`` for :func:`dispatch_attention_fn` where the installed diffusers takes it."""
+    return {"parallel_config": call.parallel_config} if _DISPATCH_TAKES_PARALLEL else {}
 
 
 @dataclass
@@ -278,7 +287,7 @@ def execute(call: AttentionCall) -> torch.Tensor:
         return dispatch_attention_fn(
             call.query, call.key, call.value,
             attn_mask=call.attn_mask, dropout_p=0.0, is_causal=False, scale=scale,
-            backend=call.backend, parallel_config=call.parallel_config,
+            backend=call.backend, **_parallel(call),
         )
     if not call.extra_keys and call.sparse is None:
         if _use_kernels(call):
@@ -287,7 +296,7 @@ def execute(call: AttentionCall) -> torch.Tensor:
         return dispatch_attention_fn(
             call.query, call.key, call.value,
             attn_mask=_key_bias_as_mask(call, call.query.dtype), dropout_p=0.0, is_causal=False,
-            scale=call.effective_scale, backend=call.backend, parallel_config=call.parallel_config,
+            scale=call.effective_scale, backend=call.backend, **_parallel(call),
         )
     return _execute_merged(call)
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import inspect
 import weakref
+from types import SimpleNamespace
 from typing import Any
 
 import torch
@@ -67,7 +68,8 @@ class ForwardStateHook(ModelHook):
     # ------------------------------------------------------------------------------------------------------------
     def _bind(self, module, args, kwargs) -> dict[str, Any]:
         if self._params is None:
-            self._params = list(inspect.signature(module.forward).parameters)
+            # The class's forward: before diffusers 0.40 the HookRegistry's wrapper shows (*args, **kwargs).
+            self._params = list(inspect.signature(type(module).forward).parameters)[1:]
         bound = dict(zip(self._params, args))
         bound.update(kwargs)
         return bound
@@ -93,7 +95,7 @@ class ForwardStateHook(ModelHook):
             if name in inputs:
                 inputs.setdefault(usual, inputs[name])
         hidden_states = inputs.get("hidden_states")
-        ctx = self.context_manager._context
+        ctx = _cache_context(self.context_manager)
         state.context = ctx.name if ctx is not None else None
         state.timestep = inputs.get("timestep")
         state.text_len = self.family.text_length(inputs)
@@ -175,6 +177,17 @@ class ForwardStateHook(ModelHook):
             self._forwards_in_step = (step, count)
             return (self.family.cfg_order[count % 2],) * batch
         return (COND,) * batch
+
+
+def _cache_context(manager: StateManager):
+    """The ``cache_context`` the pipeline set: a ``CacheContext`` (name, step_index, num_inference_steps) in newer
+    diffusers; older releases keep only its name (``_current_context``), returned here as a context without step
+    facts. ``None`` when no context is set."""
+    ctx = getattr(manager, "_context", None)
+    if ctx is not None:
+        return ctx
+    name = getattr(manager, "_current_context", None)
+    return None if name is None else SimpleNamespace(name=name, step_index=None, num_inference_steps=None)
 
 
 def ensure_forward_hook(transformer: torch.nn.Module, controls: list | None = None, pipeline=None) -> ForwardStateHook:

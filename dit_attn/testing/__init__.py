@@ -430,12 +430,14 @@ def patch_wan_i2v_ftfy() -> bool:
     """
     import types
 
-    from diffusers.pipelines.wan import pipeline_wan_i2v
+    from diffusers.pipelines.wan import pipeline_wan, pipeline_wan_i2v
 
-    if hasattr(pipeline_wan_i2v, "ftfy"):
-        return False
-    pipeline_wan_i2v.ftfy = types.SimpleNamespace(fix_text=lambda text, *args, **kwargs: text)
-    return True
+    patched = False
+    for module in (pipeline_wan, pipeline_wan_i2v):  # WanPipeline calls ftfy unguarded too before diffusers 0.3x
+        if not hasattr(module, "ftfy"):
+            module.ftfy = types.SimpleNamespace(fix_text=lambda text, *args, **kwargs: text)
+            patched = True
+    return patched
 
 
 def _components(family: str, seed: int, transformer) -> tuple[type, dict[str, Any]]:
@@ -470,6 +472,7 @@ def _components(family: str, seed: int, transformer) -> tuple[type, dict[str, An
             image_encoder=None, feature_extractor=None,
         )
     if family == "wan":
+        patch_wan_i2v_ftfy()
         return diffusers.WanPipeline, dict(
             transformer=transformer, scheduler=_flow_scheduler(shift=3.0), vae=_vae_wan(seed),
             text_encoder=_t5(seed, "text_encoder", _WAN_T5_HIDDEN, umt5=True),

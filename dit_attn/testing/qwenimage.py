@@ -93,6 +93,16 @@ def tokenizer():
     )
 
 
+def _rope_config() -> dict:
+    """Multimodal RoPE of the text model: ``rope_parameters`` in transformers 5, ``rope_scaling`` + ``rope_theta``
+    in 4.x (diffusers 0.35.0/0.35.1 need transformers < 4.57)."""
+    import transformers
+
+    if int(transformers.__version__.split(".")[0]) >= 5:
+        return dict(rope_parameters={"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": [2, 3, 3]})
+    return dict(rope_theta=1000000.0, rope_scaling={"type": "mrope", "mrope_section": [2, 3, 3]})
+
+
 def _text_encoder(seed: int):
     from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
@@ -101,7 +111,7 @@ def _text_encoder(seed: int):
             vocab_size=TEXT_VOCAB_SIZE, hidden_size=_TEXT_HIDDEN, intermediate_size=2 * _TEXT_HIDDEN,
             num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=512,
             rms_norm_eps=1e-6, attention_dropout=0.0, use_sliding_window=False,
-            rope_parameters={"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": [2, 3, 3]},
+            **_rope_config(),
             bos_token_id=None, eos_token_id=_VOCAB["<|im_end|>"], pad_token_id=_VOCAB[PAD_TOKEN],
         ),
         vision_config=dict(
