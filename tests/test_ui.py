@@ -20,8 +20,55 @@ CONTROLS = {"entropy": {"train_tokens": 64}, "emphasis": {}}
 def test_infer_direct():
     image, slider, video, seed = App().infer(**ARGS, controls=CONTROLS)
     assert seed == 5 and video is None
-    assert image.size == (64, 48) and slider[1] is image and slider[0].size == image.size
+    assert image.size == (512, 384) and slider[1] is image and slider[0].size == image.size  # shown x8
     assert np.abs(np.asarray(slider[0], float) - np.asarray(image, float)).max() > 0  # the controls acted
+
+
+def test_stock_side_is_stock_with_the_clean_prompt():
+    """The comparison's stock picture is the pipeline alone, every control off, on the prompt without syntax."""
+    import torch
+
+    from dit_attn.pipelines.loading import call_kwargs
+    from dit_attn.ui.app import enlarged
+
+    app = App()
+    _, slider, _, _ = app.infer(**{**ARGS, "prompt": "a (red:0) circle", "negative_prompt": "(blurry:2)"},
+                                controls=CONTROLS)
+    pipe = app.pipeline("tiny:sd3")
+    params = {"model": "tiny:sd3", "prompt": "a red circle", "negative_prompt": "blurry", "steps": 2,
+              "guidance": 5.0, "width": 64, "height": 48}
+    plain = pipe(**call_kwargs(pipe, params, torch.Generator("cpu").manual_seed(5))).images[0]
+    assert np.array_equal(np.asarray(slider[0]), np.asarray(enlarged(plain)))
+
+
+def test_left_out_settings_take_the_model_defaults():
+    app = App()
+    full = app.infer(**{**ARGS, "steps": 2, "guidance": 5.0, "width": 64, "height": 48, "compare": False})
+    defaults = app.infer(**{**ARGS, "steps": None, "guidance": None, "width": None, "height": None,
+                            "compare": False})
+    assert np.array_equal(np.asarray(full[0]), np.asarray(defaults[0]))  # tiny:sd3's defaults are these
+
+
+def test_typed_text_is_never_read_as_a_local_path(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    os.makedirs("owner/name")  # looks like a hub id, exists as a folder
+    with pytest.raises(gr.Error, match="never read as a local path"):
+        App(models=["tiny:sd3"]).pipeline("owner/name")
+
+
+def test_videos_live_in_the_apps_own_folder_and_are_cleaned_up():
+    from dit_attn.ui.app import KEEP_VIDEOS
+
+    app = App(models=["tiny:wan"])
+    paths = []
+    for seed in range(KEEP_VIDEOS + 1):
+        _, _, video, _ = app.infer(**{**ARGS, "model": "tiny:wan", "seed": seed, "compare": False, "steps": 1})
+        paths.append(video)
+    assert all(os.path.dirname(p) == app.workdir for p in paths)
+    assert not os.path.exists(paths[0]) and os.path.exists(paths[-1])
+    assert len([f for f in os.listdir(app.workdir) if f.endswith(".mp4")]) == KEEP_VIDEOS
+    app.close()
+    assert not os.path.exists(app.workdir)
 
 
 def test_randomized_seed_is_returned():
@@ -34,7 +81,7 @@ def test_randomized_seed_is_returned():
     ({"steps": 0}, "Steps must be between"),
     ({"model": "../../etc/passwd"}, "Unknown model"),
     ({"model": "/tmp"}, "Unknown model"),
-    ({"prompt": "a (red:1.5 circle"}, "Prompt:"),
+    ({"prompt": "a (red:1e400) circle"}, "Prompt:"),
 ])
 def test_invalid_input_gives_clear_error(change, message):
     with pytest.raises(gr.Error, match=message):
@@ -51,7 +98,7 @@ def test_bad_control_fields_give_clear_errors():
 
 
 def test_model_defaults():
-    assert model_defaults("tiny:sd3") == {"steps": 4, "guidance": 5.0, "width": 64, "height": 48}
+    assert model_defaults("tiny:sd3") == {"steps": 2, "guidance": 5.0, "width": 64, "height": 48}
     assert model_defaults("tiny:flux")["guidance"] == 3.5  # FLUX: the distilled guidance embedding
     assert model_defaults("owner/unknown") == {} and model_defaults("tiny:nope") == {}
 
@@ -83,6 +130,14 @@ def test_gradio_client_generate_and_error(served):
     assert slider is not None
     with pytest.raises(Exception, match="Enter a prompt"):
         client.predict(**{**fields, "prompt": ""}, api_name="/infer")
+    # /generate: only the prompt is required; everything else takes the model's defaults.
+    params = client.view_api(return_format="dict")["named_endpoints"]["/generate"]["parameters"]
+    assert [p["parameter_name"] for p in params if not p["parameter_has_default"]] == ["prompt"]
+    output, stock, seed = client.predict("a red circle", api_name="/generate")
+    assert seed == 0 and stock is None and os.path.getsize(output) > 0
+    output, stock, _ = client.predict("a (red:2) circle", model="tiny:sd3", controls={"emphasis": {}},
+                                      compare=True, api_name="/generate")
+    assert os.path.getsize(stock) > 0 and os.path.getsize(output) > 0
     client.close()
 
 
@@ -108,7 +163,7 @@ def test_real_browser_generates_and_screenshots(served, tmp_path):
         natural_width = generated.evaluate("img => img.naturalWidth")
         page.screenshot(path=shot, full_page=True)
         browser.close()
-    assert natural_width == 64  # the tiny model's 64x48 output
+    assert natural_width == 512  # the 64-pixel output, shown x8
     assert os.path.getsize(shot) > 10000
 
 

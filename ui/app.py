@@ -9,14 +9,23 @@ browser). Each accordion of the page fills one entry of a controls config (``{"e
 batch jobs take. Accordions of controls that are not in this build are not shown.
 
 Nothing typed into the app is used as a file path: models are picked from the list given at launch, or typed as a
-hub id (``owner/name``), never as a path; uploaded files (head sets) are read from Gradio's upload folder only.
+hub id (``owner/name``) that is not also a local path; uploaded files (head sets) are read from Gradio's upload
+folder only. Files the app writes (videos) go to one temporary folder per app, removed at exit, and only the last
+few are kept; Gradio's own cache of served files is cleared hourly.
+
+"Stock" in the comparison is the same model, seed and settings with every control off and the prompt without
+emphasis syntax: what diffusers alone would give for the prompt as the encoders see it.
 """
 
 from __future__ import annotations
 
+import atexit
 import json
+import os
 import random
 import re
+import shutil
+import tempfile
 
 import numpy as np
 
@@ -24,6 +33,23 @@ MAX_SEED = int(np.iinfo(np.int32).max)
 TINY_MODELS = ["tiny:sd3", "tiny:flux", "tiny:wan", "tiny:hunyuan_video", "tiny:cogvideox"]
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 VIDEO_FPS = 8
+DISPLAY_SIZE = 512  # small outputs are shown enlarged (nearest neighbour) to at least this many pixels
+KEEP_VIDEOS = 4  # videos kept in the app's temporary folder
+# A prompt the bundled t2i model draws right at seed 0 (both objects, colours and shapes, by the evaluator).
+DEFAULT_PROMPT = "a purple circle and a green triangle"
+
+
+def enlarged(image):
+    """``image`` (PIL) scaled up by an integer factor (nearest neighbour) to at least ``DISPLAY_SIZE`` pixels on its
+    longer side, for display: a 64-pixel output is otherwise a thumbnail."""
+    if image is None:
+        return None
+    factor = max(1, DISPLAY_SIZE // max(image.size))
+    if factor == 1:
+        return image
+    from PIL import Image
+
+    return image.resize((image.width * factor, image.height * factor), Image.NEAREST)
 
 
 def default_models() -> list[str]:
@@ -62,7 +88,8 @@ def model_defaults(model: str) -> dict:
         kw = tiny_call_kwargs(family)
         # "Guidance" is the pipeline's guidance_scale: CFG for SD3/Wan/CogVideoX, the distilled guidance
         # embedding for FLUX and HunyuanVideo (their convention).
-        return {"steps": 4, "guidance": kw["guidance_scale"], "width": kw["width"], "height": kw["height"]}
+        return {"steps": kw["num_inference_steps"], "guidance": kw.get("guidance_scale"), "width": kw["width"],
+                "height": kw["height"]}
     if model.startswith("shapes:"):
         try:
             from dit_attn.pipelines import shapes_call_kwargs
@@ -84,14 +111,58 @@ class App:
     def __init__(self, models: list[str] | None = None):
         self.models = list(models or default_models())
         self._pipes: dict = {}
+        self.workdir = tempfile.mkdtemp(prefix="dit_attn_ui_")
+        self._last_image = self._last_stock = None
+        atexit.register(shutil.rmtree, self.workdir, ignore_errors=True)
+
+    def close(self) -> None:
+        """Remove the app's temporary folder (also done at exit)."""
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def _new_file(self, suffix: str = ".mp4") -> str:
+        """A new file in the app's folder, after removing all but the newest ``KEEP_VIDEOS - 1`` files of that
+        kind (Gradio has copied older ones into its own cache, which it clears itself)."""
+        os.makedirs(self.workdir, exist_ok=True)
+        old = sorted((os.path.join(self.workdir, f) for f in os.listdir(self.workdir) if f.endswith(suffix)),
+                     key=os.path.getmtime)
+        for path in old[: max(0, len(old) - (KEEP_VIDEOS - 1))]:
+            os.remove(path)
+        fd, path = tempfile.mkstemp(suffix=suffix, dir=self.workdir)
+        os.close(fd)
+        return path
+
+    def generate(self, prompt: str, model: str | None = None, negative_prompt: str = "", seed: int = 0,
+                 steps: int | None = None, guidance: float | None = None, width: int | None = None,
+                 height: int | None = None, controls: dict | None = None, compare: bool = False):
+        """The API endpoint ``/generate``: only ``prompt`` is required; settings left out take the model's
+        defaults; ``controls`` is a controls config (as in job files). Returns (output file: PNG or MP4, stock
+        PNG or None, seed), files at the output's own size."""
+        from gradio.data_classes import FileData
+
+        model = model or self.models[0]
+        shown, slider, video, seed = self.infer(model, prompt, negative_prompt, seed, False, steps, guidance, width,
+                                                height, compare, controls)
+        if video is not None:
+            return FileData(path=video), None, seed
+        files = []
+        for image in (self._last_image, self._last_stock if compare else None):
+            if image is None:
+                files.append(None)
+                continue
+            path = self._new_file(".png")
+            image.save(path)
+            files.append(FileData(path=path))
+        return files[0], files[1], seed
 
     def pipeline(self, model: str):
         import gradio as gr
 
         from dit_attn.pipelines.loading import load_pipeline
 
-        if model not in self.models and not (_HUB_ID.match(model or "") and ".." not in model):
-            raise gr.Error(f"Unknown model {model!r}: pick one from the list or type a hub id like 'owner/name'.")
+        typed_hub_id = bool(_HUB_ID.match(model or "")) and ".." not in model and not os.path.exists(model)
+        if model not in self.models and not typed_hub_id:
+            raise gr.Error(f"Unknown model {model!r}: pick one from the list or type a hub id like 'owner/name' "
+                           "(typed text is never read as a local path).")
         if model not in self._pipes:
             try:
                 pipe = load_pipeline(model)
@@ -118,6 +189,12 @@ class App:
 
         if not isinstance(prompt, str) or not prompt.strip():
             raise gr.Error("Enter a prompt.")
+        # Settings left out (the API's optional inputs) take the model's own defaults.
+        defaults = model_defaults(model or "")
+        steps = defaults.get("steps", 20) if steps is None else steps
+        guidance = defaults.get("guidance") if guidance is None else guidance
+        width = defaults.get("width", 64) if width is None else width
+        height = defaults.get("height", 64) if height is None else height
         for name, value, low, high in (("Steps", steps, 1, 200), ("Width", width, 16, 2048),
                                        ("Height", height, 16, 2048)):
             if value is None or not low <= value <= high:
@@ -131,10 +208,11 @@ class App:
                     parse_emphasis(text)
                 except PromptSyntaxError as e:
                     raise gr.Error(f"{label}: {e}") from None
-        if "emphasis" not in controls:
-            from dit_attn.prompt import strip_emphasis
+        from dit_attn.prompt import strip_emphasis
 
-            prompt, negative_prompt = strip_emphasis(prompt), strip_emphasis(negative_prompt or "")
+        clean_prompt, clean_negative = strip_emphasis(prompt), strip_emphasis(negative_prompt or "")
+        if "emphasis" not in controls:
+            prompt, negative_prompt = clean_prompt, clean_negative
         try:
             active = dit_attn.controls_from_config(controls)
         except ValueError as e:
@@ -147,8 +225,10 @@ class App:
         pipe = self.pipeline(model)
         params = {"model": model, "prompt": prompt, "negative_prompt": negative_prompt or None,
                   "steps": int(steps), "guidance": guidance, "width": int(width), "height": int(height)}
+        # Stock: the same settings, every control off, and the prompt as the text encoders see it.
+        stock_params = dict(params, prompt=clean_prompt, negative_prompt=clean_negative or None)
 
-        def run(with_controls):
+        def run(with_controls, params=params):
             kwargs = call_kwargs(pipe, params, torch.Generator("cpu").manual_seed(seed))
             try:
                 with dit_attn.attach(pipe, *with_controls):
@@ -158,17 +238,17 @@ class App:
 
         result = run(active)
         if hasattr(result, "frames"):
-            import tempfile
-
             from diffusers.utils import export_to_video
 
-            path = tempfile.NamedTemporaryFile(suffix=".mp4", delete=False).name
+            path = self._new_file(".mp4")
             export_to_video(result.frames[0], path, fps=VIDEO_FPS)
             return None, None, path, seed
         image = result.images[0]
-        stock = run([]) if compare else None
-        slider = (stock.images[0], image) if compare else None
-        return image, slider, None, seed
+        stock = run([], stock_params) if compare else None
+        self._last_image, self._last_stock = image, stock.images[0] if compare else None
+        shown = enlarged(image)
+        slider = (enlarged(stock.images[0]), shown) if compare else None
+        return shown, slider, None, seed
 
 
 def ui_controls(emphasis=False, emphasis_mode="attention", emphasis_queries="image", entropy=False,
@@ -273,31 +353,34 @@ def load_head_file(upload):
 def build_app(models: list[str] | None = None):
     """The Gradio Blocks app (not launched)."""
     import gradio as gr
+    from gradio.data_classes import FileData
 
     import dit_attn
 
     app = App(models)
     available = dit_attn.available_controls()
-    with gr.Blocks(title="dit_attn") as demo:
+    first = model_defaults(app.models[0]) if app.models else {}
+    with gr.Blocks(title="dit_attn", delete_cache=(3600, 3600)) as demo:
         gr.Markdown("# dit_attn\nAttention controls for diffusion transformers. Same seed with and without.")
         with gr.Row():
             prompt = gr.Textbox(label="Prompt", show_label=False, placeholder="Enter your prompt", scale=4,
-                                value="a red circle above a blue square",
+                                value=DEFAULT_PROMPT,
                                 info="Emphasis: (word:1.5), (word) = ×1.1, [word] = ÷1.1")
             run = gr.Button("Run", variant="primary", scale=0)
         preview = gr.Markdown("")
-        result = gr.Image(label="Result", type="pil")
-        comparison = gr.ImageSlider(label="Stock vs dit_attn", type="pil")
+        result = gr.Image(label="Result (small outputs shown enlarged)", type="pil", height=DISPLAY_SIZE)
+        comparison = gr.ImageSlider(label="Stock (no controls, clean prompt) vs dit_attn", type="pil",
+                                    height=DISPLAY_SIZE)
         video = gr.Video(label="Video")
         with gr.Accordion("Advanced Settings", open=False):
             model = gr.Dropdown(app.models, value=app.models[0], label="Model", allow_custom_value=True)
             negative = gr.Textbox("", label="Negative prompt")
             seed = gr.Slider(0, MAX_SEED, value=0, step=1, label="Seed")
-            randomize = gr.Checkbox(True, label="Randomize seed")
-            steps = gr.Slider(1, 100, value=4, step=1, label="Steps")
-            guidance = gr.Slider(0.0, 20.0, value=5.0, step=0.1, label="Guidance")
-            width = gr.Slider(16, 2048, value=64, step=16, label="Width")
-            height = gr.Slider(16, 2048, value=64, step=16, label="Height")
+            randomize = gr.Checkbox(False, label="Randomize seed")
+            steps = gr.Slider(1, 100, value=first.get("steps") or 20, step=1, label="Steps")
+            guidance = gr.Slider(0.0, 20.0, value=first.get("guidance") or 5.0, step=0.1, label="Guidance")
+            width = gr.Slider(16, 2048, value=first.get("width") or 64, step=16, label="Width")
+            height = gr.Slider(16, 2048, value=first.get("height") or 64, step=16, label="Height")
             compare = gr.Checkbox(True, label="Compare with stock (same seed)")
         with gr.Accordion("Prompt emphasis", open=False, visible="emphasis" in available):
             emphasis = gr.Checkbox(True, label="Apply (word:w) weights in the attention logits")
@@ -375,6 +458,20 @@ def build_app(models: list[str] | None = None):
                       spatial_1, spatial_2, subject, keyword, cond_mode, epsilon, spatial_adapter, subject_adapter],
               outputs=[result, comparison, video, seed], api_name="infer", concurrency_limit=1,
               concurrency_id="gpu_queue")
+
+        def generate(prompt: str, model: str = app.models[0] if app.models else "tiny:sd3",
+                     negative_prompt: str = "", seed: int = 0, steps: int | None = None,
+                     guidance: float | None = None, width: int | None = None, height: int | None = None,
+                     controls: dict | None = None, compare: bool = False) -> tuple[FileData, FileData | None, int]:
+            return app.generate(prompt, model, negative_prompt, seed, steps, guidance, width, height, controls,
+                                compare)
+
+        # This module postpones annotations (strings); gr.api reads real types.
+        generate.__annotations__ = {"prompt": str, "model": str, "negative_prompt": str, "seed": int,
+                                    "steps": int | None, "guidance": float | None, "width": int | None,
+                                    "height": int | None, "controls": dict | None, "compare": bool,
+                                    "return": tuple[FileData, FileData | None, int]}
+        gr.api(generate, api_name="generate", concurrency_limit=1, concurrency_id="gpu_queue")
     demo.queue()
     demo.dit_attn_app = app
     return demo
