@@ -75,8 +75,88 @@ def shapes_objective() -> Callable:
             raise ValueError(f"the ShapesWorld objective scores only its eval prompts; unknown: {missing[:3]}")
         return [float(score_image(im, scenes[p]).object_accuracy) for im, p in zip(images, prompts)]
 
+    def check_prompts(prompts):
+        missing = [p for p in prompts if p not in scenes]
+        if missing:
+            raise ValueError(f"the built-in ShapesWorld objective scores only its eval prompts (e.g. "
+                             f"{next(iter(scenes))!r}); not among them: {missing[:3]}. Leave --prompts out to use "
+                             "them, or pass objective= (Python) to score other prompts")
+
     objective.default_prompts = [p for p, _ in eval_prompts("t2i", n=8)]
+    objective.check_prompts = check_prompts
     return objective
+
+
+def check_prompts(prompts, objective=None) -> list[str]:
+    """``prompts`` as a list of non-empty strings, checked against ``objective.check_prompts`` when it has one.
+
+    Raises ``ValueError`` naming the bad prompt; run before any generation (and, in the CLI, before the model loads).
+    """
+    if isinstance(prompts, str):
+        prompts = [prompts]
+    prompts = list(prompts or [])
+    if not prompts:
+        raise ValueError("search_heads needs prompts=[...] (at least one non-empty prompt)")
+    for i, p in enumerate(prompts):
+        if not isinstance(p, str) or not p.strip():
+            raise ValueError(f"prompt {i} is {p!r}; every prompt must be a non-empty string")
+    check = getattr(objective, "check_prompts", None)
+    if check is not None:
+        check(prompts)
+    return prompts
+
+
+def read_prompts(path) -> list[str]:
+    """Prompts from a text file (one prompt per line; blank lines and lines starting with ``#`` skipped) or a
+    ``.json`` file holding a list of strings. Raises ``ValueError`` saying what is wrong with the file."""
+    path = Path(path)
+    if not path.exists():
+        raise ValueError(f"--prompts file {str(path)!r} does not exist")
+    if not path.is_file():
+        raise ValueError(f"--prompts {str(path)!r} is not a file")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise ValueError(f"cannot read --prompts file {str(path)!r} as UTF-8 text: {e}") from None
+    if path.suffix.lower() == ".json":
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"--prompts file {str(path)!r} is not valid JSON: {e}") from None
+        if not isinstance(data, list) or not all(isinstance(p, str) and p.strip() for p in data):
+            raise ValueError(f"--prompts file {str(path)!r}: a JSON prompts file holds a list of non-empty strings")
+        prompts = [p.strip() for p in data]
+    else:
+        prompts = [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+    if not prompts:
+        raise ValueError(f"--prompts file {str(path)!r} holds no prompts (expected one prompt per line)")
+    return prompts
+
+
+def _check_distinct(round_scores: dict[str, float], r: int, n_prompts: int, n_seeds: int, builtin: bool) -> None:
+    """Refuse a round whose candidates all scored the same: the greedy pick would be arbitrary (head order)."""
+    if len(round_scores) < 2:
+        return
+    values = list(round_scores.values())
+    finite = [v for v in values if math.isfinite(v)]
+    if finite and len(finite) < len(values):
+        return  # non-finite scores rank last: the round still tells heads apart
+    if finite:
+        lo, hi = min(finite), max(finite)
+        if hi - lo > 1e-12 * max(1.0, abs(hi)):
+            return
+        what = f"scored exactly {hi:g}" if hi == lo else f"scored {lo:g} to {hi:g} (equal up to rounding)"
+    else:
+        what = "got no finite score"
+    raise ValueError(
+        f"degenerate head-search objective: all {len(values)} candidate heads {what} in round {r + 1} "
+        f"({n_prompts} prompt(s) x {n_seeds} seed(s)), so the objective cannot tell heads apart on this model and "
+        "these prompts; selecting heads from it would be arbitrary, so nothing was selected. "
+        + ("The built-in objective is the ShapesWorld evaluator: an untrained model (tiny:*) draws nothing it "
+           "recognises (every score 0.0); use a trained ShapesWorld model (shapes:t2i), more steps or seeds, or "
+           "another objective. " if builtin else
+           "Try other prompts, more steps or seeds, a trained model, or another objective. ")
+        + "The scores so far are kept in the checkpoint files.")
 
 
 def candidate_heads(transformer, candidates=None) -> list[Head]:
@@ -128,6 +208,11 @@ def search_heads(pipe, candidates=None, objective: Callable | None = None, promp
         base: heads perturbed in every candidate run (a starting S).
         call_kwargs: passed to every pipeline call (steps, size, guidance...; the paper searches without CFG).
 
+    Raises:
+        ValueError: bad arguments or prompts (checked before any generation: ``objective.check_prompts(prompts)``
+            runs when the objective has it), or a degenerate objective — every candidate of a round scored the same
+            (e.g. the ShapesWorld objective on an untrained model: all 0.0), so no head can be chosen over another.
+
     Example (the two heads of block 0 of a tiny SD3, one round, mean brightness as a cheap objective)::
 
         >>> import os, tempfile
@@ -154,8 +239,8 @@ def search_heads(pipe, candidates=None, objective: Callable | None = None, promp
     if objective is None:
         objective = shapes_objective()
         prompts = prompts or objective.default_prompts
-    if not prompts:
-        raise ValueError("search_heads needs prompts=[...]")
+    builtin = hasattr(objective, "default_prompts")
+    prompts = check_prompts(prompts, objective)
     if rounds < 1 or top_k < 1:
         raise ValueError(f"rounds and top_k must be >= 1; got rounds={rounds}, top_k={top_k}")
     for reserved in ("prompt", "generator", "output_type"):
@@ -216,6 +301,7 @@ def search_heads(pipe, candidates=None, objective: Callable | None = None, promp
             state.wait_for_everyone()
             scores.update(_load_scores(out, config))
         round_scores = {_head_key(h): scores[prefix + _head_key(h)] for h in remaining}
+        _check_distinct(round_scores, r, len(prompts), len(seeds), builtin)
         # Best first; ties broken by head order so that every process picks the same heads.
         order = sorted(remaining, key=lambda h: (-_finite(round_scores[_head_key(h)]), pool.index(h)))
         best = order[:top_k]
@@ -333,21 +419,43 @@ def plot_heatmap(transformer, round_scores: dict[str, float], path, title: str =
 
 
 # --- command line -------------------------------------------------------------------------------------------
+def _parse_seeds(text: str) -> list[int]:
+    try:
+        seeds = [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        seeds = []
+    if not seeds:
+        raise ValueError(f"--seeds must be a comma list of integers (e.g. 0,1); got {text!r}")
+    return seeds
+
+
 def _run_cli(args) -> int:
-    from dit_attn.pipelines.loading import load_pipeline
+    # Everything that can be checked without the model is checked first: loading one can take minutes.
+    if args.rounds < 1 or args.top_k < 1 or args.steps < 1:
+        raise ValueError(f"--rounds, --top-k and --steps must be >= 1; got {args.rounds}, {args.top_k}, {args.steps}")
+    seeds = _parse_seeds(args.seeds)
+    if args.candidates:
+        HeadSet.parse(args.candidates)
+    objective = shapes_objective()
+    prompts = read_prompts(args.prompts) if args.prompts else objective.default_prompts
+    check_prompts(prompts, objective)
+
+    from dit_attn.pipelines.loading import call_kwargs, load_pipeline
 
     pipe = load_pipeline(args.model)
     pipe.set_progress_bar_config(disable=True)
-    prompts = None
-    if args.prompts:
-        prompts = [line.strip() for line in Path(args.prompts).read_text().splitlines() if line.strip()]
-    seeds = [int(s) for s in args.seeds.split(",")]
-    call = {"num_inference_steps": args.steps}
-    if args.guidance is not None:
-        call["guidance_scale"] = args.guidance
-    result = search_heads(pipe, candidates=args.candidates, prompts=prompts, seeds=seeds, rounds=args.rounds,
-                          top_k=args.top_k, strength=args.strength, scale=args.scale, out_dir=args.out, **call)
+    # The model's own settings (size, text length, negative prompt: tiny:* and shapes:* know theirs), then ours.
+    params = {"model": args.model, "prompt": prompts[0], "steps": args.steps, "guidance": args.guidance}
+    call = {k: v for k, v in call_kwargs(pipe, params, torch.Generator()).items()
+            if k not in ("prompt", "generator", "output_type")}
+    result = search_heads(pipe, candidates=args.candidates, objective=objective, prompts=prompts, seeds=seeds,
+                          rounds=args.rounds, top_k=args.top_k, strength=args.strength, scale=args.scale,
+                          out_dir=args.out, **call)
     print(f"selected heads: {result.heads.to_spec()}")
+    for r, (round_scores, added) in enumerate(zip(result.rounds, result.selected)):
+        values = sorted(round_scores.values())
+        print(f"  round {r + 1}: {len(values)} heads scored {values[0]:.3f} to {values[-1]:.3f}; added "
+              + ", ".join(f"{h} ({round_scores[h]:.3f})" for h in added))
     for name, path in result.files.items():
         print(f"  {name}: {path}")
     return 0
@@ -358,10 +466,16 @@ def add_cli(subparsers) -> None:
     heads = subparsers.add_parser("heads", help="head sets: search (HeadHunter)")
     sub = heads.add_subparsers(dest="heads_command", required=True)
     p = sub.add_parser("search", help="greedy per-head SoftPAG search (resumable; data parallel with accelerate)",
-                       description="Example: dit-attn heads search --model tiny:sd3 --rounds 2 --top-k 3 --out heads/; "
-                                   "accelerate launch -m dit_attn.cli heads search ... splits the heads over processes")
-    p.add_argument("--model", default="tiny:sd3", help="tiny:<family>, a local folder or a hub id")
-    p.add_argument("--prompts", default=None, help="text file, one prompt per line (default: ShapesWorld eval prompts)")
+                       description="Example: dit-attn heads search --model shapes:t2i --rounds 2 --top-k 3 --out heads/ "
+                                   "(about 1.5 min on 2 CPU cores); accelerate launch -m dit_attn.cli heads search ... "
+                                   "splits the heads over processes. The objective is the ShapesWorld evaluator, so "
+                                   "the model must draw ShapesWorld scenes: on an untrained tiny:* model every head "
+                                   "scores 0 and the search is refused as degenerate")
+    p.add_argument("--model", default="shapes:t2i",
+                   help="shapes:<kind>, tiny:<family>, a local folder or a hub id (default: shapes:t2i)")
+    p.add_argument("--prompts", default=None,
+                   help="text file, one prompt per line ('#' comments skipped), or a .json list; every prompt must "
+                        "be a ShapesWorld eval prompt (default: 8 of them); checked before the model loads")
     p.add_argument("--seeds", default="0,1", help="comma list of seeds")
     p.add_argument("--rounds", type=int, default=1)
     p.add_argument("--top-k", type=int, default=3)

@@ -15,6 +15,11 @@ Spec syntax (entries separated by ``;`` or new lines)::
     transformer_blocks.2:0-3             # heads 0, 1, 2, 3
     11:15,18                             # flat layer 11
     L38H18, L52H12                       # paper style: flat layer 38 head 18, flat layer 52 head 12
+    L38 H18   (L38,H18)   {L38 H18, L52 H12}   # the same pairs as the paper and its code print them
+    38,18                                # one "layer,head" pair per line (the search output files)
+
+Paper-style pairs ignore case and spaces (``l38 h18``); :meth:`HeadSet.from_file` reads a file of any of these (or
+a head-set JSON).
 
 Example:
     >>> from dit_attn import HeadSet
@@ -39,9 +44,18 @@ FORMAT = "dit_attn.heads/1"
 _INT = r"(?:0|[1-9][0-9]{0,5})"  # plain non-negative integers (no signs, no leading zeros, < 10^6)
 _IDENT = r"[A-Za-z_][A-Za-z0-9_]*"
 _LAYER_EXPLICIT = re.compile(rf"^({_IDENT})\.({_INT})(?:\.({_IDENT}))?$")
-_LAYER_FLAT = re.compile(rf"^L?({_INT})$")
-_PAPER = re.compile(rf"^L({_INT})H({_INT}|\*)$")
+_LAYER_FLAT = re.compile(rf"^(?:[Ll]\s*)?({_INT})$")
+# Paper-style pairs, as the HeadHunter paper and its code write them: "L38H18", "L38 H18", "(L38,H18)" (any case,
+# any spaces), and "(38,18)" tuples; several per entry separated by ',' or spaces ("{L38 H18, L52 H12}").
+_PAPER_CORE = rf"L\s*({_INT})\s*,?\s*H\s*({_INT}|\*)"
+_PAIR_TOKEN = re.compile(rf"\(\s*{_PAPER_CORE}\s*\)|{_PAPER_CORE}|\(\s*({_INT})\s*,\s*({_INT})\s*\)", re.I)
+_BARE_PAIR = re.compile(rf"^({_INT})\s*,\s*({_INT})$")  # "38,18": one (layer, head) per line, as search files
 _RANGE = re.compile(rf"^({_INT})-({_INT})$")
+_WRAPPERS = {"{": "}", "[": "]"}
+_SEPARATORS = re.compile(r"[\s,]*")
+FORMS = ("'transformer_blocks.11:15,18', 'single_transformer_blocks.20:3', 'transformer_blocks.9:*', "
+         "flat '11:15,18', paper-style 'L38H18' / 'L38 H18' / '(L38,H18)' / '{L38 H18, L52 H12}', "
+         "or one 'layer,head' pair per line ('38,18')")
 
 
 @dataclass(frozen=True, order=True)
@@ -63,10 +77,55 @@ class LayerKey:
 
 
 def _bad(spec: str, why: str) -> ValueError:
-    return ValueError(
-        f"bad head spec {spec!r}: {why}. Expected entries like 'transformer_blocks.11:15,18', "
-        "'single_transformer_blocks.20:3', 'transformer_blocks.9:*', flat '11:15,18' or paper-style 'L38H18', "
-        "separated by ';'")
+    shown = spec if len(spec) <= 120 else spec[:100] + "..." + spec[-15:]
+    return ValueError(f"bad head spec {shown!r}: {why}. Accepted forms: {FORMS}; entries separated by ';' or new "
+                      "lines")
+
+
+def _unwrap(text: str) -> str:
+    """``text`` without one pair of enclosing ``{}`` / ``[]`` (pasted Python sets and lists)."""
+    text = text.strip()
+    if len(text) >= 2 and _WRAPPERS.get(text[0]) == text[-1]:
+        return text[1:-1].strip()
+    return text
+
+
+def _piece(text: str, pos: int) -> str:
+    """The unparsable piece of ``text`` at ``pos`` (up to the next separator, or the closing ')')."""
+    rest = text[pos:]
+    if rest.startswith("("):
+        end = rest.find(")")
+        return rest[:end + 1] if end >= 0 else rest
+    return re.match(r"[^,\s]*", rest).group(0) or rest[:1]
+
+
+def _parse_pairs(part: str, spec: str) -> list[tuple[int, int | str]]:
+    """(flat layer, head) pairs of an entry without ':' (paper style, tuples, or one bare 'layer,head' pair)."""
+    text = _unwrap(part)
+    m = _BARE_PAIR.match(text)
+    if m:
+        return [(int(m.group(1)), int(m.group(2)))]
+    pairs, pos = [], 0
+    while True:
+        pos = _SEPARATORS.match(text, pos).end()
+        if pos >= len(text):
+            break
+        m = _PAIR_TOKEN.match(text, pos)
+        if m is None or (m.end() < len(text) and text[m.end()] not in " \t,"):
+            piece = _piece(text, pos)
+            why = f"{piece!r} is not a layer/head pair like 'L38H18'"
+            if re.fullmatch(r"[0-9,\s]+", text) and text.count(",") > 1:
+                why = f"{text!r} is not one 'layer,head' pair (a bare pair is two integers, alone on its line)"
+            elif piece == text and re.fullmatch(_IDENT + r"\.[0-9]+(?:\.[A-Za-z_0-9]+)?|[Ll]?\s*[0-9]+", piece):
+                why = f"entry {part.strip()!r} has no ':' between layer and heads"
+            raise _bad(spec, why)
+        g = m.groups()
+        layer, head = next((g[i], g[i + 1]) for i in (0, 2, 4) if g[i] is not None)
+        pairs.append((int(layer), ALL if head == ALL else int(head)))
+        pos = m.end()
+    if not pairs:
+        raise _bad(spec, f"entry {part.strip()!r} holds no heads")
+    return pairs
 
 
 def _parse_heads(text: str, spec: str) -> frozenset[int] | str:
@@ -142,19 +201,16 @@ class HeadSet:
         if not isinstance(spec, str):
             raise ValueError(f"a head spec must be a string; got {type(spec).__name__}")
         entries: dict[LayerKey, frozenset[int] | str] = {}
-        parts = [p.strip() for p in re.split(r"[;\n]", spec) if p.strip()]
+        if spec.lstrip().startswith('{"'):
+            raise _bad(spec, "this looks like head-set JSON; read it with HeadSet.from_json or HeadSet.from_file")
+        parts = [p.strip() for p in re.split(r"[;\n]", _unwrap(spec)) if p.strip()]
         if not parts:
             raise _bad(spec, "it is empty")
         for part in parts:
             if ":" not in part:
-                # Paper style, possibly several: "L38H18, L52H12"
-                items = [x.strip() for x in part.split(",") if x.strip()]
-                matches = [_PAPER.match(x) for x in items]
-                if not items or not all(matches):
-                    raise _bad(spec, f"entry {part!r} has no ':' between layer and heads and is not 'L<layer>H<head>'")
-                for m in matches:
-                    heads = ALL if m.group(2) == "*" else frozenset({int(m.group(2))})
-                    cls._merge(entries, LayerKey(None, int(m.group(1))), heads)
+                # Paper style, possibly several: "L38H18, L52H12", "{L38 H18, L52 H12}", "(L11,H15)", or "38,18"
+                for layer, head in _parse_pairs(part, spec):
+                    cls._merge(entries, LayerKey(None, layer), ALL if head == ALL else frozenset({head}))
                 continue
             if part.count(":") != 1:
                 raise _bad(spec, f"entry {part!r} has more than one ':'")
@@ -311,6 +367,60 @@ class HeadSet:
     def load(cls, path) -> "HeadSet":
         """Load a JSON file written by :meth:`save` (or by ``dit-attn heads search``)."""
         return cls.from_json(Path(path).read_text())
+
+    @classmethod
+    def from_file(cls, path) -> "HeadSet":
+        """A head set from a file: head-set JSON (:meth:`save`, ``dit-attn heads search``'s ``heads.json``), a JSON
+        list of ``[layer, head]`` / ``[block_list, block, head]`` pairs, or text in any :meth:`parse` form — e.g.
+        the HeadHunter search's output with one ``layer,head`` pair per line (``38,18``). Blank lines, ``#``
+        comments and a ``layer,head`` header line are skipped. Errors name the file.
+
+        Example:
+            >>> import tempfile, os
+            >>> from dit_attn import HeadSet
+            >>> with tempfile.TemporaryDirectory() as d:
+            ...     path = os.path.join(d, "heads.txt")
+            ...     with open(path, "w") as f:
+            ...         _ = f.write("layer,head\\n38,18\\n52,12  # green filter\\n")
+            ...     hs = HeadSet.from_file(path)
+            >>> hs == HeadSet.parse("L38H18, L52H12"), hs.to_spec()
+            (True, 'L38:18; L52:12')
+        """
+        path = Path(path)
+        if not path.is_file():
+            raise ValueError(f"head-set file {str(path)!r} does not exist" if not path.exists()
+                             else f"head-set file {str(path)!r} is not a file")
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            raise ValueError(f"cannot read head-set file {str(path)!r}: {e}") from None
+        stripped = text.strip()
+        try:
+            if stripped.startswith(("{", "[")):
+                try:
+                    data = json.loads(stripped)
+                except json.JSONDecodeError as e:
+                    if path.suffix.lower() == ".json" or stripped.startswith('{"'):
+                        raise ValueError(f"not valid JSON: {e}") from None
+                    data = None  # "{L38 H18, L52 H12}" or "[(38, 18)]": text
+                if isinstance(data, dict):
+                    hs = cls.from_dict(data)
+                    return hs if hs.source else cls(hs.entries, str(path))
+                if isinstance(data, list):
+                    if not all(isinstance(p, list) for p in data):
+                        raise ValueError("a JSON list of heads holds [layer, head] or [block_list, block, head] pairs")
+                    return cls.from_pairs(data, source=str(path))
+                if data is not None:
+                    raise ValueError(f"expected a head-set JSON object or a list of pairs; got {type(data).__name__}")
+            lines = [line.split("#", 1)[0].strip() for line in text.splitlines()]
+            lines = [line for line in lines if line]
+            if lines and re.fullmatch(r"layers?\s*,\s*heads?", lines[0], re.I):
+                lines = lines[1:]
+            if not lines:
+                raise ValueError("it holds no heads")
+            return cls.parse("\n".join(lines), source=str(path))
+        except ValueError as e:
+            raise ValueError(f"head-set file {str(path)!r}: {e}") from None
 
     # --- model ----------------------------------------------------------------------------------------------
     @staticmethod

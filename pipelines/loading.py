@@ -19,6 +19,22 @@ TINY_PREFIX = "tiny:"
 SHAPES_PREFIX = "shapes:"
 
 
+def dtype_kwargs(dtype: torch.dtype | None) -> dict[str, Any]:
+    """``from_pretrained`` keyword for a dtype: ``dtype`` where diffusers deprecates ``torch_dtype`` (0.36 on),
+    ``torch_dtype`` on older releases; nothing for ``None``.
+
+    >>> import torch
+    >>> list(dtype_kwargs(torch.float32).values()), dtype_kwargs(None)
+    ([torch.float32], {})
+    """
+    if dtype is None:
+        return {}
+    from diffusers.utils import deprecation_utils
+
+    new = hasattr(deprecation_utils, "_TORCH_DTYPE_DEPRECATION_MESSAGE")
+    return {"dtype": dtype} if new else {"torch_dtype": dtype}
+
+
 def load_pipeline(model: str, torch_dtype: torch.dtype | None = None):
     """A diffusers pipeline for ``model`` (see module docstring)."""
     if not isinstance(model, str) or not model:
@@ -44,8 +60,7 @@ def load_pipeline(model: str, torch_dtype: torch.dtype | None = None):
     from diffusers import DiffusionPipeline
 
     kwargs: dict[str, Any] = {"use_safetensors": True}
-    if torch_dtype is not None:
-        kwargs["torch_dtype"] = torch_dtype
+    kwargs.update(dtype_kwargs(torch_dtype))
     if not os.path.isdir(model) and os.path.sep in model and not model.count("/") == 1:
         raise ValueError(f"model folder {model!r} does not exist")
     return DiffusionPipeline.from_pretrained(model, **kwargs)

@@ -1,5 +1,5 @@
 """MultiCondition (PKA): fast paths vs the dense token-group oracle, keyword location, KSA masks, the condition
-cache and the control on the tiny FLUX pipeline."""
+cache and the control on the tiny FLUX.1, Chroma and FLUX.2 pipelines."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from dit_attn.conditions.tokens import ConditionTokens, aligned_index, spatial_i
 from dit_attn.testing import cpu_threads, tiny_call_kwargs, tiny_pipeline, tiny_tokenizer
 
 F64 = torch.float64
+FAMILIES = ("flux", "chroma", "flux2")  # the FLUX-architecture families MultiCondition supports
 
 
 @pytest.fixture(autouse=True)
@@ -110,6 +111,58 @@ def test_ksa_empty_full_and_unmasked(masks):
         torch.testing.assert_close(A.condition_attention(q, k, v, text_len=t, spatial=sp, subjects=sj), no_subject)
 
 
+def _stock_mask(seed, b, n, kind):
+    """Chroma's mask (additive 0/1 outer product of a per-token 0/1 vector), a random additive [B, 1, N, N] one,
+    or a boolean one (each row keeps at least its own key)."""
+    g = torch.Generator().manual_seed(seed)
+    if kind == "chroma":
+        m = (torch.rand(b, n, generator=g) > 0.3).to(F64)
+        return m[:, None, None, :] * m[:, None, :, None]
+    if kind == "additive":
+        return torch.randn(b, 1, n, n, generator=g, dtype=F64)
+    keep = torch.rand(b, 1, n, n, generator=g) > 0.3
+    return keep | torch.eye(n, dtype=torch.bool)
+
+
+@pytest.mark.parametrize("kind", ["chroma", "additive", "bool"])
+@pytest.mark.parametrize("mode,combine,text_sees", [("pka", "joint", False), ("pka", "sum", False),
+                                                    ("cached-full", "joint", True), ("pka", "joint", True)])
+def test_stock_mask_and_condition_bias_equal_dense_oracle(kind, mode, combine, text_sees):
+    """A per-query stock mask on the own keys (Chroma's) plus a per-row bias on every condition key: the fast path
+    equals the dense oracle with the same additive bias, in fp64."""
+    q, k, v, sp, sj, t = _case(31, 2, 2, cond_grids=[(4, 6), (2, 3)])
+    mask = _stock_mask(4, q.shape[0], q.shape[1], kind)
+    cb = mask[..., t]  # each row's value against the first image key
+    kw = dict(text_len=t, spatial=sp, subjects=sj, mode=mode, combine=combine, text_sees_conditions=text_sees,
+              attn_mask=mask, condition_bias=cb)
+    fast = A.condition_attention(q, k, v, **kw)
+    torch.testing.assert_close(fast, A.dense_oracle(q, k, v, **kw), rtol=1e-10, atol=1e-10)
+    plain = A.condition_attention(q, k, v, text_len=t, spatial=sp, subjects=sj, mode=mode, combine=combine,
+                                  text_sees_conditions=text_sees)
+    assert (fast - plain).abs().max() > 1e-3  # the mask really acts
+
+
+def test_chroma_mask_with_conditions_is_a_mask_extended_by_ones():
+    """Conditions count as image tokens under Chroma's mask: cached-full with text rows seeing conditions equals
+    one SDPA over ``[T, X, conditions]`` with the 0/1 token vector extended by ones (what concat mode passes)."""
+    q, k, v, sp, sj, t = _case(33, 2, 1, cond_grids=[(4, 6), (2, 3)])
+    b, tx = q.shape[:2]
+    g = torch.Generator().manual_seed(5)
+    m = torch.ones(b, tx, dtype=F64)
+    m[:, 2:t] = (torch.rand(b, t - 2, generator=g) > 0.5).to(F64)  # some text tokens masked (0)
+    mask = m[:, None, None, :] * m[:, None, :, None]
+    fast = A.condition_attention(q, k, v, text_len=t, spatial=sp, subjects=sj, mode="cached-full",
+                                 text_sees_conditions=True, attn_mask=mask, condition_bias=mask[..., t])
+    conds = sp + sj
+    keys = torch.cat([k] + [c.key for c in conds], dim=1)
+    values = torch.cat([v] + [c.value for c in conds], dim=1)
+    ext = torch.cat([m, torch.ones(b, keys.shape[1] - tx, dtype=F64)], dim=1)
+    full = ext[:, None, None, :] * ext[:, None, :, None]
+    ref = torch.nn.functional.scaled_dot_product_attention(q.transpose(1, 2), keys.transpose(1, 2),
+                                                           values.transpose(1, 2), attn_mask=full[:, :, :tx])
+    torch.testing.assert_close(fast, ref.transpose(1, 2), rtol=1e-10, atol=1e-10)
+
+
 def test_merged_lse_is_the_joint_logsumexp():
     q, k, v, sp, sj, t = _case(5, 2, 1)
     _, lse = A.condition_attention(q, k, v, text_len=t, spatial=sp, subjects=sj, return_lse=True)
@@ -170,6 +223,12 @@ def test_alignment_and_ids():
     same = spatial_ids((4, 6), (4, 6))
     assert same[:, 1].tolist() == [r for r in range(4) for _ in range(6)]
     assert subject_ids((2, 3), 1)[:, 2].unique().tolist() == [-6.0, -5.0, -4.0]
+    # FLUX.2: (T, row, col, L); spatial at T = 0 like the image, subject k at T = 10 (k + 1) on its own grid
+    four = spatial_ids((2, 3), (4, 6), layout="flux2")
+    assert four.shape == (6, 4) and torch.equal(four[:, 1:3], ids[:, 1:3]) and not four[:, [0, 3]].any()
+    sub = subject_ids((2, 3), 1, layout="flux2")
+    assert sub[:, 0].unique().tolist() == [20.0] and sub[:, 2].unique().tolist() == [0.0, 1.0, 2.0]
+    assert not sub[:, 3].any()
 
 
 # --- KSA mask ----------------------------------------------------------------------------------------------------
@@ -229,17 +288,30 @@ def test_keyword_errors():
 
 
 # --- the control on the tiny FLUX pipeline -------------------------------------------------------------------------
+_PIPES: dict = {}
+
+
+def _pipe(family):
+    if family not in _PIPES:
+        _PIPES[family] = tiny_pipeline(family)
+    return _PIPES[family]
+
+
 @pytest.fixture(scope="module")
 def pipe():
-    return tiny_pipeline("flux")
+    return _pipe("flux")
 
 
 def _img(seed, h=48, w=64):
     return torch.rand(3, h, w, generator=torch.Generator().manual_seed(seed)) * 2 - 1
 
 
-def _run(pipe, control, **overrides):
-    kw = tiny_call_kwargs("flux")
+def _layers(transformer):
+    return len(transformer.transformer_blocks) + len(transformer.single_transformer_blocks)
+
+
+def _run(pipe, control, family="flux", **overrides):
+    kw = tiny_call_kwargs(family)
     kw.update(overrides)
     if control is None:
         return pipe(**kw).images
@@ -291,52 +363,126 @@ def test_cached_equals_recomputed_write_pass(pipe):
     np.testing.assert_allclose(cached, recomputed, rtol=0, atol=1e-6)
 
 
-def test_write_pass_keys_equal_a_stock_forward_of_the_condition_alone(pipe):
-    control = dit_attn.MultiCondition(spatial=[_img(3)], mode="cached-full")
-    kw = {**tiny_call_kwargs("flux"), "true_cfg_scale": 1.0, "negative_prompt": None, "num_inference_steps": 1}
+def _write_pass_kwargs(pipe, family, kw) -> dict:
+    """What the stock forward of a condition alone takes besides its tokens and ids, per family: t = 0, no text;
+    FLUX.1 also the prompt's pooled embedding and the distilled guidance; FLUX.2 4-axis (empty) text ids."""
+    t = pipe.transformer
+    out = dict(encoder_hidden_states=torch.zeros(1, 0, t.config.joint_attention_dim), timestep=torch.zeros(1),
+               txt_ids=torch.zeros(0, 4 if family == "flux2" else 3), return_dict=False)
+    if family == "flux":
+        with torch.no_grad():
+            _, pooled, _ = pipe.encode_prompt(kw["prompt"], None, max_sequence_length=kw["max_sequence_length"])
+        out.update(pooled_projections=pooled, guidance=torch.full((1,), kw["guidance_scale"]))
+    return out
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_write_pass_keys_equal_a_stock_forward_of_the_condition_alone(family):
+    pipe = _pipe(family)
+    control = dit_attn.MultiCondition(spatial=[_img(3), dit_attn.SpatialCondition(_img(2), scale=0.5)],
+                                      subjects=[(_img(1, 32, 32), "circle")], mode="cached-full")
+    kw = {**tiny_call_kwargs(family, steps=1, guidance=False)}
     with dit_attn.attach(pipe, control):
         pipe(**kw)
-        prepared = next(iter(control._state["encoded"].values()))[0]
-        cached = {layer: control._kv.get(layer, 0) for layer in control._kv.layers}
-    # the same condition alone through the stock transformer: t = 0, no text, the prompt's pooled embedding
-    rec = dit_attn.Recorder(keep_tensors=True)
+        prepared = next(iter(control._state["encoded"].values()))
+        cached = [{layer: control._kv.get(layer, c) for layer in control._kv.layers} for c in range(len(prepared))]
+    assert [p.tokens.ids.shape[1] for p in prepared] == [4 if family == "flux2" else 3] * 3
+    # each condition alone through the stock transformer (chroma: no attention mask)
+    extra = _write_pass_kwargs(pipe, family, kw)
+    for c, p in enumerate(prepared):
+        rec = dit_attn.Recorder(keep_tensors=True)
+        with dit_attn.attach(pipe.transformer, rec), torch.no_grad():
+            pipe.transformer(hidden_states=p.tokens.tokens, img_ids=p.tokens.ids, **extra)
+        assert len(rec.tensors) == len(cached[c]) == _layers(pipe.transformer)
+        for layer, (_, k, v) in enumerate(rec.tensors):
+            torch.testing.assert_close(cached[c][layer][0], k, rtol=1e-5, atol=1e-6)
+            torch.testing.assert_close(cached[c][layer][1], v, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_conditions_are_encoded_and_packed_like_the_pipelines_latents(family):
+    """A condition encodes to the tokens the pipeline's own image path gives the same pixels (FLUX.1/Chroma:
+    ``mode()``, shift and scale, 2x2 packing; FLUX.2: its ``_encode_vae_image`` with the latent batch norm)."""
+    from dit_attn.conditions.tokens import encode_image
+
+    pipe = _pipe(family)
+    pixels = _img(6).unsqueeze(0)
+    got = encode_image(pipe, pixels, (6, 8), layout="flux2" if family == "flux2" else "flux")
     with torch.no_grad():
-        _, pooled, _ = pipe.encode_prompt(kw["prompt"], None, max_sequence_length=kw["max_sequence_length"])
-    with dit_attn.attach(pipe.transformer, rec), torch.no_grad():
-        pipe.transformer(hidden_states=prepared.tokens.tokens, encoder_hidden_states=torch.zeros(1, 0, pipe.transformer.config.joint_attention_dim),
-                         pooled_projections=pooled, timestep=torch.zeros(1), img_ids=prepared.tokens.ids,
-                         txt_ids=torch.zeros(0, 3), guidance=torch.full((1,), kw["guidance_scale"]),
-                         return_dict=False)
-    assert len(rec.tensors) == len(cached) == 5
-    for layer, (_, k, v) in enumerate(rec.tensors):
-        torch.testing.assert_close(cached[layer][0], k, rtol=1e-5, atol=1e-6)
-        torch.testing.assert_close(cached[layer][1], v, rtol=1e-5, atol=1e-6)
+        if family == "flux2":
+            lat = pipe.vae.encode(pixels).latent_dist.mode()
+            lat = pipe._patchify_latents(lat)
+            bn = pipe.vae.bn
+            lat = (lat - bn.running_mean.view(1, -1, 1, 1)) / torch.sqrt(bn.running_var.view(1, -1, 1, 1) +
+                                                                        pipe.vae.config.batch_norm_eps)
+            ref = lat.flatten(2).transpose(1, 2)
+        else:
+            lat = pipe.vae.encode(pixels).latent_dist.mode()
+            lat = (lat - pipe.vae.config.shift_factor) * pipe.vae.config.scaling_factor
+            ref = pipe._pack_latents(lat, 1, lat.shape[1], lat.shape[2], lat.shape[3])
+    assert got.shape == (1, 48, pipe.transformer.config.in_channels)
+    torch.testing.assert_close(got, ref, rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("family", FAMILIES)
 @pytest.mark.parametrize("mode,combine", [("pka", "joint"), ("pka", "sum"), ("cached-full", "joint")])
-def test_model_level_fast_path_equals_oracle(pipe, monkeypatch, mode, combine):
+def test_model_level_fast_path_equals_oracle(monkeypatch, family, mode, combine):
     from dit_attn.controls import conditions as C
 
+    pipe = _pipe(family)
     conds = dict(spatial=[_img(0), dit_attn.SpatialCondition(_img(2), scale=0.5)],
                  subjects=[(_img(1), "circle"), (_img(4), "blue square")], mode=mode, combine=combine, epsilon=0.3)
     fast_control = dit_attn.MultiCondition(**conds)
-    fast = _run(pipe, fast_control, num_images_per_prompt=2, num_inference_steps=3)
-    seen = []
+    fast = _run(pipe, fast_control, family, num_images_per_prompt=2, num_inference_steps=3)
+    seen, masked = [], []
 
     def oracle(q, k, v, *, key_bias=None, key_bias_rows=None, **kw):
         assert key_bias is None
         seen.append([s.mask for s in kw["subjects"]])
+        masked.append(kw.get("attn_mask") is not None)
         return A.dense_oracle(q, k, v, **kw)
 
     monkeypatch.setattr(C, "condition_attention", oracle)
-    ref = _run(pipe, dit_attn.MultiCondition(**conds), num_images_per_prompt=2, num_inference_steps=3)
+    ref = _run(pipe, dit_attn.MultiCondition(**conds), family, num_images_per_prompt=2, num_inference_steps=3)
     np.testing.assert_allclose(fast, ref, rtol=0, atol=2e-5)
+    assert all(masked) if family == "chroma" else not any(masked)  # Chroma's text mask reaches every call
     if mode == "pka":
         # first step unmasked; later steps masked with the previous step's mask, batch rows kept apart
-        per_forward = 5  # layers
+        per_forward = _layers(pipe.transformer)
+        assert len(seen) == 3 * 2 * per_forward  # 3 steps x (cond + uncond) x layers
         assert all(m is None for call in seen[:2 * per_forward] for m in call)  # step 0: cond + uncond
         later = [m for call in seen[2 * per_forward:] for m in call]
         assert later and all(m is not None and m.shape == (2, 48) for m in later)
+
+
+def test_chroma_conditions_count_as_image_tokens_under_its_text_mask(monkeypatch):
+    """Inside Chroma: cached-full with text rows seeing the conditions equals, at every attention call, one SDPA
+    over ``[text, image, conditions]`` with Chroma's 0/1 token vector (the diagonal of its outer-product mask)
+    extended by ones for the condition tokens, i.e. what concat mode passes to the stock forward."""
+    from dit_attn.controls import conditions as C
+
+    pipe = _pipe("chroma")
+    conds = dict(spatial=[_img(0), dit_attn.SpatialCondition(_img(2), scale=0.5)], subjects=[(_img(1), "circle")],
+                 mode="cached-full", text_sees_conditions=True)
+    fast = _run(pipe, dit_attn.MultiCondition(**conds), "chroma", num_inference_steps=2)
+    calls = []
+
+    def reference(q, k, v, *, attn_mask, spatial, subjects, scale, **kw):
+        conds = list(spatial) + list(subjects)
+        keys = torch.cat([k] + [c.key.expand(k.shape[0], -1, -1, -1) for c in conds], dim=1)
+        values = torch.cat([v] + [c.value.expand(v.shape[0], -1, -1, -1) for c in conds], dim=1)
+        tokens = torch.diagonal(attn_mask[:, 0], dim1=-2, dim2=-1)  # m_j (m_j^2 = m_j for 0/1)
+        tokens = torch.cat([tokens, tokens.new_ones(tokens.shape[0], keys.shape[1] - k.shape[1])], dim=1)
+        full = (tokens[:, None, None, :] * tokens[:, None, :, None])[:, :, :q.shape[1]]
+        calls.append(bool((tokens == 0).any()))
+        out = torch.nn.functional.scaled_dot_product_attention(q.transpose(1, 2), keys.transpose(1, 2),
+                                                               values.transpose(1, 2), attn_mask=full, scale=scale)
+        return out.transpose(1, 2)
+
+    monkeypatch.setattr(C, "condition_attention", reference)
+    ref = _run(pipe, dit_attn.MultiCondition(**conds), "chroma", num_inference_steps=2)
+    assert calls and all(calls)  # masked text tokens in every call
+    np.testing.assert_allclose(fast, ref, rtol=0, atol=2e-5)
 
 
 def test_ksa_mask_is_reused_one_step_later(pipe):
@@ -364,10 +510,72 @@ def test_ksa_mask_is_reused_one_step_later(pipe):
 class _Capture(dit_attn.Control):
     def __init__(self):
         self.calls = []
+        self.outputs = []
 
     def before_forward(self, state, args, kwargs):
         self.calls.append(dict(kwargs))
         return args, kwargs
+
+    def after_forward(self, state, output):
+        self.outputs.append(output[0] if isinstance(output, tuple) else output.sample)
+        return output
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("mode", ["pka", "cached-full", "concat"])
+def test_every_mode_runs_end_to_end_and_conditions_change_the_output(family, mode):
+    """A spatial and a subject condition, true CFG (2 forwards per step), each family's own pipeline."""
+    pipe = _pipe(family)
+    stock = _run(pipe, None, family)
+    control = dit_attn.MultiCondition(spatial=[_img(0)], subjects=[(_img(1, 32, 32), "circle")], mode=mode)
+    with dit_attn.attach(pipe, control):
+        out = pipe(**tiny_call_kwargs(family)).images
+        masks = control.keyword_masks(_layers(pipe.transformer) - 1)
+    assert out.shape == stock.shape and np.isfinite(out).all()
+    assert np.abs(out - stock).max() > 1e-4
+    if mode != "concat":
+        rep = control.cache_report()
+        assert rep["conditions"] == 2 and rep["layers"] == _layers(pipe.transformer)
+        assert control._state["writes"] == 1  # one write pass per call, despite true CFG
+    if mode == "pka":  # the keyword was found and KSA masks were made from the conditional forwards
+        assert all(m is not None and m.shape == (1, 48) for m in masks)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_write_pass_leaves_the_cfg_roles_of_the_denoising_forwards_alone(family):
+    """Chroma names neither forward (roles come from counting forwards within a step): the nested write forwards
+    must not count, or the uncond forward would be taken for a cond one (and make the KSA masks)."""
+    from dit_attn.layout import COND, UNCOND
+
+    pipe = _pipe(family)
+    control = dit_attn.MultiCondition(spatial=[_img(0), _img(2)], subjects=[(_img(1, 32, 32), "circle")])
+    roles = []  # (3 write forwards: an odd count, as a miscount would flip every later role)
+
+    class Roles(dit_attn.Control):
+        def before_forward(self, state, args, kwargs):
+            if control._state["writing"] is None:
+                roles.append(state.batch_roles)
+            return args, kwargs
+
+    with dit_attn.attach(pipe, control, Roles()):
+        pipe(**tiny_call_kwargs(family, steps=3))
+    assert roles == [(COND,), (UNCOND,)] * 3
+    assert control.cache_report()["conditions"] == 3
+
+
+@pytest.mark.parametrize("family,position", [("flux", 2), ("chroma", 2), ("flux2", 4)])
+def test_keyword_rows_index_the_transformers_text(family, position):
+    """T5 (FLUX.1, Chroma): word i is token i; FLUX.2 [klein]: the prompt sits in Qwen's chat template after
+    ``<|im_start|> user``, so word i is token 2 + i. Two forwards per step: the uncond forward makes no mask."""
+    pipe = _pipe(family)
+    control = dit_attn.MultiCondition(subjects=[(_img(1), "circle")])
+    with dit_attn.attach(pipe, control):
+        pipe(**tiny_call_kwargs(family))
+        w = control._state["keywords"][0]
+    assert w[0].nonzero().flatten().tolist() == [position]
+    with dit_attn.attach(pipe, dit_attn.MultiCondition(subjects=[(_img(1), "zorb")])), \
+            pytest.raises(ValueError, match="'zorb' does not occur"):
+        pipe(**tiny_call_kwargs(family))
 
 
 def test_concat_mode_equals_a_stock_forward_on_concatenated_tokens(pipe):
@@ -386,6 +594,29 @@ def test_concat_mode_equals_a_stock_forward_on_concatenated_tokens(pipe):
     sigma = pipe.scheduler.sigmas
     x0 = call["hidden_states"][:, :48]
     torch.testing.assert_close(latents, x0 + (sigma[1] - sigma[0]) * full[:, :48], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("family", ["chroma", "flux2"])
+def test_concat_mode_extends_ids_and_mask_like_image_tokens(family):
+    """Concat on Chroma (its [B, text + image] mask gets ones for the condition tokens) and FLUX.2 ([B, N, 4]
+    ids): the forward equals a stock forward on the concatenated arguments, and the pipeline gets the image part."""
+    pipe = _pipe(family)
+    control = dit_attn.MultiCondition(spatial=[_img(0)], subjects=[(_img(1), "circle")], mode="concat")
+    outer, inner = _Capture(), _Capture()  # outer's after_forward runs after MultiCondition cut the output
+    with dit_attn.attach(pipe, outer, control, inner):
+        pipe(**tiny_call_kwargs(family, steps=1, guidance=False))
+    call = inner.calls[0]
+    assert len(inner.calls) == 1 and call["hidden_states"].shape[1] == 48 * 3
+    if family == "chroma":
+        mask = call["attention_mask"]
+        assert mask.shape == (1, 32 + 48 * 3) and bool((mask[:, 32:] == 1).all()) and bool((mask[:, :32] == 0).any())
+    else:
+        assert call["img_ids"].shape == (1, 48 * 3, 4)
+    transformer = pipe.transformer
+    with torch.no_grad():
+        full = type(transformer).forward(transformer, **call)[0]
+    torch.testing.assert_close(inner.outputs[0], full, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(outer.outputs[0], full[:, :48], rtol=0, atol=0)
 
 
 def test_batch_of_prompts_keyword_rows(pipe):

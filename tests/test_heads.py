@@ -102,3 +102,78 @@ def test_fuzzed_json_gives_value_errors_only(data):
 
 
 _FLUX = tiny_transformer("flux")
+
+
+# --- head lists in the forms the HeadHunter paper and its code print -------------------------------------------
+@pytest.mark.parametrize("form", [
+    "L38H18", "l38h18", "L38 H18", " l 38  h 18 ", "L38,H18", "(L38,H18)", "( l38 , h18 )", "{L38 H18}",
+    "[L38H18]", "38,18", " 38 , 18 ", "(38, 18)", "[(38, 18)]", "L38H18;", "{L38 H18, (L38,H18)}; 38:18",
+])
+def test_pasted_pair_forms_equal_paper_form(form):
+    hs = HeadSet.parse(form)
+    assert hs == HeadSet.parse("L38H18") and hs.entries == {LayerKey(None, 38): {18}}
+    assert hs.to_spec() == "L38:18" and HeadSet.parse(hs.to_spec()) == hs
+
+
+@pytest.mark.parametrize("form", [
+    "L38H18, L52H12", "L38 H18, L52 H12", "{L38 H18, L52 H12}", "{L38 H18,\n L52 H12}", "(L38,H18), (L52,H12)",
+    "(L38, H18) (L52, H12)", "38,18\n52,12", "38,18; 52,12", "\n  38,18\n\n52, 12\n", "[(38, 18), (52, 12)]",
+    "L38H18\nl52 h12",
+])
+def test_pasted_list_forms_equal_paper_form(form):
+    hs = HeadSet.parse(form)
+    assert hs == HeadSet.parse("L38H18, L52H12") == HeadSet.parse("L38:18; L52:12")
+    assert HeadSet.parse(hs.to_spec()) == hs
+
+
+def test_pasted_forms_map_like_paper_form_on_flux():
+    t = _FLUX  # flat 0-1 double, 2-4 single
+    expected = HeadSet.parse("L1H0, L2H1").validate(t)
+    assert expected == HeadSet.parse("transformer_blocks.1:0; single_transformer_blocks.0:1")
+    for form in ("(L1,H0), (L2,H1)", "{L1 H0, L2 H1}", "1,0\n2,1"):
+        assert HeadSet.parse(form).validate(t) == expected
+
+
+@pytest.mark.parametrize("bad, piece", [
+    ("38,18,5", "'38,18,5'"), ("38,18, 52,12", "'38,18, 52,12'"), ("L38H18, L52X12", "'L52X12'"),
+    ("(L38,H18", "'(L38,H18'"), ("{L38 H18", "'{L38'"), ("L38H18L52H12", "'L38H18L52H12'"), ("L38", "'L38'"),
+    ("(38,18,1)", "'(38,18,1)'"), ("L-1H2", "'L-1H2'"), ("L38H018", "'L38H018'"), ("{}", "it is empty"),
+    ('{"layers": []}', "head-set JSON"),
+])
+def test_bad_pasted_forms_name_piece_and_forms(bad, piece):
+    with pytest.raises(ValueError) as e:
+        HeadSet.parse(bad)
+    msg = str(e.value)
+    assert msg.startswith("bad head spec") and piece in msg
+    for form in ("'transformer_blocks.11:15,18'", "'L38H18'", "'L38 H18'", "'(L38,H18)'", "'{L38 H18, L52 H12}'",
+                 "'38,18'"):
+        assert form in msg
+
+
+def test_from_file_text_json_and_errors(tmp_path):
+    ref = HeadSet.parse("L38H18, L52H12")
+    lines = tmp_path / "heads.txt"
+    lines.write_text("# HeadHunter search output\nlayer,head\n38,18\n\n52,12   # green filter\n")
+    hs = HeadSet.from_file(lines)
+    assert hs == ref and hs.source == str(lines)
+    (tmp_path / "paper.txt").write_text("{L38 H18,\n L52 H12}\n")
+    assert HeadSet.from_file(tmp_path / "paper.txt") == ref
+    saved = HeadSet.parse("transformer_blocks.1:0; L38H18", source="mine").save(tmp_path / "saved.json")
+    assert HeadSet.from_file(saved) == HeadSet.parse("transformer_blocks.1:0; L38:18")
+    assert HeadSet.from_file(saved).source == "mine"
+    (tmp_path / "pairs.json").write_text("[[38, 18], [52, 12]]")
+    assert HeadSet.from_file(tmp_path / "pairs.json") == ref
+
+    (tmp_path / "bad.txt").write_text("38,18\n52;12\n")
+    with pytest.raises(ValueError, match=r"bad.txt.*bad head spec.*'52'.*Accepted forms"):
+        HeadSet.from_file(tmp_path / "bad.txt")
+    (tmp_path / "empty.txt").write_text("# nothing\n\n")
+    with pytest.raises(ValueError, match="empty.txt.*holds no heads"):
+        HeadSet.from_file(tmp_path / "empty.txt")
+    (tmp_path / "broken.json").write_text('{"layers": [')
+    with pytest.raises(ValueError, match="broken.json.*not valid JSON"):
+        HeadSet.from_file(tmp_path / "broken.json")
+    with pytest.raises(ValueError, match="does not exist"):
+        HeadSet.from_file(tmp_path / "missing.txt")
+    with pytest.raises(ValueError, match="not a file"):
+        HeadSet.from_file(tmp_path)

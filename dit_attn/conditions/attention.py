@@ -73,12 +73,15 @@ def _needs_grad(*tensors) -> bool:
     return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
 
 
-def attention_lse(q, k, v, scale: float, key_bias: torch.Tensor | None = None, row_mask: torch.Tensor | None = None):
+def attention_lse(q, k, v, scale: float, key_bias: torch.Tensor | None = None, row_mask: torch.Tensor | None = None,
+                  attn_bias: torch.Tensor | None = None):
     """Softmax attention with its log-sum-exp: ``q`` ``[B, Nq, H, D]``, ``k``/``v`` ``[B, Nk, H, D]`` (batch 1
     broadcasts). Returns ``out`` ``[B, H, Nq, D]`` and ``lse`` ``[B, H, Nq]``, both fp32 (fp64 stays fp64).
 
     ``row_mask`` ``[B|1, Nq]`` (bool) drops whole query rows (``lse = -inf``, ``out = 0``): on CUDA the rows of
     query blocks without any kept row are skipped by the block-sparse kernel's LUT (no host sync).
+    ``attn_bias`` ``[B|1, H|1, Nq|1, Nk]``: an additive per-query bias (a stock per-query mask, e.g. Chroma's); it
+    takes the plain math path, in chunks of query rows (the stock float-mask SDPA materialises as much).
 
     Paths: autograd needed → plain math (differentiable, materialises the logits: training of tiny/medium
     models); CUDA → ``dit_attn.kernels.block_sparse_attention`` (Triton, flash-style); CPU → torch's flash CPU op
@@ -89,7 +92,10 @@ def attention_lse(q, k, v, scale: float, key_bias: torch.Tensor | None = None, r
     kh = k.transpose(1, 2).expand(bq, -1, -1, -1)
     vh = v.transpose(1, 2).expand(bq, -1, -1, -1)
     acc = torch.float64 if q.dtype == torch.float64 else torch.float32
-    if _needs_grad(q, k, v) or (key_bias is not None and not q.is_cuda):
+    if attn_bias is not None:
+        bias = attn_bias if key_bias is None else attn_bias + _bias4(key_bias)
+        out, lse = _biased_lse(qh, kh, vh, scale, bias, acc)
+    elif _needs_grad(q, k, v) or (key_bias is not None and not q.is_cuda):
         logits = torch.matmul(qh.to(acc), kh.to(acc).transpose(-1, -2)) * scale
         if key_bias is not None:
             logits = logits + _bias4(key_bias).to(acc)
@@ -107,6 +113,50 @@ def attention_lse(q, k, v, scale: float, key_bias: torch.Tensor | None = None, r
         keep = row_mask.to(torch.bool)[:, None, :]
         lse = lse.masked_fill(~keep, float("-inf"))
     return out, lse
+
+
+def _biased_lse(qh, kh, vh, scale, bias, acc, budget: int = 1 << 28):
+    """Math attention with an additive ``bias`` ``[B|1, H|1, Nq|1, Nk]``, ``budget`` bytes of logits at a time."""
+    b, h, nq, _ = qh.shape
+    nk = kh.shape[2]
+    while bias.dim() < 4:
+        bias = bias.unsqueeze(0)
+    chunk = max(1, min(nq, budget // max(1, b * h * nk * 8)))
+    kt, va = kh.to(acc).transpose(-1, -2), vh.to(acc)
+    outs, lses = [], []
+    for start in range(0, nq, chunk):
+        stop = min(nq, start + chunk)
+        rows = bias if bias.shape[-2] == 1 else bias[..., start:stop, :]
+        logits = torch.matmul(qh[:, :, start:stop].to(acc), kt) * scale + rows.to(acc)
+        lse = torch.logsumexp(logits, dim=-1)
+        safe = torch.where(torch.isfinite(lse), lse, torch.zeros_like(lse))
+        outs.append(torch.matmul(torch.exp(logits - safe.unsqueeze(-1)), va))
+        lses.append(lse)
+    return torch.cat(outs, dim=2), torch.cat(lses, dim=2)
+
+
+def additive_mask(mask: torch.Tensor | None, dtype) -> torch.Tensor | None:
+    """A stock SDPA mask (boolean: True = attend, or additive) as an additive ``[B|1, H|1, Nq|1, Nk]`` bias."""
+    if mask is None:
+        return None
+    if mask.dtype == torch.bool:
+        mask = torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(~mask, float("-inf"))
+    mask = mask.to(dtype)
+    while mask.dim() < 4:
+        mask = mask.unsqueeze(0)
+    return mask
+
+
+def row_bias(bias: torch.Tensor | None, dtype) -> torch.Tensor | None:
+    """A per-query-row bias (boolean: True = 0, False = -inf; or additive) as additive ``[B|1, H|1, Nq|1]``."""
+    if bias is None:
+        return None
+    if bias.dtype == torch.bool:
+        bias = torch.zeros(bias.shape, dtype=dtype, device=bias.device).masked_fill(~bias, float("-inf"))
+    bias = bias.to(dtype)
+    while bias.dim() < 3:
+        bias = bias.unsqueeze(0)
+    return bias
 
 
 def _bias4(key_bias: torch.Tensor) -> torch.Tensor:
@@ -153,11 +203,12 @@ def _heads(t: torch.Tensor, batch: int) -> torch.Tensor:
     return t.transpose(1, 2).expand(batch, -1, -1, -1)  # [B, H, n, D]
 
 
-def paa_merge(out, lse, q_img, spatial: list[SpatialKV], scale: float):
+def paa_merge(out, lse, q_img, spatial: list[SpatialKV], scale: float, row_bias: torch.Tensor | None = None):
     """Fold the aligned token of every spatial condition into ``(out, lse)`` of the image rows, exactly
     (spec §4.2): one extra logit ``s_c,i = scale·q_i·K_c[a_c(i)]`` per condition, O(N·C·D).
 
-    ``out`` ``[B, H, N, D]`` and ``lse`` ``[B, H, N]`` (fp32) over the keys already seen; ``q_img`` ``[B, N, H, D]``.
+    ``out`` ``[B, H, N, D]`` and ``lse`` ``[B, H, N]`` (fp32) over the keys already seen; ``q_img`` ``[B, N, H, D]``;
+    ``row_bias`` ``[B|1, H|1, N]``: added to every condition logit of row ``i`` (a stock mask's value for it).
     """
     if not spatial:
         return out, lse
@@ -166,7 +217,8 @@ def paa_merge(out, lse, q_img, spatial: list[SpatialKV], scale: float):
     logits = [lse]
     for sp in spatial:  # the C extra logits first ([C, B, H, N]: small) ...
         kc = _heads(sp.key, b).index_select(2, sp.index).to(out.dtype)  # [B, H, N, D]
-        logits.append((qh * kc).sum(-1) * scale)
+        s_c = (qh * kc).sum(-1) * scale
+        logits.append(s_c if row_bias is None else s_c + row_bias.to(s_c.dtype))
     stacked = torch.stack(logits)  # [1 + C, B, H, N]
     lse_new = torch.logsumexp(stacked, dim=0)
     w = torch.exp(stacked - lse_new)
@@ -182,8 +234,18 @@ def _cat_conditions(kvs, batch):
     return keys, values
 
 
-def _own_attention(q, k, v, scale, key_bias, key_bias_rows):
-    """:func:`attention_lse` of the call's queries over its own keys, the key bias on ``key_bias_rows`` only."""
+def _own_attention(q, k, v, scale, key_bias, key_bias_rows, attn_bias=None):
+    """:func:`attention_lse` of the call's queries over its own keys, the key bias on ``key_bias_rows`` only
+    (and the additive per-query ``attn_bias`` on every row)."""
+    if attn_bias is not None:
+        if key_bias is not None:
+            kb = _bias4(key_bias).to(attn_bias.dtype)
+            if key_bias_rows is not None:
+                on = torch.zeros(q.shape[1], dtype=torch.bool)
+                on[key_bias_rows] = True
+                kb = torch.where(on.to(q.device)[:, None], kb, torch.zeros((), dtype=kb.dtype, device=kb.device))
+            attn_bias = attn_bias + kb
+        return attention_lse(q, k, v, scale, attn_bias=attn_bias)
     if key_bias is None or key_bias_rows is None:
         return attention_lse(q, k, v, scale, key_bias)
     n = q.shape[1]
@@ -211,6 +273,7 @@ def _own_attention(q, k, v, scale, key_bias, key_bias_rows):
 def condition_attention(q, k, v, *, text_len: int, spatial=(), subjects=(), mode: str = "pka",
                         combine: str = "joint", scale: float | None = None, key_bias: torch.Tensor | None = None,
                         key_bias_rows: slice | None = None, text_sees_conditions: bool = False,
+                        attn_mask: torch.Tensor | None = None, condition_bias: torch.Tensor | None = None,
                         return_lse: bool = False):
     """Attention of a denoising call's ``[T; X]`` queries over their own keys plus the cached condition keys.
 
@@ -224,6 +287,10 @@ def condition_attention(q, k, v, *, text_len: int, spatial=(), subjects=(), mode
             added to the logits of the query rows ``key_bias_rows`` only (a slice; ``None``: every row), e.g.
             prompt emphasis on image rows (condition keys are never biased).
         text_sees_conditions: text rows also see every condition token (OminiControl's choice; off by default).
+        attn_mask: the stock mask on the call's own keys (boolean or additive, broadcastable to
+            ``[B, H, T + N, T + N]``; Chroma's per-query text mask).
+        condition_bias: additive ``[B|1, H|1, T + N]``: added to every condition logit of each query row (with a
+            stock mask: the value it gives that row against image keys, so conditions count as image tokens).
 
     Returns ``out`` ``[B, T + N, H, D]`` in ``q``'s dtype (and the merged ``lse`` ``[B, H, T + N]`` if asked; not
     defined for ``combine="sum"``, which returns ``None`` for it). Merges run in fp32 (fp64 inputs in fp64).
@@ -235,7 +302,8 @@ def condition_attention(q, k, v, *, text_len: int, spatial=(), subjects=(), mode
         raise ValueError(f"combine must be one of {COMBINES}, got {combine!r}")
     scale = scale if scale is not None else q.shape[-1] ** -0.5
     b = q.shape[0]
-    out, lse = _own_attention(q, k, v, scale, key_bias, key_bias_rows)
+    acc = torch.float64 if q.dtype == torch.float64 else torch.float32
+    out, lse = _own_attention(q, k, v, scale, key_bias, key_bias_rows, additive_mask(attn_mask, acc))
     conds = list(spatial) + list(subjects)
     if not conds:
         result = out.transpose(1, 2).to(q.dtype)
@@ -243,28 +311,40 @@ def condition_attention(q, k, v, *, text_len: int, spatial=(), subjects=(), mode
     t = text_len
     q_img = q[:, t:]
     o_txt, l_txt, o_img, l_img = out[:, :, :t], lse[:, :, :t], out[:, :, t:], lse[:, :, t:]
+    # A row bias on every condition key of a row shifts only that part's LSE (its softmax is unchanged).
+    cb = row_bias(condition_bias, acc)  # [B|1, H|1, T+N|1]
+    cb_txt = None if cb is None else (cb if cb.shape[-1] == 1 else cb[..., :t])
+    cb_img = None if cb is None else (cb if cb.shape[-1] == 1 else cb[..., t:])
+
+    def shifted(lse_c, rows_bias):
+        return lse_c if rows_bias is None else lse_c + rows_bias.to(lse_c.dtype)
+
     if mode == "cached-full":
         ck, cv = _cat_conditions(conds, b)
         o_c, l_c = attention_lse(q_img, ck, cv, scale)
-        o_img, l_img = merge_lse(o_img, l_img, o_c, l_c)
+        o_img, l_img = merge_lse(o_img, l_img, o_c, shifted(l_c, cb_img))
     elif combine == "joint":
-        o_img, l_img = paa_merge(o_img, l_img, q_img, list(spatial), scale)
+        o_img, l_img = paa_merge(o_img, l_img, q_img, list(spatial), scale, row_bias=cb_img)
         for sj in subjects:
             o_s, l_s = attention_lse(q_img, sj.key.expand(b, -1, -1, -1), sj.value.expand(b, -1, -1, -1), scale,
                                      row_mask=sj.mask)
-            o_img, l_img = merge_lse(o_img, l_img, o_s, l_s)
-    else:  # the paper's literal reading: branches computed apart and summed
+            o_img, l_img = merge_lse(o_img, l_img, o_s, shifted(l_s, cb_img))
+    else:  # the paper's literal reading: branches computed apart and summed (a finite row bias cancels in each)
         for sp in spatial:
-            o_img = o_img + _heads(sp.value, b).index_select(2, sp.index).to(o_img.dtype)
+            v_c = _heads(sp.value, b).index_select(2, sp.index).to(o_img.dtype)
+            if cb_img is not None:
+                v_c = torch.where(torch.isfinite(cb_img).unsqueeze(-1), v_c, torch.zeros_like(v_c))
+            o_img = o_img + v_c
         for sj in subjects:
             o_s, l_s = attention_lse(q_img, sj.key.expand(b, -1, -1, -1), sj.value.expand(b, -1, -1, -1), scale,
                                      row_mask=sj.mask)
-            o_img = o_img + torch.where(torch.isfinite(l_s).unsqueeze(-1), o_s, torch.zeros_like(o_s))
+            keep = torch.isfinite(shifted(l_s, cb_img)).unsqueeze(-1)
+            o_img = o_img + torch.where(keep, o_s, torch.zeros_like(o_s))
         l_img = None
     if text_sees_conditions and t:
         ck, cv = _cat_conditions(conds, b)
         o_c, l_c = attention_lse(q[:, :t], ck, cv, scale)
-        o_txt, l_txt = merge_lse(o_txt, l_txt, o_c, l_c)
+        o_txt, l_txt = merge_lse(o_txt, l_txt, o_c, shifted(l_c, cb_txt))
     merged = torch.cat([o_txt, o_img], dim=2).transpose(1, 2).to(q.dtype)
     if not return_lse:
         return merged
@@ -312,17 +392,22 @@ def group_mask(batch: int, text_len: int, n_img: int, spatial_lens, spatial_inde
     return m
 
 
-def masked_softmax_attention(q, k, v, mask, scale):
-    """Dense attention ``[B, N, H, D]`` with a boolean mask ``[B, Nq, Nk]`` (True = attend), in q's dtype."""
+def masked_softmax_attention(q, k, v, mask, scale, bias=None):
+    """Dense attention ``[B, N, H, D]`` with a boolean mask ``[B, Nq, Nk]`` (True = attend) and an optional
+    additive ``bias`` ``[B|1, H|1, Nq, Nk]``, in q's dtype."""
     logits = torch.einsum("bqhd,bkhd->bhqk", q, k) * scale
+    if bias is not None:
+        logits = logits + bias.to(logits.dtype)
     logits = logits.masked_fill(~mask[:, None], float("-inf"))
     return torch.einsum("bhqk,bkhd->bqhd", torch.softmax(logits, dim=-1), v)
 
 
 def dense_oracle(q, k, v, *, text_len: int, spatial=(), subjects=(), mode: str = "pka", combine: str = "joint",
-                 scale: float | None = None, text_sees_conditions: bool = False):
+                 scale: float | None = None, text_sees_conditions: bool = False, attn_mask=None,
+                 condition_bias=None):
     """The reference for :func:`condition_attention`: every group's tokens in one sequence and one dense masked
-    softmax from :func:`group_mask` (``combine="sum"``: each branch is its own masked softmax, summed).
+    softmax from :func:`group_mask` (``combine="sum"``: each branch is its own masked softmax, summed), with
+    ``attn_mask`` on the own keys and ``condition_bias`` (per query row) on every condition key.
     Returns the ``[T; X]`` rows ``[B, T + N, H, D]``."""
     scale = scale if scale is not None else q.shape[-1] ** -0.5
     b, tx = q.shape[0], q.shape[1]
@@ -332,22 +417,33 @@ def dense_oracle(q, k, v, *, text_len: int, spatial=(), subjects=(), mode: str =
     values = torch.cat([v] + [c.value.expand(b, -1, -1, -1).to(v.dtype) for c in conds], dim=1)
     sp_lens, sj_lens = [s.key.shape[1] for s in spatial], [s.key.shape[1] for s in subjects]
     args = (b, text_len, n_img, sp_lens, [s.index for s in spatial], sj_lens, [s.mask for s in subjects])
+    bias, finite = None, None
+    if attn_mask is not None or condition_bias is not None:
+        n_c = keys.shape[1] - tx
+        own = additive_mask(attn_mask, q.dtype)
+        own = torch.zeros(1, 1, tx, tx, dtype=q.dtype, device=q.device) if own is None else own.expand(-1, -1, tx, tx)
+        cb = row_bias(condition_bias, q.dtype)
+        cb = torch.zeros(1, 1, 1, 1, dtype=q.dtype, device=q.device) if cb is None else cb.unsqueeze(-1)
+        lead = torch.broadcast_shapes(own.shape[:2], cb.shape[:2])
+        bias = torch.cat([own.expand(*lead, tx, tx), cb.expand(*lead, tx, n_c)], dim=-1)  # [B|1, H|1, tx, L]
+        finite = torch.isfinite(cb[..., 0].expand(*lead, tx)).permute(0, 2, 1)  # [B|1, tx, H|1]
     if combine == "joint" or mode != "pka":
         mask = group_mask(*args, mode=mode, text_sees_conditions=text_sees_conditions, device=q.device)
-        return masked_softmax_attention(q, keys, values, mask[:, :tx], scale)
+        return masked_softmax_attention(q, keys, values, mask[:, :tx], scale, bias)
     # Sum of branches: image rows take [T, X] alone, then each condition's own masked softmax is added (a spatial
     # branch has one aligned key, so it adds exactly V_c[a_c(i)]); text rows are as in the joint reading.
     full = group_mask(*args, mode="pka", text_sees_conditions=text_sees_conditions, device=q.device)[:, :tx]
     base = full.clone()
     base[:, text_len:, tx:] = False
-    out = masked_softmax_attention(q, keys, values, base, scale)
+    out = masked_softmax_attention(q, keys, values, base, scale, bias)
     start = tx
     for n in sp_lens + sj_lens:
         branch = torch.zeros_like(full)
         branch[:, text_len:, start:start + n] = full[:, text_len:, start:start + n]
         has = branch.any(-1)  # rows outside a KSA mask have no key in this branch: they add 0
-        part = masked_softmax_attention(q, keys, values, branch | ~has[..., None], scale)
-        out = out + torch.where(has[:, :, None, None], part, torch.zeros_like(part))
+        part = masked_softmax_attention(q, keys, values, branch | ~has[..., None], scale)  # a row's bias cancels
+        keep = has[:, :, None] if finite is None else has[:, :, None] & finite  # a -inf row bias: no key either
+        out = out + torch.where(keep[..., None], part, torch.zeros_like(part))
         start += n
     return out
 

@@ -39,6 +39,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 import torch
+from dit_attn.pipelines.loading import dtype_kwargs
 
 MODES = ("none", "pka", "cached-full", "concat")
 ADAPTERS = {"edge": "edges", "subject": "subject"}
@@ -363,7 +364,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if a.model:
             import diffusers
 
-            pipe = diffusers.FluxPipeline.from_pretrained(a.model, torch_dtype=torch.float32, use_safetensors=True,
+            pipe = diffusers.FluxPipeline.from_pretrained(a.model, **dtype_kwargs(torch.float32), use_safetensors=True,
                                                           local_files_only=True)
             pipe.set_progress_bar_config(disable=True)
             if adapters:

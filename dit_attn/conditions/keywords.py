@@ -36,8 +36,12 @@ def keyword_spans(prompt: str, keyword: str) -> list[tuple[int, int]]:
     return [m.span() for m in pattern.finditer(prompt)]
 
 
-def keyword_positions(tokenizer, prompt: str, keyword: str, *, max_length: int) -> list[int]:
+def keyword_positions(tokenizer, prompt: str, keyword: str, *, max_length: int,
+                      template: str | None = None) -> list[int]:
     """Token positions of ``keyword`` in ``prompt`` (sorted), as the pipeline's fast tokenizer encodes it.
+
+    ``template``: the text the tokenizer really sees, with ``{}`` where the prompt goes (``str.format`` syntax, e.g.
+    FLUX.2 [klein]'s chat template); positions then index that whole sequence.
 
     Raises:
         KeywordNotFoundError: the keyword is not in the prompt, or only beyond ``max_length`` tokens.
@@ -49,7 +53,12 @@ def keyword_positions(tokenizer, prompt: str, keyword: str, *, max_length: int) 
     if not spans:
         raise KeywordNotFoundError(f"subject keyword {keyword!r} does not occur in the prompt {prompt!r}; each "
                                    "subject's keyword must appear in the prompt as whole word(s)")
-    enc = tokenizer(prompt, max_length=max_length, padding="max_length", truncation=True,
+    text = prompt
+    if template is not None:
+        prefix = template.format("\x00").split("\x00")[0]
+        text = template.format(prompt)
+        spans = [(s + len(prefix), e + len(prefix)) for s, e in spans]
+    enc = tokenizer(text, max_length=max_length, padding="max_length", truncation=True,
                     return_offsets_mapping=True)
     found = []
     for t, (s, e) in enumerate(enc["offset_mapping"]):
@@ -61,10 +70,11 @@ def keyword_positions(tokenizer, prompt: str, keyword: str, *, max_length: int) 
     return found
 
 
-def keyword_weights(tokenizer, prompts, keyword: str, *, max_length: int, repeat: int = 1) -> torch.Tensor:
+def keyword_weights(tokenizer, prompts, keyword: str, *, max_length: int, repeat: int = 1,
+                    template: str | None = None) -> torch.Tensor:
     """``[len(prompts) * repeat, max_length]`` float: 1 on the keyword's tokens of each prompt, 0 elsewhere."""
     prompts = [prompts] if isinstance(prompts, str) else list(prompts)
     rows = torch.zeros(len(prompts), max_length)
     for r, prompt in enumerate(prompts):
-        rows[r, keyword_positions(tokenizer, prompt, keyword, max_length=max_length)] = 1.0
+        rows[r, keyword_positions(tokenizer, prompt, keyword, max_length=max_length, template=template)] = 1.0
     return rows.repeat_interleave(repeat, dim=0)

@@ -1,14 +1,22 @@
 """Condition images → packed latent tokens, position ids and PAA alignment (spec §1, §6).
 
-Conditions are encoded with the pipeline's own VAE (``latent_dist.mode()``, then FLUX's shift and scaling) and
-packed exactly as FLUX packs its latents (2x2 patches), so each condition is a grid of ``h x w`` tokens like the
-image. Position ids (our defaults, labelled choices; they must match what the condition adapters were trained with):
+Conditions are encoded with the pipeline's own VAE and packed exactly as the pipeline packs its latents, so each
+condition is a grid of ``h x w`` tokens like the image. Two layouts (``layout=``):
 
-* spatial, same grid as the image: the image's own ids ``(0, row, col)`` (RoPE then cancels in the PAA logit);
+* ``"flux"`` (FLUX.1, Chroma): ``latent_dist.mode()``, then the VAE's shift and scaling, 2x2 patches packed by the
+  pipeline's ``_pack_latents``; ids ``(0, row, col)``;
+* ``"flux2"`` (FLUX.2): the pipeline's own ``_encode_vae_image`` (``argmax`` latents, 2x2 patchify, the VAE's
+  latent batch-norm statistics) and ``_pack_latents``; ids ``(T, row, col, L)`` with ``L = 0``.
+
+Position ids (our defaults, labelled choices; they must match what the condition adapters were trained with):
+
+* spatial, same grid as the image: the image's own ids (``(0, row, col)``, FLUX.2 ``(0, row, col, 0)``; RoPE then
+  cancels in the PAA logit);
 * spatial at another resolution (``scale`` ≠ 1): token centres interpolated onto the image grid,
   ``(r + 0.5)·H/h − 0.5`` (EasyControl's reading); PAA aligns image token ``i`` to the nearest condition token
   by centres, ``a(i) = floor((i + 0.5)·h/H)`` per axis;
-* subject ``k`` (0-based): OminiControl's shift, columns ``− (k + 1)·w``.
+* subject ``k`` (0-based): FLUX.1/Chroma: OminiControl's shift, columns ``− (k + 1)·w``; FLUX.2: its own grid at
+  time coordinate ``T = 10·(k + 1)``, the layout ``Flux2Pipeline`` gives its reference images.
 """
 
 from __future__ import annotations
@@ -21,7 +29,7 @@ import torch
 @dataclass
 class ConditionTokens:
     """One encoded condition: packed tokens ``[B|1, h*w, C]``, its token grid ``(h, w)`` and position ids
-    ``[h*w, 3]`` (filled in by :func:`spatial_ids` / :func:`subject_ids` when left ``None``)."""
+    ``[h*w, 3]`` (FLUX.2: ``[h*w, 4]``; filled in by :func:`spatial_ids` / :func:`subject_ids` when left ``None``)."""
 
     tokens: torch.Tensor
     grid: tuple[int, int]
@@ -47,15 +55,38 @@ def grid_ids(h: int, w: int, row_scale: float = 1.0, col_scale: float = 1.0, col
     return ids.reshape(h * w, 3).to(device=device, dtype=dtype)
 
 
-def spatial_ids(cond_grid, image_grid, device=None, dtype=torch.float32) -> torch.Tensor:
+LAYOUTS = ("flux", "flux2")
+FLUX2_REFERENCE_T = 10  # Flux2Pipeline._prepare_image_ids: reference image i at T = 10 + 10·i
+
+
+def _four_axes(ids: torch.Tensor, t: float = 0.0) -> torch.Tensor:
+    """``(0, row, col)`` → FLUX.2's ``(T, row, col, L = 0)``."""
+    out = torch.zeros(ids.shape[0], 4, dtype=ids.dtype, device=ids.device)
+    out[:, 0] = t
+    out[:, 1:3] = ids[:, 1:3]
+    return out
+
+
+def _check_layout(layout: str) -> None:
+    if layout not in LAYOUTS:
+        raise ValueError(f"unknown condition token layout {layout!r}; known: {LAYOUTS}")
+
+
+def spatial_ids(cond_grid, image_grid, device=None, dtype=torch.float32, layout: str = "flux") -> torch.Tensor:
     """Spatial condition ids: shared with the image, interpolated onto its grid for another resolution."""
+    _check_layout(layout)
     (h, w), (hh, ww) = cond_grid, image_grid
-    return grid_ids(h, w, hh / h, ww / w, device=device, dtype=dtype)
+    ids = grid_ids(h, w, hh / h, ww / w, device=device, dtype=dtype)
+    return _four_axes(ids) if layout == "flux2" else ids
 
 
-def subject_ids(cond_grid, index: int, device=None, dtype=torch.float32) -> torch.Tensor:
-    """Subject ``index`` ids: its own grid, shifted left by ``(index + 1)`` widths (OminiControl)."""
+def subject_ids(cond_grid, index: int, device=None, dtype=torch.float32, layout: str = "flux") -> torch.Tensor:
+    """Subject ``index`` ids: its own grid, shifted left by ``(index + 1)`` widths (OminiControl); FLUX.2: its own
+    grid at ``T = 10·(index + 1)`` (how ``Flux2Pipeline`` places reference images)."""
+    _check_layout(layout)
     h, w = cond_grid
+    if layout == "flux2":
+        return _four_axes(grid_ids(h, w, device=device, dtype=dtype), FLUX2_REFERENCE_T * (index + 1))
     return grid_ids(h, w, col_offset=-(index + 1) * w, device=device, dtype=dtype)
 
 
@@ -108,13 +139,17 @@ def check_aspect(image, image_hw: tuple[int, int], what: str, tolerance: float =
 
 
 @torch.no_grad()
-def encode_image(pipe, image, grid: tuple[int, int], what: str = "condition") -> torch.Tensor:
-    """VAE-encode ``image`` at the pixel size of token grid ``grid`` and pack it: ``[B, h*w, 4*C]``."""
+def encode_image(pipe, image, grid: tuple[int, int], what: str = "condition", layout: str = "flux") -> torch.Tensor:
+    """VAE-encode ``image`` at the pixel size of token grid ``grid`` and pack it as the pipeline packs its latents:
+    ``[B, h*w, 4*C]`` (``layout``: ``"flux"`` for FLUX.1 and Chroma, ``"flux2"`` for FLUX.2)."""
+    _check_layout(layout)
     h, w = grid
     f = pipe.vae_scale_factor * 2
     pixels = _to_pixels(image, h * f, w * f, what)
     vae = pipe.vae
     pixels = pixels.to(device=vae.device, dtype=vae.dtype)
+    if layout == "flux2":  # argmax latents, 2x2 patchify, the VAE's latent batch-norm statistics
+        return pipe._pack_latents(pipe._encode_vae_image(pixels, generator=None))
     latents = vae.encode(pixels).latent_dist.mode()
     shift = getattr(vae.config, "shift_factor", None) or 0.0
     latents = (latents - shift) * vae.config.scaling_factor

@@ -40,6 +40,7 @@ from dataclasses import asdict, dataclass
 import torch
 
 from ..checkpoint import load_optimizer_tensors, optimizer_tensors
+from dit_attn.pipelines.loading import dtype_kwargs
 
 SAMPLINGS = ("csas", "logit_normal")
 CONDITIONS = ("edge", "mask", "depth", "subject")
@@ -596,7 +597,7 @@ def _load_pipeline(name: str):
     from diffusers import DiffusionPipeline
 
     # float32: weights stored in half precision would otherwise train in half precision (slow and lossy on CPU).
-    pipe = DiffusionPipeline.from_pretrained(name, torch_dtype=torch.float32, use_safetensors=True)
+    pipe = DiffusionPipeline.from_pretrained(name, **dtype_kwargs(torch.float32), use_safetensors=True)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 

@@ -1,5 +1,11 @@
 """Multi-condition control for FLUX-architecture models: position-aligned and keyword-scoped attention (PKA).
 
+Families: FLUX.1 (``flux``), Chroma (``chroma``) and FLUX.2 (``flux2``); what differs between them is the small
+table :data:`VARIANTS` (condition encoding and position ids, the tokenizer holding the keywords, a chat template)
+plus what the forward's own signature and the stock attention mask say (pooled embedding and guidance are passed
+to the write pass where the forward takes them; Chroma's per-query text mask is honoured with condition tokens
+counted as image tokens).
+
 ``MultiCondition(spatial=[...], subjects=[(image, keyword), ...], mode="pka")`` conditions generation on any
 number of spatial maps (edges, depth, masks: aligned with the output) and subject references (each tied to a
 keyword of the prompt). Math and our choices where the paper is silent: ``shared/specs/pka.md``;
@@ -47,6 +53,32 @@ from .base import Control
 
 _FORWARD_PARAMS = ("hidden_states", "encoder_hidden_states", "pooled_projections", "timestep", "img_ids", "txt_ids",
                    "guidance")
+# Forward arguments the write pass takes over from the denoising forward, where the transformer has them (FLUX.1:
+# the prompt's pooled embedding and the distilled guidance; FLUX.2: guidance; Chroma: neither). Everything else is
+# the condition's own (tokens, ids, t = 0, zero-length text) or left at its default (Chroma's attention mask: None,
+# the condition alone has no padding).
+_WRITE_CARRIED = ("pooled_projections", "guidance")
+
+
+@dataclass(frozen=True)
+class Variant:
+    """What differs between the FLUX-architecture families for :class:`MultiCondition`.
+
+    ``layout``: condition encoding and position ids (:mod:`dit_attn.conditions.tokens`: ``"flux"`` or
+    ``"flux2"``); ``tokenizer``: the pipeline attribute whose tokens make up the transformer's text sequence;
+    ``chat_template``: the prompt is wrapped in that tokenizer's chat template (FLUX.2 [klein]).
+    """
+
+    layout: str = "flux"
+    tokenizer: str = "tokenizer_2"
+    chat_template: bool = False
+
+
+VARIANTS = {
+    "flux": Variant(),
+    "chroma": Variant(tokenizer="tokenizer"),
+    "flux2": Variant(layout="flux2", tokenizer="tokenizer", chat_template=True),
+}
 
 
 @dataclass
@@ -212,12 +244,14 @@ class MultiCondition(Control):
 
         for transformer in attachment.transformers:
             family = family_of(transformer)
-            if not family.flux_architecture:
-                supported = ", ".join(f.transformer_class for f in FAMILIES.values() if f.flux_architecture)
+            if not family.flux_architecture or family.name not in VARIANTS:
+                supported = ", ".join(f.transformer_class for f in FAMILIES.values()
+                                      if f.flux_architecture and f.name in VARIANTS)
                 raise ValueError(f"MultiCondition supports FLUX-architecture transformers ({supported}); "
                                  f"got the {family.name!r} family ({type(transformer).__name__})")
         transformer = attachment.transformers[0]
-        self._state.update(transformer=transformer, hook=ensure_forward_hook(transformer), attachment=attachment)
+        self._state.update(transformer=transformer, hook=ensure_forward_hook(transformer), attachment=attachment,
+                           variant=VARIANTS[family_of(transformer).name])
         procs = {name: ConditionProcessor(p, self) if isinstance(p, DitAttnProcessor) else p
                  for name, p in processors_of(transformer).items()}
         set_processors(transformer, procs)  # attach's detach() restores the stock processors
@@ -243,7 +277,7 @@ class MultiCondition(Control):
         if pipe is not None:
             pipe.__dict__.pop("check_inputs", None)
         self._reset()
-        for key in ("transformer", "hook", "pipe", "attachment"):
+        for key in ("transformer", "hook", "pipe", "attachment", "variant"):
             self._state.pop(key, None)
 
     def _begin_call(self, pipe, args: dict) -> None:
@@ -272,8 +306,15 @@ class MultiCondition(Control):
         for control in attachment.controls if attachment is not None else ():
             if control is not self and hasattr(control, "prompt_as_encoded"):  # e.g. Emphasis strips its syntax
                 prompts = [control.prompt_as_encoded(p) for p in prompts]
-        self._state["keywords"] = [keyword_weights(pipe.tokenizer_2, prompts, s.keyword, max_length=max_len)
-                                   for s in self.subjects]
+        variant = self._state.get("variant") or VARIANTS["flux"]
+        tokenizer = getattr(pipe, variant.tokenizer)
+        template = None
+        if variant.chat_template:  # FLUX.2 [klein]: the text encoder reads the prompt inside Qwen's chat template
+            from ..prompt import _chat_template
+
+            template = _chat_template(tokenizer, enable_thinking=False)
+        self._state["keywords"] = [keyword_weights(tokenizer, prompts, s.keyword, max_length=max_len,
+                                                   template=template) for s in self.subjects]
 
     # --- encoding -------------------------------------------------------------------------------------------
     def _prepared(self, grid: tuple[int, int], device, dtype) -> list[_Prepared]:
@@ -282,14 +323,15 @@ class MultiCondition(Control):
         if cached is not None:
             return cached
         pipe = self._state.get("pipe")
+        layout = (self._state.get("variant") or VARIANTS["flux"]).layout
         out = []
         for c, s in enumerate(self.spatial):
             cgrid = (max(1, round(grid[0] * s.scale)), max(1, round(grid[1] * s.scale)))
-            tokens = self._encode(pipe, s.image, cgrid, f"spatial condition {c}")
+            tokens = self._encode(pipe, s.image, cgrid, f"spatial condition {c}", layout)
             if s.scale == 1.0 and tokens.grid != grid:
                 raise ValueError(f"spatial condition {c} has a {tokens.grid[0]}x{tokens.grid[1]} token grid but the "
                                  f"image has {grid[0]}x{grid[1]}; give SpatialCondition(scale=...) for another size")
-            ids = tokens.ids if tokens.ids is not None else spatial_ids(tokens.grid, grid)
+            ids = tokens.ids if tokens.ids is not None else spatial_ids(tokens.grid, grid, layout=layout)
             out.append(_Prepared("spatial", c, ConditionTokens(tokens.tokens.to(device, dtype), tokens.grid,
                                                                ids.to(device, dtype)), s.adapter,
                                  aligned_index(grid, tokens.grid, device)))
@@ -299,21 +341,25 @@ class MultiCondition(Control):
                 sgrid = (max(1, s.size[0] // f), max(1, s.size[1] // f))
             else:
                 sgrid = grid
-            tokens = self._encode(pipe, s.image, sgrid, f"subject {k} ({s.keyword!r})")
-            ids = tokens.ids if tokens.ids is not None else subject_ids(tokens.grid, k)
+            tokens = self._encode(pipe, s.image, sgrid, f"subject {k} ({s.keyword!r})", layout)
+            ids = tokens.ids if tokens.ids is not None else subject_ids(tokens.grid, k, layout=layout)
             out.append(_Prepared("subject", k, ConditionTokens(tokens.tokens.to(device, dtype), tokens.grid,
                                                                ids.to(device, dtype)), s.adapter))
         self._state["encoded"][key] = out
         return out
 
     @staticmethod
-    def _encode(pipe, image, grid, what) -> ConditionTokens:
+    def _encode(pipe, image, grid, what, layout: str = "flux") -> ConditionTokens:
         if isinstance(image, ConditionTokens):
+            axes = 4 if layout == "flux2" else 3
+            if image.ids is not None and (image.ids.dim() != 2 or image.ids.shape[-1] != axes):
+                raise ValueError(f"{what}: ConditionTokens.ids must be [tokens, {axes}] for this model, got "
+                                 f"{tuple(image.ids.shape)}")
             return image
         if pipe is None:
             raise ValueError(f"{what}: attached to a bare transformer, conditions must be pre-encoded "
                              "ConditionTokens (there is no VAE to encode images with)")
-        return ConditionTokens(encode_image(pipe, image, grid, what), grid)
+        return ConditionTokens(encode_image(pipe, image, grid, what, layout=layout), grid)
 
     # --- per transformer forward ----------------------------------------------------------------------------
     def before_forward(self, state: ForwardState, args, kwargs):
@@ -331,9 +377,19 @@ class MultiCondition(Control):
         prepared = self._prepared(tuple(grid), x.device, x.dtype)
         if self.mode == "concat":
             tokens = [p.tokens.tokens.expand(batch, -1, -1) for p in prepared]
-            ids = [bound["img_ids"]] + [p.tokens.ids for p in prepared]
+            img_ids = bound["img_ids"]
+            if img_ids.dim() == 3:  # [B, N, A] (FLUX.2): the condition ids for every row, in one float dtype
+                ids = [img_ids.to(prepared[0].tokens.ids.dtype)] + \
+                    [p.tokens.ids.expand(img_ids.shape[0], -1, -1) for p in prepared]
+                bound["img_ids"] = torch.cat(ids, dim=1)
+            else:
+                ids = [img_ids] + [p.tokens.ids for p in prepared]
+                bound["img_ids"] = torch.cat(ids, dim=0)
             bound["hidden_states"] = torch.cat([x] + tokens, dim=1)
-            bound["img_ids"] = torch.cat(ids, dim=0)
+            mask = bound.get("attention_mask")
+            if isinstance(mask, torch.Tensor) and mask.dim() == 2:  # Chroma's [B, text + image] 0/1 mask:
+                extra = sum(t.shape[1] for t in tokens)  # condition tokens count as image tokens (1)
+                bound["attention_mask"] = torch.cat([mask, mask.new_ones(mask.shape[0], extra)], dim=1)
             state.extra[id(self)] = {"image_len": x.shape[1]}
             self._close_scope()
             names = {p.adapter for p in prepared if p.adapter}
@@ -392,6 +448,12 @@ class MultiCondition(Control):
         self._kv.clear()
         names = {p.adapter for p in prepared if p.adapter}
         st["condition_adapters"] = names
+        params = inspect.signature(type(transformer).forward).parameters
+        carried = {name: bound.get(name) for name in _WRITE_CARRIED if name in params}
+        txt_ids = bound["txt_ids"]
+        # Pipelines that run cond and uncond without naming them (Chroma) are told apart by counting forwards
+        # within a step: the nested write forwards must not count.
+        counted = getattr(hook, "_forwards_in_step", None)
         try:
             for c, p in enumerate(prepared):
                 st["writing"] = c
@@ -400,12 +462,13 @@ class MultiCondition(Control):
                         adapter_scope(transformer, exclude=names):
                     transformer(
                         hidden_states=p.tokens.tokens.expand(batch, -1, -1), encoder_hidden_states=text[:, :0],
-                        pooled_projections=bound["pooled_projections"], timestep=timestep,
-                        img_ids=p.tokens.ids, txt_ids=bound["txt_ids"][:0], guidance=bound.get("guidance"),
+                        timestep=timestep, img_ids=p.tokens.ids, txt_ids=txt_ids[..., :0, :], **carried,
                         return_dict=False)
         finally:
             st["writing"] = None
             hook.box.current = state  # the nested forward replaced the outer forward's state
+            if counted is not None:
+                hook._forwards_in_step = counted
         st["report"] = self._kv.report()
         st["writes"] = st.get("writes", 0) + 1
 
@@ -423,11 +486,17 @@ class MultiCondition(Control):
         info = call.layout.state.extra.get(id(self))
         if info is None or not self._kv.has(layer, len(info["prepared"])):
             return execute(call)
-        if call.extra_keys or call.sparse is not None or call.attn_mask is not None:
+        if call.extra_keys or call.sparse is not None:
             raise NotImplementedError("MultiCondition cannot yet be combined with controls that add extra key sets "
-                                      "or sparse plans (e.g. RectifiedSparse, SoftPAG), nor with attention masks")
+                                      "or sparse plans (e.g. RectifiedSparse, SoftPAG)")
         text = call.layout.query_segments.get("text", (0, 0))
         t = text[1] - text[0]
+        condition_bias = None
+        if call.attn_mask is not None:  # a stock mask (Chroma's text mask): condition tokens count as image tokens,
+            mask = call.attn_mask  # so each query row gets on every condition key what it gets on the first image key
+            while mask.dim() < 4:
+                mask = mask.unsqueeze(0)
+            condition_bias = mask[..., t]  # [B|1, H|1, Nq|1]
         dtype = call.query.dtype
         spatial, subjects = [], []
         prev = st["masks_prev"].get(layer, {})
@@ -437,8 +506,10 @@ class MultiCondition(Control):
         if self.mode == "pka" and self.subjects and info["cond"] and keywords is not None:
             # One copy to the device per prompt, not per attention call (a host-to-device copy waits for the GPU).
             on_device = st.get("keywords_on_device")
-            if on_device is None or on_device[0] is not keywords or on_device[1] != call.key.device:
-                on_device = (keywords, call.key.device, [w.to(call.key.device) for w in keywords])
+            if on_device is None or on_device[0] is not keywords or on_device[1] != call.key.device or \
+                    on_device[3] != t:
+                on_device = (keywords, call.key.device, [_fit_text(w, t, k).to(call.key.device)
+                                                         for k, w in enumerate(keywords)], t)
                 st["keywords_on_device"] = on_device
             for k, w in enumerate(on_device[2]):
                 b = call.key.shape[0]
@@ -460,7 +531,19 @@ class MultiCondition(Control):
         return condition_attention(call.query, call.key, call.value, text_len=t, spatial=spatial, subjects=subjects,
                                    mode=self.mode, combine=self.combine, scale=call.effective_scale,
                                    key_bias=call.key_bias, key_bias_rows=call.key_bias_rows,
-                                   text_sees_conditions=self.text_sees_conditions)
+                                   text_sees_conditions=self.text_sees_conditions, attn_mask=call.attn_mask,
+                                   condition_bias=condition_bias)
+
+
+def _fit_text(weights: torch.Tensor, length: int, index: int) -> torch.Tensor:
+    """Keyword weights ``[B, L]`` cut to the forward's ``length`` text tokens (a pipeline whose ``check_inputs``
+    does not get ``max_sequence_length`` is tokenized at the default 512; its text is padded on the right)."""
+    if weights.shape[-1] <= length:
+        return weights
+    if bool(weights[..., length:].any()):
+        raise ValueError(f"the keyword of subject {index} lies beyond the {length} text tokens of this forward; "
+                         "shorten the prompt or raise max_sequence_length")
+    return weights[..., :length]
 
 
 class ConditionProcessor(DitAttnProcessor):

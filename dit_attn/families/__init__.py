@@ -88,7 +88,7 @@ class Family:
     image_context_first: bool = False  # cross-attention modules with ``add_k_proj`` attend to an image context first
     video_first_frame: bool = False  # rectified sparse's first-frame rule applies (Wan-style video)
     flux_architecture: bool = False  # FLUX-style double/single stream on [text, image]: MultiCondition applies
-    pipelines: tuple[str, ...] = ()  # diffusers pipeline classes known to drive it (docs)
+    pipelines: tuple[str, ...] = ()  # diffusers pipeline classes tested with it (their tiny pipelines)
     tested_with: str = ""  # the tiny pipeline of dit_attn.testing that tests it
     notes: str = ""
     extra: dict = field(default_factory=dict, compare=False)
@@ -133,10 +133,10 @@ FAMILIES: dict[str, Family] = {
                grids.from_latents(patch_t=1, frame_axis=None, spatial_axes=(2, 3)), order=("image", "text"),
                cfg="batched", cfg_order=(UNCOND, COND), pipelines=("StableDiffusion3Pipeline",), tested_with="sd3"),
         Family("flux", "FluxTransformer2DModel", _FLUX_SITES, grids.from_ids("img_ids"), timestep_scale=1000.0,
-               flux_architecture=True, pipelines=("FluxPipeline", "FluxKontextPipeline", "FluxControlPipeline"),
+               flux_architecture=True, pipelines=("FluxPipeline",),
                tested_with="flux"),
         Family("chroma", "ChromaTransformer2DModel", _FLUX_SITES, grids.from_ids("img_ids"), timestep_scale=1000.0,
-               per_query_mask=True, pipelines=("ChromaPipeline",), tested_with="chroma",
+               per_query_mask=True, flux_architecture=True, pipelines=("ChromaPipeline",), tested_with="chroma",
                notes="FLUX attention with Chroma's additive 0/1 text mask"),
         Family("wan", "WanTransformer3DModel", _WAN_SITES,
                grids.from_latents(patch_t=1, frame_axis=2, spatial_axes=(3, 4)), image_context_first=True,
@@ -147,10 +147,10 @@ FAMILIES: dict[str, Family] = {
                video_first_frame=True, pipelines=("WanVACEPipeline",), tested_with="wan_vace"),
         Family("skyreels_v2", "SkyReelsV2Transformer3DModel", _WAN_SITES,
                grids.from_latents(patch_t=1, frame_axis=2, spatial_axes=(3, 4)), image_context_first=True,
-               video_first_frame=True, pipelines=("SkyReelsV2Pipeline", "SkyReelsV2DiffusionForcingPipeline"),
+               video_first_frame=True, pipelines=("SkyReelsV2Pipeline",),
                tested_with="skyreels_v2"),
         Family("flux2", "Flux2Transformer2DModel", _FLUX_SITES, grids.from_ids("img_ids"), timestep_scale=1000.0,
-               pipelines=("Flux2Pipeline", "Flux2KleinPipeline"), tested_with="flux2",
+               flux_architecture=True, pipelines=("Flux2KleinPipeline",), tested_with="flux2",
                notes="4-axis position ids (T, H, W, L); single-stream blocks fuse QKV with the MLP"),
         Family("qwenimage", "QwenImageTransformer2DModel", (Site("transformer_blocks", "attn", JOINT),),
                grids.from_shapes("img_shapes"), pipelines=("QwenImagePipeline",), tested_with="qwenimage",

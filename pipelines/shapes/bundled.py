@@ -19,6 +19,7 @@ from typing import Optional
 import torch
 
 from .models import KINDS, PIPELINE_CLASSES
+from dit_attn.pipelines.loading import dtype_kwargs
 
 MODELS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "models")
 _TRAIN_COMMAND = ("python -m dit_attn.pipelines.shapes.train --kind {kind} "
@@ -82,7 +83,7 @@ def load_shapes(kind: str = "t2i", torch_dtype: Optional[torch.dtype] = None, ad
             f"the ShapesWorld {kind!r} model has no trained weights at {path}; train them with "
             f"`{_TRAIN_COMMAND.format(kind=kind, path=path)}` (about 35-40 minutes on one CPU thread)")
     cls = getattr(diffusers, PIPELINE_CLASSES[kind])
-    pipe = cls.from_pretrained(path, torch_dtype=torch_dtype or torch.float32, use_safetensors=True,
+    pipe = cls.from_pretrained(path, **dtype_kwargs(torch_dtype or torch.float32), use_safetensors=True,
                                local_files_only=True)
     pipe.set_progress_bar_config(disable=True)
     if adapters and adapter_files(kind):

@@ -34,6 +34,7 @@ import json
 from typing import Optional, Sequence
 
 import torch
+from dit_attn.pipelines.loading import dtype_kwargs
 
 
 def _swap(caption: str, words: Sequence[str]) -> str:
@@ -134,7 +135,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if a.model:
         from diffusers import DiffusionPipeline
 
-        pipe = DiffusionPipeline.from_pretrained(a.model, torch_dtype=torch.float32, use_safetensors=True)
+        pipe = DiffusionPipeline.from_pretrained(a.model, **dtype_kwargs(torch.float32), use_safetensors=True)
     else:
         from .bundled import load_shapes
 

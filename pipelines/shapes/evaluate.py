@@ -64,6 +64,7 @@ import numpy as np
 from .geometry import EXTENTS, SHAPES, SUBJECTS, inside, template
 from .render import _raster, label_edges, render_edges, render_mask, render_sprite
 from .world import COLOURS, SIZES, SUBJECT_RADIUS, Scene
+from dit_attn.pipelines.loading import dtype_kwargs
 
 HUE_TOLERANCE = 30.0
 """Max hue difference (degrees) between a pixel and its palette colour."""
@@ -1066,7 +1067,7 @@ def run_evaluation(kind: str, model: Optional[str] = None, n: int = 200, splits:
     else:
         from diffusers import DiffusionPipeline
 
-        pipe = DiffusionPipeline.from_pretrained(model, torch_dtype=torch.float32, use_safetensors=True)
+        pipe = DiffusionPipeline.from_pretrained(model, **dtype_kwargs(torch.float32), use_safetensors=True)
         pipe.set_progress_bar_config(disable=True)
     pipe.to(device)
     settings = shapes_call_kwargs(kind, steps=steps, guidance=guidance)

@@ -54,6 +54,7 @@ from .models import (KINDS, NUM_FRAMES, RESOLUTION, T5_MAX_LENGTH, build_pipelin
                      with_temporal_patch)
 from .render import render_image, render_video, to_tensor_image
 from .world import COLOURS, sample_scene, scene_rng
+from dit_attn.pipelines.loading import dtype_kwargs
 
 PRECISIONS = ("fp32", "bf16")
 _DEFAULTS = {  # kind: (total minutes, VAE minutes, batch, cache size)
@@ -606,7 +607,7 @@ def train(kind: str, out: str, work: str, minutes: float, vae_minutes: float, ba
     pipe = build_pipeline(kind, seed=seed)
     if init_from:  # continue from an exported pipeline (a new recipe on trained weights; on resume the state
         # file then overrides the weights)
-        pipe = type(pipe).from_pretrained(init_from, torch_dtype=torch.float32, use_safetensors=True,
+        pipe = type(pipe).from_pretrained(init_from, **dtype_kwargs(torch.float32), use_safetensors=True,
                                           local_files_only=True)
         if meta is None and not (vae_decoder_only and vae_minutes > 0):  # its VAE is trained: no VAE phase
             pipe.vae.save_pretrained(os.path.join(work, "vae"), safe_serialization=True)
@@ -623,10 +624,10 @@ def train(kind: str, out: str, work: str, minutes: float, vae_minutes: float, ba
     # Phase 1: VAE
     vae_dir = os.path.join(work, "vae")
     if os.path.exists(os.path.join(work, "vae_done.json")):
-        pipe.register_modules(vae=vae_cls.from_pretrained(vae_dir, torch_dtype=torch.float32, use_safetensors=True).to(device))
+        pipe.register_modules(vae=vae_cls.from_pretrained(vae_dir, **dtype_kwargs(torch.float32), use_safetensors=True).to(device))
     else:
         if init_vae:
-            pipe.register_modules(vae=vae_cls.from_pretrained(init_vae, torch_dtype=torch.float32,
+            pipe.register_modules(vae=vae_cls.from_pretrained(init_vae, **dtype_kwargs(torch.float32),
                                                                use_safetensors=True).to(device))
         train_vae(kind, pipe.vae, work, vae_minutes * 60.0, seed, 16 if kind != "t2v" else 4, log, meta,
                   crop=vae_crop, fg_weight=vae_fg_weight, decoder_only=vae_decoder_only, lr=vae_lr,
