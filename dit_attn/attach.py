@@ -157,6 +157,8 @@ def attach(target, *controls) -> Attachment:
         An :class:`Attachment`; call ``detach()`` or use it as a context manager.
 
     Raises:
+        TypeError: a control is not a :class:`dit_attn.Control` instance (a class, ``None``, a string...); the
+            pipeline is left untouched.
         ValueError: the model is not a supported family.
         RuntimeError: dit_attn is already attached to this model.
 
@@ -167,6 +169,43 @@ def attach(target, *controls) -> Attachment:
         >>> with dit_attn.attach(pipe, dit_attn.PassThrough()):
         ...     video = pipe(**tiny_call_kwargs("wan")).frames
     """
+    _check_controls(controls)  # before anything on the pipeline changes
     attachment = Attachment(target, list(controls))
     attachment._install()
     return attachment
+
+
+def _available_control_names() -> str:
+    from .controls import available_controls
+    from .controls.base import PassThrough, Recorder
+
+    names = [cls.__name__ for cls in available_controls().values()]
+    try:
+        from .controls.conditions import MultiCondition
+
+        names.append(MultiCondition.__name__)
+    except ImportError:
+        pass
+    return ", ".join(f"{n}(...)" for n in [*names, PassThrough.__name__, Recorder.__name__])
+
+
+def _check_controls(controls: tuple) -> None:
+    """Every control is a :class:`dit_attn.Control` instance, else a ``TypeError`` saying what to pass."""
+    from .controls.base import Control
+
+    for position, control in enumerate(controls, 1):
+        if isinstance(control, Control):
+            continue
+        where = f"dit_attn.attach: control {position}"
+        if isinstance(control, type) and issubclass(control, Control):
+            raise TypeError(f"{where} is the class {control.__name__}, not a control: pass an instance: "
+                            f"{control.__name__}(...)")
+        if isinstance(control, (list, tuple)):
+            raise TypeError(f"{where} is a {type(control).__name__}; pass controls as separate arguments: "
+                            f"dit_attn.attach(pipe, *controls)")
+        if isinstance(control, (str, dict)):
+            hint = (" (to build controls from names use dit_attn.controls_from_config({'entropy': {...}}))")
+        else:
+            hint = ""
+        raise TypeError(f"{where} is {control!r} ({type(control).__name__}); expected a dit_attn.Control instance, "
+                        f"e.g. one of: {_available_control_names()}{hint}")

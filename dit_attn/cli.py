@@ -9,7 +9,7 @@ Examples::
     dit-attn ui                                                   # http://127.0.0.1:7860
     accelerate launch -m dit_attn.cli batch jobs.jsonl --out outputs/batch      # data parallel
     dit-attn bench --out bench/report
-    dit-attn heads search --model tiny:sd3 --rounds 2 --top-k 3 --out heads/
+    dit-attn heads search --model shapes:t2i --rounds 2 --top-k 3 --out heads/
     dit-attn train-conditions --help
 
 Controls come from ``--control NAME[:field=value,...]`` flags (repeatable) or a YAML/JSON ``--config`` file
@@ -50,20 +50,27 @@ def parse_control_flag(flag: str) -> dict:
 
 
 def _load_config(path: str) -> dict:
-    with open(path, encoding="utf-8") as f:
-        if path.endswith((".yaml", ".yml")):
-            import yaml
+    if not os.path.isfile(path):
+        raise ValueError(f"--config file {path!r} does not exist")
+    try:
+        with open(path, encoding="utf-8") as f:
+            if path.endswith((".yaml", ".yml")):
+                import yaml
 
-            data = yaml.safe_load(f)
-        else:
-            data = json.load(f)
-    if not isinstance(data, dict):
-        raise SystemExit(f"{path}: expected an object with a 'controls' mapping")
+                data = yaml.safe_load(f)
+            else:
+                data = json.load(f)
+    except (ValueError, OSError) as e:  # JSON and UTF-8 errors, unreadable files
+        raise ValueError(f"--config {path}: cannot read it: {' '.join(str(e).split())}") from None
+    except Exception as e:  # noqa: BLE001 - yaml.YAMLError
+        raise ValueError(f"--config {path}: not valid YAML: {' '.join(str(e).split())}") from None
+    if not isinstance(data, dict) or not isinstance(data.get("controls") or {}, dict):
+        raise ValueError(f"{path}: expected an object with a 'controls' mapping")
     return data
 
 
 def _generate(args) -> int:
-    from dit_attn.pipelines.batch import Generator, Item, save_image, save_video
+    from dit_attn.pipelines.batch import Generator, Item, check_params, save_image, save_video
 
     controls = {}
     if args.config:
@@ -75,6 +82,7 @@ def _generate(args) -> int:
               "num_frames": args.num_frames, "fps": args.fps, "controls": controls}
     import dit_attn
 
+    check_params({**params, "seed": args.seed}, "command line", args.limits)  # finite, within the limits
     dit_attn.controls_from_config(controls)  # validate before loading any model
     item = Item("generate", 0, args.seed, params, "command line")
     kind, media = Generator(device=args.device)(item)
@@ -107,11 +115,15 @@ def _batch(args) -> int:
     try:
         summary = run_batch(args.jobs, args.out, base_seed=args.base_seed, process_index=process_index,
                             num_processes=num_processes, generate=Generator(device=device),
-                            progress=not args.quiet)
+                            progress=not args.quiet, limits=args.limits,
+                            wait=(args.wait_timeout if args.wait_timeout is not None else float("inf"))
+                            if args.wait else 0)
     except JobFileError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(f"[process {process_index + 1}/{num_processes}] {summary}")
+    for old, new, why in summary.kept_aside:
+        print(f"  kept {old} aside as {new} ({why})")
     for item_id, reason in summary.failures:
         print(f"  failed {item_id}: {reason}", file=sys.stderr)
     return 1 if summary.failed else 0
@@ -131,9 +143,29 @@ def _ui(args) -> int:
     return 0
 
 
+_LIMITS_HELP = ("override the allowed ranges of job numbers: name=max or name=min:max, comma separated "
+                "(e.g. steps=500,width=8192); defaults: dit_attn.pipelines.batch.LIMITS")
+
+
+def _parse_limits(text: str) -> dict:
+    from dit_attn.pipelines.batch import parse_limits
+
+    try:
+        return parse_limits(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage errors as one ``error: ...`` line (exit code 2), like every other CLI error."""
+
+    def error(self, message):
+        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="dit-attn", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = _Parser(prog="dit-attn", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     sub = parser.add_subparsers(dest="command", required=True)
 
     gen = sub.add_parser("generate", help="generate one image or video with controls",
@@ -154,6 +186,8 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--config", help="YAML/JSON file with {controls: {name: {field: value}}}")
     gen.add_argument("--device", default=None)
     gen.add_argument("--out", default=None, help="output file (.png for images, .mp4 for videos)")
+    gen.add_argument("--limits", type=_parse_limits, default=None, help=_LIMITS_HELP)
+    gen.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks on errors")
     gen.set_defaults(func=_generate)
 
     batch = sub.add_parser("batch", help="run a JSONL/YAML jobs file (resumable; data parallel with accelerate)",
@@ -164,6 +198,12 @@ def build_parser() -> argparse.ArgumentParser:
     batch.add_argument("--base-seed", type=int, default=0)
     batch.add_argument("--device", default=None)
     batch.add_argument("--quiet", action="store_true")
+    batch.add_argument("--limits", type=_parse_limits, default=None, help=_LIMITS_HELP)
+    batch.add_argument("--wait", action="store_true",
+                       help="when another run holds --out, wait for it to finish instead of exiting")
+    batch.add_argument("--wait-timeout", type=float, default=None, metavar="SECONDS",
+                       help="with --wait: give up after SECONDS (default: wait for ever)")
+    batch.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks on errors")
     batch.set_defaults(func=_batch)
 
     ui = sub.add_parser("ui", help="the Gradio app (binds 127.0.0.1 unless --host says otherwise)",
@@ -193,12 +233,43 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    """Run the CLI. Every error is one ``error: ...`` line on stderr and exit code 2 (``--debug``, or
+    ``DIT_ATTN_DEBUG=1``, shows the traceback instead); ``batch`` exits 1 when some items failed."""
     args = build_parser().parse_args(argv)
+    debug = getattr(args, "debug", False) or os.environ.get("DIT_ATTN_DEBUG", "") not in ("", "0")
     try:
         return args.func(args)
-    except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        print("error: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # noqa: BLE001 - the CLI's top level: one line, not a traceback
+        if debug:
+            raise
+        print(f"error: {_error_line(e)}", file=sys.stderr)
         return 2
+
+
+def _error_line(e: BaseException) -> str:
+    """One line for ``e``: files that are missing or unreadable, models that do not load, bad values."""
+    if isinstance(e, FileNotFoundError) and e.filename:
+        text = f"{e.filename}: no such file or folder"
+    elif isinstance(e, PermissionError) and e.filename:
+        text = f"{e.filename}: permission denied"
+    elif isinstance(e, OSError) and e.filename:
+        text = f"{e.filename}: {e.strerror or e}"
+    elif isinstance(e, (ValueError, TypeError, KeyError, OSError, RuntimeError)) and str(e):
+        text = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
+        if not isinstance(e, ValueError) and not type(e).__module__.startswith("dit_attn"):
+            text = f"{type(e).__name__}: {text}"
+    else:
+        text = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
+    text = " ".join(text.split())
+    expected = isinstance(e, (ValueError, FileNotFoundError, PermissionError)) or type(e).__module__.startswith(
+        "dit_attn")
+    hint = "" if expected else " (run with --debug for the traceback)"
+    return (text if len(text) <= 600 else text[:597] + "...") + hint
 
 
 if __name__ == "__main__":

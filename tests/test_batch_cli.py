@@ -60,7 +60,7 @@ def test_generate_video_and_bad_control(tmp_path, capsys):
     (['{"prompt": "a"}', '{"prompt": "b",'], r"jobs.jsonl:2: not valid JSON"),
     (['{"prompt": ""}'], r"jobs.jsonl:1: 'prompt' must be a non-empty string"),
     (['{"prompt": "a", "steps": -1}'], r"jobs.jsonl:1: 'steps' must be a positive integer"),
-    (['{"prompt": "a (red:1.5"}'], r"jobs.jsonl:1: prompt: unbalanced '\('"),
+    (['{"prompt": "a (red:-1)"}'], r"jobs.jsonl:1: prompt: bad weight '-1'"),  # unbalanced '(' is A1111 text now
     (['[1, 2]'], r"jobs.jsonl:1: a job must be an object"),
 ])
 def test_malformed_jobs_files_name_the_line(tmp_path, lines, message):
