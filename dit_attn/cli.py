@@ -84,6 +84,11 @@ def _generate(args) -> int:
 
     check_params({**params, "seed": args.seed}, "command line", args.limits)  # finite, within the limits
     dit_attn.controls_from_config(controls)  # validate before loading any model
+    from dit_attn.testing import ALL_FAMILIES
+
+    if args.model.startswith("tiny:") and args.model[len("tiny:"):] in ALL_FAMILIES:
+        print(f"note: {args.model} has random weights (for tests): the output is noise; the bundled trained "
+              "models are shapes:t2i, shapes:t2v and shapes:flux", file=sys.stderr)
     item = Item("generate", 0, args.seed, params, "command line")
     kind, media = Generator(device=args.device)(item)
     out = args.out or ("output.mp4" if kind == "video" else "output.png")
@@ -173,9 +178,11 @@ def build_parser() -> argparse.ArgumentParser:
                                      "--model tiny:sd3 --control entropy:train_tokens=64 --out red.png")
     gen.add_argument("prompt")
     gen.add_argument("--negative-prompt", default=None)
-    gen.add_argument("--model", default="tiny:sd3", help="tiny:<family>, a local folder, or a hub id")
+    gen.add_argument("--model", default="shapes:t2i",
+                     help="shapes:<kind> (bundled, trained), tiny:<family> (random weights: noise), a local folder, "
+                          "or a hub id")
     gen.add_argument("--seed", type=int, default=0)
-    gen.add_argument("--steps", type=int, default=4)
+    gen.add_argument("--steps", type=int, default=None, help="default: the model's own (20 for shapes:*)")
     gen.add_argument("--guidance", type=float, default=None)
     gen.add_argument("--width", type=int, default=None)
     gen.add_argument("--height", type=int, default=None)
@@ -238,6 +245,7 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     debug = getattr(args, "debug", False) or os.environ.get("DIT_ATTN_DEBUG", "") not in ("", "0")
     try:
+        _quiet_loading()
         return args.func(args)
     except KeyboardInterrupt:
         if debug:
@@ -249,6 +257,16 @@ def main(argv=None) -> int:
             raise
         print(f"error: {_error_line(e)}", file=sys.stderr)
         return 2
+
+
+def _quiet_loading() -> None:
+    """No per-component loading bars from diffusers / transformers in our commands (our own progress bars and
+    messages stay): a command's stderr is then its messages, and an error is one line."""
+    import diffusers
+    import transformers
+
+    diffusers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.disable_progress_bar()
 
 
 def _error_line(e: BaseException) -> str:

@@ -56,7 +56,8 @@ OUTPUT_FIELDS = ("model", "prompt", "negative_prompt", "width", "height", "steps
                  "controls")
 # What the content hash covers (besides the seed): everything that changes the written file.
 CONTENT_FIELDS = OUTPUT_FIELDS + ("fps",)
-DEFAULTS = {"model": "tiny:sd3", "steps": 4, "guidance": None, "negative_prompt": None, "width": None,
+# Settings left at None take the model's own defaults (dit_attn.pipelines.loading.model_defaults).
+DEFAULTS = {"model": "shapes:t2i", "steps": None, "guidance": None, "negative_prompt": None, "width": None,
             "height": None, "num_frames": None, "fps": 8, "controls": {}, "count": 1, "base_seed": 0}
 
 #: Allowed range ``(min, max)`` of every number a job (or ``dit-attn generate``) may give. ``count`` also bounds
@@ -765,8 +766,10 @@ class BatchLock:
 # --- outputs ------------------------------------------------------------------------------------------------
 def a1111_parameters(item: Item) -> str:
     """An A1111-style ``parameters`` text (prompt, negative prompt, then a settings line)."""
-    p = item.params
-    settings = [f"Steps: {p['steps']}", f"Seed: {item.seed}"]
+    from dit_attn.pipelines.loading import model_defaults
+
+    p = {**model_defaults(item.params.get("model") or ""), **{k: v for k, v in item.params.items() if v is not None}}
+    settings = [f"Steps: {p.get('steps')}", f"Seed: {item.seed}"]
     if p.get("guidance") is not None:
         settings.append(f"CFG scale: {p['guidance']}")
     if p.get("width") and p.get("height"):

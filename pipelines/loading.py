@@ -66,6 +66,37 @@ def load_pipeline(model: str, torch_dtype: torch.dtype | None = None):
     return DiffusionPipeline.from_pretrained(model, **kwargs)
 
 
+def model_defaults(model: str) -> dict[str, Any]:
+    """The settings a model generates with when a job, the CLI or the app leaves them out: ``steps``,
+    ``guidance`` (the pipeline's ``guidance_scale``), ``width``, ``height`` (``{}`` for models without known
+    defaults: the pipeline's own then apply).
+
+    >>> model_defaults("shapes:t2i")["steps"], model_defaults("tiny:sd3")["steps"], model_defaults("owner/x")
+    (20, 2, {})
+    """
+    if model.startswith(TINY_PREFIX):
+        from dit_attn.testing import ALL_FAMILIES, tiny_call_kwargs
+
+        family = model[len(TINY_PREFIX):]
+        if family not in ALL_FAMILIES:
+            return {}
+        kw = tiny_call_kwargs(family)
+    elif model.startswith(SHAPES_PREFIX):
+        from dit_attn.pipelines.shapes.generate import shapes_call_kwargs
+        from dit_attn.pipelines.shapes.models import KINDS
+
+        kind = model[len(SHAPES_PREFIX):]
+        if kind not in KINDS:
+            return {}
+        kw = shapes_call_kwargs(kind)
+        if kind == "flux":  # true CFG is this model's guidance
+            kw["guidance_scale"] = kw["true_cfg_scale"]
+    else:
+        return {}
+    return {"steps": kw.get("num_inference_steps"), "guidance": kw.get("guidance_scale"), "width": kw.get("width"),
+            "height": kw.get("height")}
+
+
 def call_kwargs(pipe, params: dict, generator: torch.Generator) -> dict:
     """Keyword arguments for ``pipe(...)`` from job parameters, keeping only what the pipeline accepts."""
     accepted = set(inspect.signature(pipe.__call__).parameters)

@@ -78,31 +78,14 @@ def emphasis_preview(prompt: str) -> str:
 
 
 def model_defaults(model: str) -> dict:
-    """Default steps / guidance / size for a model of the picker ({} when unknown: fields are left alone)."""
-    if model.startswith("tiny:"):
-        from dit_attn.testing import ALL_FAMILIES, tiny_call_kwargs
+    """Default steps / guidance / size of a model of the picker (``{}`` when unknown: fields are left alone), plus
+    the bundled flux model's condition adapters."""
+    from dit_attn.pipelines.loading import model_defaults as defaults
 
-        family = model[len("tiny:"):]
-        if family not in ALL_FAMILIES:
-            return {}
-        kw = tiny_call_kwargs(family)
-        # "Guidance" is the pipeline's guidance_scale: CFG for SD3/Wan/CogVideoX, the distilled guidance
-        # embedding for FLUX and HunyuanVideo (their convention).
-        return {"steps": kw["num_inference_steps"], "guidance": kw.get("guidance_scale"), "width": kw["width"],
-                "height": kw["height"]}
-    if model.startswith("shapes:"):
-        try:
-            from dit_attn.pipelines import shapes_call_kwargs
-        except ImportError:
-            return {}
-        kind = model[len("shapes:"):]
-        kw = shapes_call_kwargs(kind)
-        found = {"steps": kw.get("num_inference_steps"), "guidance": kw.get("guidance_scale"),
-                 "width": kw.get("width"), "height": kw.get("height")}
-        if kind == "flux":  # the bundled condition adapters (load_shapes loads them)
-            found.update(spatial_adapter="edges", subject_adapter="subject")
-        return found
-    return {}
+    found = defaults(model)
+    if model == "shapes:flux" and found:  # the bundled condition adapters (load_shapes loads them)
+        found.update(spatial_adapter="edges", subject_adapter="subject")
+    return found
 
 
 class App:
