@@ -81,7 +81,7 @@ def test_randomized_seed_is_returned():
     ({"steps": 0}, "Steps must be between"),
     ({"model": "../../etc/passwd"}, "Unknown model"),
     ({"model": "/tmp"}, "Unknown model"),
-    ({"prompt": "a (red:1e400) circle"}, "Prompt:"),
+    ({"prompt": "a (red:20000) circle"}, "Prompt:.*allowed"),
 ])
 def test_invalid_input_gives_clear_error(change, message):
     with pytest.raises(gr.Error, match=message):
@@ -105,7 +105,9 @@ def test_model_defaults():
 
 def test_emphasis_preview():
     assert "`red` × 1.5" in emphasis_preview("a (red:1.5) circle")
-    assert "column" in emphasis_preview("a (red circle")
+    assert "`red circle` × 1.1" in emphasis_preview("a (red circle")  # A1111 closes brackets at the end
+    assert "⚠️" in emphasis_preview("a (red:20000) circle")
+    assert "Note:" in emphasis_preview("a red circle AND a blue square")
     assert "No weighted words" in emphasis_preview("a red circle")
 
 

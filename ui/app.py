@@ -62,19 +62,25 @@ def default_models() -> list[str]:
 
 
 def emphasis_preview(prompt: str) -> str:
-    """Markdown listing the weighted fragments of ``prompt`` (or the syntax error), for the live preview."""
-    from dit_attn.prompt import PromptSyntaxError, parse_emphasis
+    """Markdown listing the weighted fragments of ``prompt`` as A1111 reads them, with any warning (unsupported
+    syntax such as ``AND``) or the error (an out-of-range weight), for the live preview."""
+    import warnings
+
+    from dit_attn.prompt import PromptSyntaxError, PromptSyntaxWarning, parse_emphasis
 
     if not prompt:
         return ""
     try:
-        parsed = parse_emphasis(prompt)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", PromptSyntaxWarning)
+            parsed = parse_emphasis(prompt)
     except PromptSyntaxError as e:
         return f"⚠️ {e}"
+    notes = "".join(f"\n\nNote: {w.message}" for w in caught if issubclass(w.category, PromptSyntaxWarning))
     if not parsed.spans:
-        return "No weighted words (write `(word:1.5)`, `(word)` = ×1.1, `[word]` = ÷1.1)."
+        return "No weighted words (write `(word:1.5)`, `(word)` = ×1.1, `[word]` = ÷1.1)." + notes
     parts = [f"`{parsed.text[s.start:s.end]}` × {s.weight:.3g}" for s in parsed.spans]
-    return "Weights: " + ", ".join(parts)
+    return "Weights: " + ", ".join(parts) + notes
 
 
 def model_defaults(model: str) -> dict:
