@@ -39,12 +39,13 @@ def test_negative_weight_refused():
         bench_reweighting.main(["--weights", "-1"])
 
 
-def test_guidance_effect_script_on_tiny_model(tmp_path):
+def test_guidance_effect_script_on_the_trained_model(tmp_path):
+    """(On a random-weight model the evaluator scores every head 0 and the search refuses it: trained model.)"""
     from dit_attn import bench_guidance_effect
 
     doc = tmp_path / "doc.md"
     with cpu_threads(1):
-        data = bench_guidance_effect.main(["--model", "tiny:sd3", "--n", "2", "--seeds", "1", "--top-k", "1",
+        data = bench_guidance_effect.main(["--model", "shapes:t2i", "--n", "2", "--seeds", "1", "--top-k", "1",
                                            "--search-prompts", "1", "--out", str(tmp_path / "out"),
                                            "--doc", str(doc)])
     assert [r["config"].split(" ")[0] for r in data["rows"]] == ["CFG"] * 4
