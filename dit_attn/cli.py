@@ -260,13 +260,20 @@ def main(argv=None) -> int:
 
 
 def _quiet_loading() -> None:
-    """No per-component loading bars from diffusers / transformers in our commands (our own progress bars and
-    messages stay): a command's stderr is then its messages, and an error is one line."""
+    """No per-component loading bars and no third-party deprecation notices we cannot act on (diffusers' and
+    transformers' own) in our commands: a command's stderr is then its messages, and an error is one line. Our
+    own warnings (``dit_attn``) stay. Only the CLI and the app do this; the library leaves warnings alone."""
+    import warnings
+
     import diffusers
     import transformers
 
     diffusers.utils.logging.disable_progress_bar()
     transformers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()
+    for module in ("diffusers", "transformers", "torch"):
+        warnings.filterwarnings("ignore", category=FutureWarning, module=module)
+        warnings.filterwarnings("ignore", category=DeprecationWarning, module=module)
 
 
 def _error_line(e: BaseException) -> str:

@@ -484,5 +484,8 @@ def _preset_spec(name: str) -> str:
 
 def launch(host: str = "127.0.0.1", port: int | None = None, models: list[str] | None = None, **kwargs):
     """Build and launch the app, bound to ``host`` (localhost unless told otherwise)."""
+    from dit_attn.cli import _quiet_loading
+
+    _quiet_loading()  # third-party deprecation notices and loading bars: not the user's to act on
     demo = build_app(models)
     return demo.launch(server_name=host, server_port=port, **kwargs)
