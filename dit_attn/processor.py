@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import threading
 
 import torch
 from diffusers.models.attention_dispatch import dispatch_attention_fn
@@ -41,15 +42,6 @@ logger = logging.getLogger("dit_attn")
 
 _DISPATCH_PARAMS = routing.parameter_names(dispatch_attention_fn)
 _SDPA_PARAMS = ("query", "key", "value", "attn_mask", "dropout_p", "is_causal", "scale", "enable_gqa")
-
-
-class _Frame:
-    """The stock call in progress: its arguments by name and how many attention calls it has made."""
-
-    __slots__ = ("attn", "inputs", "calls")
-
-    def __init__(self, attn, inputs: dict):
-        self.attn, self.inputs, self.calls = attn, inputs, 0
 
 
 class DitAttnProcessor:
@@ -86,6 +78,14 @@ class DitAttnProcessor:
         >>> pipe.transformer.set_attn_processor(stock)
     """
 
+    def __new__(cls, family=None, stock=None, *args, **kwargs):
+        # diffusers' attention modules pass a processor only the keyword arguments its ``__call__`` names
+        # (``inspect.signature(processor.__call__)``): each stock processor class gets a subclass whose
+        # ``__call__`` carries the stock signature (a class attribute, so torch.compile traces it as usual).
+        if stock is None or isinstance(stock, DitAttnProcessor):
+            return super().__new__(cls)
+        return super().__new__(_with_signature_of(cls, type(stock)))
+
     def __init__(self, family: Family | str, stock, controls: list | None = None, site: LayerSite | None = None,
                  state: StateBox | None = None):
         self.family = resolve_family(family)
@@ -102,17 +102,10 @@ class DitAttnProcessor:
         self.controls = controls if controls is not None else []
         self.site = site
         self.state_box = state if state is not None else StateBox(self.family.name)
-        self._frame: _Frame | None = None
         self._warned_unrouted = False
         call = type(stock).__call__
-        self._routed = routing.route_attention(call, dispatch=self._dispatch, sdpa=self._sdpa)
+        self._routed = _routed_call(type(stock))
         self._params = routing.parameter_names(call)[1:]  # after ``self``
-        # diffusers' attention modules pass a processor only the keyword arguments its ``__call__`` names
-        # (``inspect.signature(processor.__call__)``): an instance attribute gives that lookup the stock signature.
-        entry = self._enter
-        signature = inspect.signature(call)
-        params = list(signature.parameters.values())[1:]
-        self.__dict__["__call__"] = _with_signature(entry, signature.replace(parameters=params))
 
     @staticmethod
     def family_names() -> list[str]:
@@ -144,17 +137,21 @@ class DitAttnProcessor:
     def _enter(self, attn, *args, **kwargs):
         inputs = dict(zip(self._params[1:], args))  # _params[0] is ``attn``
         inputs.update(kwargs)
-        outer, self._frame = self._frame, _Frame(attn, inputs)
+        # The stock call in progress: [processor, module, arguments by name, attention calls made so far]. The
+        # routed stock code reaches it through the stack (see _frames).
+        frame = [self, attn, inputs, 0]
+        stack = _frames()
+        stack.append(frame)
         try:
             result = self._routed(self.stock, attn, *args, **kwargs)
-            if self._frame.calls == 0 and self.controls and not self._warned_unrouted:
-                self._warned_unrouted = True
-                logger.warning("%s: the stock %s attended outside its __call__ (e.g. a KV-cache path); dit_attn "
-                               "controls did not act on this module", self.site.module_name if self.site else "?",
-                               type(self.stock).__name__)
-            return result
         finally:
-            self._frame = outer
+            stack.pop()
+        if frame[3] == 0 and self.controls and not self._warned_unrouted:
+            self._warned_unrouted = True
+            logger.warning("%s: the stock %s attended outside its __call__ (e.g. a KV-cache path); dit_attn "
+                           "controls did not act on this module", self.site.module_name if self.site else "?",
+                           type(self.stock).__name__)
+        return result
 
     def _dispatch(self, *args, **kwargs):
         """``dispatch_attention_fn`` as the stock code calls it: q/k/v are ``[B, N, H, D]``."""
@@ -182,11 +179,11 @@ class DitAttnProcessor:
         return self._attend(call, stock, (q, k, v)).transpose(1, 2)
 
     def _call(self, q, k, v, mask, scale, backend, parallel_config) -> AttentionCall:
-        frame = self._frame
-        ordinal = frame.calls
-        frame.calls += 1
+        frame = _frames()[-1]
+        ordinal = frame[3]
+        frame[3] = ordinal + 1
         kind = self.site.kind if self.site is not None else None
-        described = self.family.describe(kind, frame.attn, frame.inputs, ordinal, q.shape[1], k.shape[1],
+        described = self.family.describe(kind, frame[1], frame[2], ordinal, q.shape[1], k.shape[1],
                                          self.state_box.current)
         layout = Layout(
             family=self.family.name, site=self.site, kind=described.kind, heads=q.shape[2], head_dim=q.shape[3],
@@ -228,12 +225,52 @@ def _untouched(call: AttentionCall, mask, originals) -> bool:
     return call.is_plain and call.attn_mask is mask and call.query is q and call.key is k and call.value is v
 
 
-def _with_signature(fn, signature: inspect.Signature):
-    def entry(*args, **kwargs):
-        return fn(*args, **kwargs)
+_SIGNATURE_CLASSES: dict = {}
+_ROUTED: dict = {}
+_LOCAL = threading.local()
+_TRACING_FRAMES: list = []
 
-    entry.__signature__ = signature
-    return entry
+
+def _frames() -> list:
+    """The stack of stock calls in progress in this thread. While torch.compile traces, one module-level list:
+    the trace is single-threaded, and reaching it by one name lets the tracer see the frames' updates."""
+    if torch.compiler.is_compiling():
+        return _TRACING_FRAMES
+    stack = getattr(_LOCAL, "frames", None)
+    if stack is None:
+        stack = _LOCAL.frames = []
+    return stack
+
+
+def _routed_dispatch(*args, **kwargs):
+    """``dispatch_attention_fn`` for routed stock code: the processor of the call in progress handles it."""
+    return _frames()[-1][0]._dispatch(*args, **kwargs)
+
+
+def _routed_sdpa(*args, **kwargs):
+    """``F.scaled_dot_product_attention`` for routed stock code."""
+    return _frames()[-1][0]._sdpa(*args, **kwargs)
+
+
+def _routed_call(stock_class: type):
+    """``stock_class.__call__`` with its attention routed to dit_attn (one copy per stock class, cached)."""
+    if stock_class not in _ROUTED:
+        _ROUTED[stock_class] = routing.route_attention(stock_class.__call__, dispatch=_routed_dispatch,
+                                                       sdpa=_routed_sdpa)
+    return _ROUTED[stock_class]
+
+
+def _with_signature_of(cls: type, stock_class: type) -> type:
+    """``cls`` with ``__call__`` showing ``stock_class.__call__``'s signature (one subclass per pair, cached)."""
+    key = (cls, stock_class)
+    if key not in _SIGNATURE_CLASSES:
+        def __call__(self, attn, *args, **kwargs):
+            return self._enter(attn, *args, **kwargs)
+
+        __call__.__signature__ = inspect.signature(stock_class.__call__)
+        _SIGNATURE_CLASSES[key] = type(cls.__name__, (cls,), {"__call__": __call__, "__module__": cls.__module__,
+                                                              "__qualname__": cls.__qualname__})
+    return _SIGNATURE_CLASSES[key]
 
 
 def build_processors(transformer: torch.nn.Module, controls: list, state: StateBox | None = None):
