@@ -33,8 +33,9 @@ demo: $(VENV)/.installed
 bench: $(VENV)/.installed
 	$(BIN)/python -m dit_attn.bench_overhead
 
-# Wheels the GPU machine of the `device` tool lacks (it has torch, triton, transformers, peft, ... for Python 3.12
-# but not diffusers): carried as .whl by bench/gpu_session.sh.
+# For a GPU machine without a package index (it has torch, triton, transformers, peft, ... for CPython 3.12 but not
+# diffusers): download those wheels here into .whl/ and copy .whl/ with the checkout; bench/gpu_session.sh installs
+# them offline. A GPU machine that can reach a package index does not need this (bench/README.md).
 GPU_WHEELS := diffusers==0.42.1 importlib_metadata==10.2.0
 gpu-wheels:
 	mkdir -p .whl

@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
-# One prepared run for a session that has the GPU machine (the `device` tool: one command <= 10 minutes, about
-# 15 minutes of device time per session). It measures what no CPU can (the GPU numbers every doc says are owed)
-# and trains the ShapesWorld t2i model on the GPU, leaving at most 5 files in $OUT (the tool brings back 8).
+# The GPU benchmarks and a ShapesWorld training run in one command, for any machine with a CUDA GPU
+# (bench/README.md: what to install, what it writes, how long it takes). It measures what no CPU can (the GPU
+# numbers the docs call owed) and continues the ShapesWorld t2i model on the GPU, leaving at most 5 files in $OUT.
 #
-#   Here, once:      make gpu-wheels     # diffusers + importlib_metadata wheels for the device's Python 3.12 -> .whl/
-#   On the device:   run(command="bash bench/gpu_session.sh", carry=[".whl"], timeout_s=600)
-#   Two calls:       PARTS=report DEADLINE_S=270 ..., then PARTS=train DEADLINE_S=270 ... (the device time is
-#                    shared: two 540 s calls and a machine start would not fit in 15 minutes)
+#   Run:             bash bench/gpu_session.sh      # 9 minutes by default (DEADLINE_S=540)
+#   In two parts:    PARTS=report DEADLINE_S=270 bash bench/gpu_session.sh, then PARTS=train DEADLINE_S=270 ...
+#   Offline GPU:     make gpu-wheels on a machine with a package index, copy .whl/ along; the wheels and this
+#                    checkout are then installed into /tmp/site without downloads
 #   Afterwards:      unpack report.tgz into bench/results/<date>-<gpu>/ and commit it (bench/README.md).
 #
 # Settings (environment): PARTS (report,train), DEADLINE_S (540: seconds this script may take in all),
@@ -38,7 +38,8 @@ LOG="$OUT/session.log"
 say() { echo "[gpu_session +${SECONDS}s] $*" | tee -a "$LOG"; }
 left() { local s=$((DEADLINE_S - SECONDS)); echo $((s > 1 ? s : 1)); }  # never 0: `timeout 0` would not stop
 
-# 1. Packages: the carried wheels, then this checkout itself, into /tmp/site (nothing can be fetched there).
+# 1. Packages, only when .whl/ holds wheels (an offline GPU machine): those wheels, then this checkout itself, into
+#    /tmp/site, without downloads. Otherwise the Python environment already in use is used as it is.
 if ls .whl/*.whl >/dev/null 2>&1; then
     "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
         && "$PY" -m pip install -q --no-index --no-deps --no-build-isolation --no-compile --target /tmp/site . \

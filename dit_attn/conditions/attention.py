@@ -1,5 +1,5 @@
 """The attention math of multi-condition control: fast exact paths (dense attention + log-sum-exp merges) and the
-dense boolean-masked oracle built from the token-group table (``shared/specs/pka.md`` §1-§5).
+dense boolean-masked oracle built from the token-group table (both written out in ``docs/multi_condition_math.md``).
 
 Token groups: ``T`` text, ``X`` image (the call's own ``[T; X]`` tokens), ``SP_c`` spatial conditions, ``SJ_k``
 subject conditions (their K/V come from the condition cache). Query rows of a denoising call are ``T`` and ``X``:
@@ -204,8 +204,9 @@ def _heads(t: torch.Tensor, batch: int) -> torch.Tensor:
 
 
 def paa_merge(out, lse, q_img, spatial: list[SpatialKV], scale: float, row_bias: torch.Tensor | None = None):
-    """Fold the aligned token of every spatial condition into ``(out, lse)`` of the image rows, exactly
-    (spec §4.2): one extra logit ``s_c,i = scale·q_i·K_c[a_c(i)]`` per condition, O(N·C·D).
+    """Fold the aligned token of every spatial condition into ``(out, lse)`` of the image rows, exactly, in one
+    LSE update for all C conditions: one extra logit ``s_c,i = scale·q_i·K_c[a_c(i)]`` per condition, O(N·C·D);
+    ``lse' = logsumexp(lse, s_1..s_C)``, ``out' = e^(lse − lse')·out + Σ_c e^(s_c − lse')·V_c[a_c(i)]``.
 
     ``out`` ``[B, H, N, D]`` and ``lse`` ``[B, H, N]`` (fp32) over the keys already seen; ``q_img`` ``[B, N, H, D]``;
     ``row_bias`` ``[B|1, H|1, N]``: added to every condition logit of row ``i`` (a stock mask's value for it).
@@ -463,8 +464,9 @@ def keyword_scores(q_img: torch.Tensor, k_text: torch.Tensor, keyword_weights: t
 
 
 def keyword_mask(scores: torch.Tensor, epsilon: float) -> torch.Tensor:
-    """``M = minmax(scores) ≥ epsilon`` per sample over the image tokens (spec §5). A constant row (max = min)
-    normalises to 1 everywhere, i.e. a full mask; ``epsilon > 1`` gives an empty mask."""
+    """``M = minmax(scores) ≥ epsilon`` per sample over the image tokens (min-max is our reading of the paper's
+    unspecified ``Norm``). A constant row (max = min) normalises to 1 everywhere, i.e. a full mask; ``epsilon > 1``
+    gives an empty mask."""
     lo = scores.amin(dim=-1, keepdim=True)
     hi = scores.amax(dim=-1, keepdim=True)
     span = hi - lo

@@ -1,5 +1,7 @@
 """The condition cache: per-layer keys/values of every condition (after QK-norm and RoPE), written once by the
-write pass and read by the denoising passes (spec §3)."""
+write pass and read by the denoising passes. Exact because condition tokens never attend to text or image tokens
+and the write pass runs at timestep 0, so their keys/values are the same at every step
+(``docs/multi_condition_math.md``, section 4)."""
 
 from __future__ import annotations
 

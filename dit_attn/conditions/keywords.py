@@ -1,4 +1,5 @@
-"""Keyword → text-token positions, through the fast tokenizer's offset mapping (spec §5, our choices).
+"""Keyword → text-token positions, through the fast tokenizer's offset mapping (our choices; the paper does not say
+how keywords become tokens).
 
 A keyword is one or more words. Every whole-word, case-insensitive occurrence of it in the prompt counts
 (repeated words: all of them), and every token whose character span overlaps an occurrence is a keyword token

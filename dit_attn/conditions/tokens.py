@@ -1,4 +1,5 @@
-"""Condition images → packed latent tokens, position ids and PAA alignment (spec §1, §6).
+"""Condition images → packed latent tokens, position ids and PAA alignment (``docs/multi_condition_math.md``,
+sections 1 and 6).
 
 Conditions are encoded with the pipeline's own VAE and packed exactly as the pipeline packs its latents, so each
 condition is a grid of ``h x w`` tokens like the image. Two layouts (``layout=``):

@@ -8,7 +8,7 @@ counted as image tokens).
 
 ``MultiCondition(spatial=[...], subjects=[(image, keyword), ...], mode="pka")`` conditions generation on any
 number of spatial maps (edges, depth, masks: aligned with the output) and subject references (each tied to a
-keyword of the prompt). Math and our choices where the paper is silent: ``shared/specs/pka.md``;
+keyword of the prompt). Math and our choices where the paper is silent: ``docs/multi_condition_math.md``; usage:
 ``docs/multi_condition.md``.
 
 How it runs, per pipeline call:

@@ -133,8 +133,8 @@ def test_bundled_t2v_model_is_present():
 
 
 def test_bundled_weights_are_safetensors_and_fit_the_size_budget():
-    """Issue 4's budget: the bundled models, tokenizers and adapters together stay within 25 MB, and every weight
-    file is safetensors (nothing to unpickle)."""
+    """The package's size budget: the bundled models, tokenizers and adapters together stay within 25 MB, and
+    every weight file is safetensors (nothing to unpickle)."""
     root = os.path.dirname(bundled.model_dir("t2i"))
     files = [os.path.join(d, f) for d, _, names in os.walk(root) for f in names]
     assert sum(os.path.getsize(f) for f in files) <= 25_000_000
