@@ -195,6 +195,14 @@ class DitAttnProcessor:
 
     def _attend(self, call: AttentionCall, stock, originals) -> torch.Tensor:
         active = [c for c in self.controls if c.applies_to(call.layout)]
+        if call.parallel_config is not None and any(not c.context_parallel for c in active):
+            # Under diffusers' context parallelism the stock code hands us one rank's shard of the sequence:
+            # controls would compute with the wrong token counts, positions and blocks. Refuse, never differ.
+            names = sorted({type(c).__name__ for c in active if not c.context_parallel})
+            where = self.site.module_name if self.site else "this module"
+            raise NotImplementedError(
+                f"{', '.join(names)} cannot run under diffusers' context parallelism yet ({where} sees one rank's "
+                "part of the sequence); generate on one process, or attach only Recorder / PassThrough")
         mask = call.attn_mask
         for control in active:
             call = control.prepare(call)

@@ -44,6 +44,9 @@ class Control:
     """
 
     pipeline_level: str = ""
+    #: Whether the control is exact when diffusers' context parallelism hands each rank a shard of the sequence
+    #: (only observers that change nothing are, so far); others are refused there rather than silently wrong.
+    context_parallel: bool = False
 
     def validate(self, transformer: torch.nn.Module) -> None:
         """Raise ``ValueError`` if this control cannot run on ``transformer`` (e.g. heads it does not have)."""
@@ -83,6 +86,8 @@ class PassThrough(Control):
         >>> with dit_attn.attach(pipe, dit_attn.PassThrough()):
         ...     image = pipe(**tiny_call_kwargs("sd3")).images
     """
+
+    context_parallel = True  # changes nothing, so it is exact on a shard too
 
 
 class Recorder(Control):
