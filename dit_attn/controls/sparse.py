@@ -46,6 +46,29 @@ def _video_first_frame(family: str | None) -> bool:
     return family in FAMILIES and FAMILIES[family].video_first_frame
 
 
+_FIRST_FRAME_RULES = (None, True, False, "leading")
+_COMPAT = (None, "reference")
+
+
+def _first_frame_rule(first_frame, compat, family: str | None):
+    """The first-frame rule in effect: False, True (blocks holding frame-0 tokens) or "leading" (the first
+    ``nVB // T`` blocks of the curve, as the Rectified SpaAttn code). ``None`` = the family's default: Wan-style video
+    only, with the reference code's rule under ``compat="reference"``."""
+    if first_frame is None:
+        if not _video_first_frame(family):
+            return False
+        return "leading" if compat == "reference" else True
+    return first_frame
+
+
+def _forced_first_frame(plan, rule, grid):
+    """bool ``[nVB, nVB]`` first-frame pairs always computed, or None (no rule, or a single frame)."""
+    if not rule or grid[0] <= 1:
+        return None
+    blocks = plan.leading if rule == "leading" else plan.first_frame
+    return blocks[:, None] & blocks[None, :]
+
+
 def _resolve_variant(variant, rectify, gain_aware) -> str:
     from dit_attn.sparse.selection import VARIANTS
 
@@ -78,11 +101,25 @@ class RectifiedSparse(Control):
             dense_steps``), kept dense; read from the pipeline's step index, so it holds for any step count.
         variant: ablation switch overriding ``rectify``/``gain_aware``: ``"full"`` (R + C + GAPR), ``"rc"``
             (R + C, no GAPR), ``"r"`` (R only), ``"block"`` (plain block-sparse).
-        first_frame: compute first-frame blocks x first-frame blocks always; ``None`` = Wan only (as RSA).
+        first_frame: first-frame pairs always computed (video with more than one latent frame only):
+            ``True`` = every block holding a token of latent frame 0, x the same blocks (along the 3D curve that
+            is 58 of 256 blocks at Wan 480p: 5.1 % of the block pairs forced, 6.0 % at 720p);
+            ``"leading"`` = the first ``nVB // T`` blocks of the curve x the same (what the Rectified SpaAttn code
+            does; those blocks are a corner column through all frames, not frame 0; 0.22 % of the pairs);
+            ``False`` = none; ``None`` = Wan-style video only, ``True`` (``"leading"`` with ``compat="reference"``).
+        compat: ``None`` (default) = this library's choices; ``"reference"`` = the Rectified SpaAttn code's choices,
+            to reproduce the paper's settings: text may take one of the ``n_I`` slots, a partial last block is pooled
+            as if zero-padded, the Gilbert curve always starts along width, ``k_min`` truncates without the float
+            guard, and the first-frame rule (when ``first_frame`` is None) is ``"leading"``. See
+            ``docs/rectified_sparse.md`` for why the default differs.
         min_tokens: calls with fewer query tokens stay dense (sparsity does not pay below ~30k tokens on GPUs;
             0 = always sparse).
-        track_density: append ``(layer_index, step_index, density)`` per sparse call to ``self.density_log``
-            (``density`` is a 0-d device tensor: computed/total blocks of the visual queries, no host sync).
+        track_density: per sparse call, append ``(layer_index, step_index, density)`` to ``self.density_log``
+            (``density`` is a 0-d device tensor: computed/total key blocks of the visual query blocks) and a
+            :class:`dit_attn.sparse.density.DensityRecord` to ``self.density_details`` (the same density split into
+            text blocks, neighbours, first-frame pairs, the ``tau`` rule and the ``k_min`` floor, a device tensor).
+            No host sync in the call: read them with :func:`dit_attn.sparse.density.density_report`, which gives
+            per layer the requested density ``1 - sparsity`` next to the achieved one and the breakdown.
 
     Example:
         >>> import dit_attn
@@ -101,10 +138,12 @@ class RectifiedSparse(Control):
     dense_layers: float = 0.0
     dense_steps: float = 0.0
     variant: str | None = None
-    first_frame: bool | None = None
+    first_frame: bool | str | None = None
     min_tokens: int = 0
     track_density: bool = False
+    compat: str | None = None
     density_log: list = field(default_factory=list, init=False, repr=False, compare=False)
+    density_details: list = field(default_factory=list, init=False, repr=False, compare=False)
 
     def __post_init__(self):
         def number(name, lo, hi, hi_open=False):
@@ -120,8 +159,11 @@ class RectifiedSparse(Control):
         for name in ("rectify", "gain_aware", "neighbors", "track_density"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"RectifiedSparse.{name} must be True or False; got {getattr(self, name)!r}")
-        if self.first_frame is not None and not isinstance(self.first_frame, bool):
-            raise ValueError(f"RectifiedSparse.first_frame must be None, True or False; got {self.first_frame!r}")
+        if not any(self.first_frame is r or (isinstance(r, str) and self.first_frame == r) for r in _FIRST_FRAME_RULES):
+            raise ValueError("RectifiedSparse.first_frame must be None, True, False or \"leading\"; "
+                             f"got {self.first_frame!r}")
+        if self.compat not in _COMPAT:
+            raise ValueError(f"RectifiedSparse.compat must be None or \"reference\"; got {self.compat!r}")
         for name, lo in (("block_size", 1), ("min_tokens", 0)):
             x = getattr(self, name)
             if isinstance(x, bool) or not isinstance(x, int) or x < lo:
@@ -166,7 +208,6 @@ class RectifiedSparse(Control):
     # --- what --------------------------------------------------------------------------------------------------
     def prepare(self, call: AttentionCall) -> AttentionCall:
         from dit_attn.sparse.reorder import token_plan
-        from dit_attn.sparse.selection import k_min_for, select_blocks
 
         mask = call.attn_mask
         key_only = mask is None or (mask.dim() == 4 and mask.shape[-2] == 1 and mask.shape[1] == 1)
@@ -183,7 +224,8 @@ class RectifiedSparse(Control):
         text = layout.query_segments.get("text")
         n = call.query.shape[1]
         bs = self.block_size
-        plan = token_plan(grid, vis, text, n, bs, call.query.device)
+        plan = token_plan(grid, vis, text, n, bs, call.query.device,
+                          curve="width" if self.compat == "reference" else "longest")
         nv, nvp = plan.n_vis, plan.n_vis_padded
 
         # Key bias over the call's keys (other controls' bias + the stock key-padding mask), then permuted.
@@ -205,23 +247,37 @@ class RectifiedSparse(Control):
         q = call.query.index_select(1, plan.q_index)
         k = call.key.index_select(1, plan.kv_index)
         v = call.value.index_select(1, plan.kv_index)
-        forced = plan.neighbors if self.neighbors else None
-        first_frame = self.first_frame if self.first_frame is not None else _video_first_frame(layout.family)
-        if first_frame and grid[0] > 1:
-            ff = plan.first_frame[:, None] & plan.first_frame[None, :]
-            forced = ff if forced is None else forced | ff
-        kt = k[:, nvp:].transpose(1, 2) if plan.n_text else None
-        sel = select_blocks(
-            q[:, :nv].transpose(1, 2), k[:, :nv].transpose(1, 2), v[:, :nv].transpose(1, 2),
-            kt, bias[..., nvp:] if plan.n_text else None, forced,
-            block_size=bs, tau=self.tau, k_min=k_min_for(self.sparsity, plan.n_vblocks),
-            scale=call.effective_scale, variant=self.resolved_variant,
-        )
-        if self.track_density:
-            density = sel.block_count.float().mean() / (plan.n_vblocks + plan.n_tblocks)
-            self.density_log.append((layout.layer_index, layout.step_index, density))
+        sel = self._select(plan, grid, layout, q, k, v, bias, call.effective_scale)
         call.query, call.key, call.value = q, k, v
         call.key_bias, call.attn_mask, call.key_bias_rows = bias, None, None
         call.sparse = SparsePlan(sel.block_index, sel.block_count, bs, bs, sel.rect_scale, sel.rect_add,
                                  query_rows=slice(0, nv), output_order=plan.out_index, dense_key_bias=dense_bias)
         return call
+
+    # --- selection (forced tables, compat choices, density tracking); called by prepare -----------------------
+    def _select(self, plan, grid, layout: Layout, q, k, v, bias, scale):
+        """Block selection of one planned call on the permuted ``q, k, v`` ``[B, N, H, D]`` and key ``bias``."""
+        from dit_attn.sparse.selection import density_breakdown, k_min_for, select_blocks
+
+        nv, nvp = plan.n_vis, plan.n_vis_padded
+        reference = self.compat == "reference"
+        neighbors = plan.neighbors if self.neighbors else None
+        ff = _forced_first_frame(plan, _first_frame_rule(self.first_frame, self.compat, layout.family), grid)
+        forced = neighbors if ff is None else ff if neighbors is None else neighbors | ff
+        k_min = k_min_for(self.sparsity, plan.n_vblocks, reference=reference)
+        kt = k[:, nvp:].transpose(1, 2) if plan.n_text else None
+        sel = select_blocks(
+            q[:, :nv].transpose(1, 2), k[:, :nv].transpose(1, 2), v[:, :nv].transpose(1, 2),
+            kt, bias[..., nvp:] if plan.n_text else None, forced,
+            block_size=plan.block_size, tau=self.tau, k_min=k_min, scale=scale, variant=self.resolved_variant,
+            text_slot=reference, pool_padded=reference,
+        )
+        if self.track_density:
+            from dit_attn.sparse.density import DensityRecord
+
+            density = sel.block_count.float().mean() / (plan.n_vblocks + plan.n_tblocks)
+            self.density_log.append((layout.layer_index, layout.step_index, density))
+            self.density_details.append(DensityRecord(
+                layout.layer_index, layout.step_index, self.sparsity, plan.n_vblocks, plan.n_tblocks, k_min,
+                density_breakdown(sel, neighbors, ff, plan.n_tblocks)))
+        return sel

@@ -28,7 +28,7 @@ from functools import lru_cache
 
 import torch
 
-__all__ = ["gilbert_curve", "gilbert_order", "inverse_permutation"]
+__all__ = ["MAJORS", "gilbert_curve", "gilbert_order", "inverse_permutation"]
 
 
 def _sgn(a: int) -> int:
@@ -51,21 +51,33 @@ def _length(v) -> int:
     return abs(sum(v))
 
 
-def gilbert_curve(frames: int, height: int, width: int) -> list[tuple[int, int, int]]:
+MAJORS = ("longest", "width")
+
+
+def gilbert_curve(frames: int, height: int, width: int, major: str = "longest") -> list[tuple[int, int, int]]:
     """The cells ``(t, y, x)`` of a ``frames x height x width`` box in generalized-Hilbert order.
+
+    ``major`` picks the axis the walk starts along: ``"longest"`` (this library's default: the longest axis, ties
+    to width, then height) or ``"width"`` (always width, then height, then frames: the Rectified SpaAttn code's
+    axis order, used by ``RectifiedSparse(compat="reference")``). The two are the same curve whenever width is the
+    longest axis (every landscape video shape); they differ on portrait or very long (many-frame) grids.
 
     Iterative (explicit stack) so deep recursions on long boxes never hit Python's recursion limit.
     """
     for name, n in (("frames", frames), ("height", height), ("width", width)):
         if not isinstance(n, int) or n < 1:
             raise ValueError(f"gilbert_curve: {name} must be a positive int, got {n!r}")
+    if major not in MAJORS:
+        raise ValueError(f"gilbert_curve: major must be one of {MAJORS}, got {major!r}")
     # Work in (x, y, z) = (width, height, frames) coordinates; a, b, c are the box's edge vectors, with a the
-    # major ("walk along") direction. Start along the longest axis.
+    # major ("walk along") direction, b then c the other two in (x, y, z) order.
     X, Y, Z = (1, 0, 0), (0, 1, 0), (0, 0, 1)
     sizes = {"x": width, "y": height, "z": frames}
     axes = {"x": X, "y": Y, "z": Z}
-    order_axes = sorted(sizes, key=lambda k: (-sizes[k], "xyz".index(k)))
-    major = order_axes[0]
+    if major == "width":
+        major = "x"
+    else:
+        major = sorted(sizes, key=lambda k: (-sizes[k], "xyz".index(k)))[0]
     rest = [k for k in "xyz" if k != major]
     vec = lambda k: tuple(sizes[k] * c for c in axes[k])  # noqa: E731
     out: list[tuple[int, int, int]] = []
@@ -122,18 +134,19 @@ def gilbert_curve(frames: int, height: int, width: int) -> list[tuple[int, int, 
 
 
 @lru_cache(maxsize=64)
-def _gilbert_order_cpu(frames: int, height: int, width: int) -> torch.Tensor:
-    cells = torch.tensor(gilbert_curve(frames, height, width), dtype=torch.int64)
+def _gilbert_order_cpu(frames: int, height: int, width: int, major: str) -> torch.Tensor:
+    cells = torch.tensor(gilbert_curve(frames, height, width, major), dtype=torch.int64)
     return cells[:, 0] * (height * width) + cells[:, 1] * width + cells[:, 2]
 
 
-def gilbert_order(grid: tuple[int, int, int]) -> torch.Tensor:
-    """int64 ``[T*H*W]`` (CPU): raster token indices in Gilbert-curve order for ``grid = (T, H, W)``.
+def gilbert_order(grid: tuple[int, int, int], major: str = "longest") -> torch.Tensor:
+    """int64 ``[T*H*W]`` (CPU): raster token indices in Gilbert-curve order for ``grid = (T, H, W)``
+    (``major``: see :func:`gilbert_curve`).
 
     Cached per grid (a shared tensor: do not modify it in place).
     """
     t, h, w = (int(g) for g in grid)
-    return _gilbert_order_cpu(t, h, w)
+    return _gilbert_order_cpu(t, h, w, major)
 
 
 def inverse_permutation(perm: torch.Tensor) -> torch.Tensor:

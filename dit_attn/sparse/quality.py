@@ -12,7 +12,13 @@
 
 ``--samples N`` repeats 1-3 for N (prompt, seed) pairs and averages (one prompt and one seed is a small sample:
 on trained models the ranking of the variants can flip between seeds); each sample's PSNR / SSIM is kept in
-the JSON.
+the JSON, with the standard error over the samples (``psnr_stderr``, ``ssim_stderr``; None for one sample) and the
+paired gain over plain block-sparse (``psnr_gain_vs_block``). Per layer it also keeps the requested density
+``1 - sparsity`` next to the achieved one and its breakdown (:mod:`dit_attn.sparse.density`).
+
+:data:`DOCS_PROTOCOL` is the run behind the trained-model claim in ``docs/rectified_sparse.md``; ``dit-attn
+bench`` runs the same protocol (its ``--quick`` run on the first ``quick_samples`` samples) and prints the docs'
+numbers restricted to the same samples next to its own (:func:`restrict_samples`).
 
 Models: ``tiny:<family>`` (``dit_attn.testing`` tiny random-weight pipelines: sd3, flux, wan, hunyuan_video,
 cogvideox), ``shapes:t2v`` / ``shapes:t2i`` (the ShapesWorld models, when ``dit_attn.pipelines.load_shapes``
@@ -39,7 +45,43 @@ from dit_attn.call import AttentionCall, execute
 from dit_attn.controls.base import Control
 
 from . import sparse_attention
-from .selection import VARIANTS
+from .density import density_report
+from .selection import DENSITY_PARTS, VARIANTS
+
+# The run behind the trained-model quality claim in docs/rectified_sparse.md (samples i use seed i and held-out
+# caption i, so the first n samples of that run are exactly an n-sample run).
+DOCS_PROTOCOL = {
+    "model": "shapes:t2v", "steps": 4, "sparsities": [0.5, 0.75], "block_size": 16, "neighbors": False, "seed": 0,
+    "samples": 32, "quick_samples": 4, "results": "docs/results/sparse_quality_shapes_t2v/quality.json",
+}
+
+
+def docs_results() -> dict | None:
+    """The JSON of :data:`DOCS_PROTOCOL`'s run (``None`` outside a source checkout)."""
+    path = Path(__file__).resolve().parents[2] / DOCS_PROTOCOL["results"]
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def stderr(values) -> float | None:
+    """Standard error of the mean (``None`` for fewer than two values)."""
+    x = np.asarray(values, dtype=np.float64)
+    return float(x.std(ddof=1) / math.sqrt(len(x))) if len(x) > 1 else None
+
+
+def restrict_samples(results: dict, n: int) -> dict:
+    """``results`` as if only its first ``n`` samples had been run: final means, standard errors and paired gains
+    recomputed (per-layer errors are pooled over samples in the JSON, so they are dropped)."""
+    final = {}
+    for variant, per_sp in results["final"].items():
+        for sp, e in per_sp.items():
+            ps, ss = e["psnr_samples"][:n], e["ssim_samples"][:n]
+            final.setdefault(variant, {})[sp] = dict(
+                e, psnr_samples=ps, ssim_samples=ss, psnr=float(np.mean(ps)), ssim=float(np.mean(ss)),
+                psnr_stderr=stderr(ps), ssim_stderr=stderr(ss), samples=len(ps))
+    out = dict(results, final=final, samples=min(n, results["samples"]), per_layer={})
+    if "block" in results["variants"] and len(results["variants"]) > 1:
+        out["psnr_gain_vs_block"] = paired_psnr_gain(out)
+    return out
 
 
 class _Capture(Control):
@@ -163,11 +205,16 @@ def evaluate(model: str, sparsities, variants, *, steps: int = 4, seed: int = 0,
                     c = control(variant, sp, track=True)
                     out = sparse_attention(c, q, k, v, layout, attn_mask=mask, scale=scale).double()
                     entry = layers.setdefault(str(layout.layer_index), {}).setdefault(variant, {}).setdefault(
-                        str(sp), {"rel_err": [], "cosine": [], "density": []})
+                        str(sp), {"rel_err": [], "cosine": [], "density": [], "requested_density": [],
+                                  **{f"density_{p}": [] for p in DENSITY_PARTS}})
                     entry["rel_err"].append(float((out - ref).norm() / ref.norm()))
                     entry["cosine"].append(float(torch.nn.functional.cosine_similarity(out.flatten(), ref.flatten(),
                                                                                        dim=0)))
-                    entry["density"].append(float(c.density_log[0][2]) if c.density_log else 1.0)
+                    rows = density_report(c)
+                    entry["density"].append(rows[0]["achieved"] if rows else 1.0)
+                    entry["requested_density"].append(1.0 - sp)
+                    for p in DENSITY_PARTS:
+                        entry[f"density_{p}"].append(rows[0]["parts"][p] if rows else 0.0)
         del cap
         for variant in variants:
             for sp in sparsities:
@@ -187,7 +234,8 @@ def evaluate(model: str, sparsities, variants, *, steps: int = 4, seed: int = 0,
     for per_sp in final.values():
         for e in per_sp.values():
             e.update(psnr=float(np.mean(e["psnr_samples"])), ssim=float(np.mean(e["ssim_samples"])),
-                     density=float(np.mean(e.pop("density_samples"))))
+                     psnr_stderr=stderr(e["psnr_samples"]), ssim_stderr=stderr(e["ssim_samples"]),
+                     samples=len(e["psnr_samples"]), density=float(np.mean(e.pop("density_samples"))))
     results = {"model": model, "steps": steps, "seed": seed, "samples": samples, "block_size": bs,
                "neighbors": neighbors, "tau": tau, "sparsities": list(sparsities), "variants": list(variants),
                "per_layer": layers, "final": final, "machine": os.uname().machine, "torch": torch.__version__}

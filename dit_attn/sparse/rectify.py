@@ -1,4 +1,6 @@
-"""Rectification of block-sparse attention (Rectified SpaAttn, arXiv 2511.19835, spec steps 5-7).
+"""Rectification of block-sparse attention (Rectified SpaAttn, arXiv 2511.19835).
+
+Steps 5-7 of the algorithm in :mod:`dit_attn.sparse.selection`.
 
 Exact attention of query i is ``o_i = sum_J P_iJ o_iJ`` (``P_iJ`` = its softmax mass on key block J, ``o_iJ`` =
 its attention output within J). Sparse softmax over the critical set S renormalises to ``sum_S P = 1``, which

@@ -20,6 +20,17 @@ Layout of the sparse problem (``Nv`` visual tokens, ``nVB = ceil(Nv / B)`` visua
 * keys/values: ``[visual in curve order (Nv), padding (nVB·B − Nv), text (Nt)]``: text starts on a block
   boundary, so key blocks ``[0, nVB)`` are visual and ``[nVB, nVB + nTB)`` text; padding keys are masked with a
   ``-inf`` key bias (they repeat a real token, so nothing reads uninitialised memory).
+
+First-frame tables (Wan's rule; :class:`dit_attn.RectifiedSparse` ``first_frame``):
+
+* ``first_frame`` (``first_frame=True``): the blocks that hold at least one token of latent frame 0. Along a 3D
+  curve frame 0 is not a prefix of the order: the curve's blocks are small space-time boxes, and the ones touching
+  ``t = 0`` are spread along the whole curve (58 of 256 blocks at Wan 480p, 145 of 591 at 720p), so forcing all
+  pairs of them costs 5.1 % / 6.0 % of all visual block pairs.
+* ``leading`` (``first_frame="leading"``): the first ``nVB // T`` blocks of the curve, which is what the Rectified
+  SpaAttn code forces (its ``first_frame_blocks``). It reorders tokens along its own 3D curve too, so those leading
+  blocks are not frame 0 there either: at Wan 480p/720p they are a thin corner column through all 21 latent frames
+  holding 112 of frame 0's 1 560 tokens (120 of 3 600 at 720p). 0.22 % of the block pairs.
 """
 
 from __future__ import annotations
@@ -31,7 +42,7 @@ import torch
 
 from .gilbert import gilbert_order, inverse_permutation
 
-__all__ = ["TokenPlan", "token_plan", "neighbor_block_table", "frame_blocks"]
+__all__ = ["TokenPlan", "token_plan", "neighbor_block_table", "frame_blocks", "leading_blocks"]
 
 
 @dataclass(frozen=True)
@@ -44,6 +55,7 @@ class TokenPlan:
     out_index: torch.Tensor  # int64 [Nv + Nt]: inverse of q_index (sparse-problem row of each call query)
     neighbors: torch.Tensor  # bool [nVB, nVB]: blocks holding a 3D neighbour of a token of the query block
     first_frame: torch.Tensor  # bool [nVB]: blocks holding a token of latent frame 0
+    leading: torch.Tensor  # bool [nVB]: the first nVB // T blocks of the curve (the reference code's rule)
     n_vis: int
     n_text: int
     block_size: int
@@ -86,8 +98,8 @@ def neighbor_block_table(grid: tuple[int, int, int], order: torch.Tensor, block_
 def frame_blocks(grid: tuple[int, int, int], order: torch.Tensor, block_size: int, frame: int = 0) -> torch.Tensor:
     """bool ``[nVB]`` (CPU): blocks that hold at least one token of latent frame ``frame``.
 
-    (RSA takes the first ``nVB // T`` blocks, which are frame 0 in its order; along a 3D curve frame 0 is spread
-    over many blocks, so we mark the blocks that actually contain it.)
+    (Along a 3D curve frame 0 is spread over many blocks, so these are the blocks that actually contain it; the
+    Rectified SpaAttn code forces :func:`leading_blocks` instead, which along its 3D curve are not frame 0.)
     """
     t, h, w = grid
     n = t * h * w
@@ -98,10 +110,19 @@ def frame_blocks(grid: tuple[int, int, int], order: torch.Tensor, block_size: in
     return out
 
 
+def leading_blocks(grid: tuple[int, int, int], block_size: int) -> torch.Tensor:
+    """bool ``[nVB]`` (CPU): the first ``nVB // T`` blocks of the order (the Rectified SpaAttn code's first-frame
+    blocks: one frame's share of the blocks, taken from the start of the curve)."""
+    t, h, w = grid
+    nb = -(-(t * h * w) // block_size)
+    return torch.arange(nb) < nb // t
+
+
 def token_plan(grid: tuple[int, int, int], vis: tuple[int, int], text: tuple[int, int] | None, n_tokens: int,
-               block_size: int, device) -> TokenPlan:
+               block_size: int, device, curve: str = "longest") -> TokenPlan:
     """The (cached) :class:`TokenPlan` for a call whose visual tokens are ``vis = (start, stop)`` of a sequence of
-    ``n_tokens`` (raster order over ``grid``) and whose text tokens, if any, are ``text = (start, stop)``.
+    ``n_tokens`` (raster order over ``grid``) and whose text tokens, if any, are ``text = (start, stop)``;
+    ``curve`` is the Gilbert curve's major axis (:func:`dit_attn.sparse.gilbert.gilbert_curve`).
 
     Example::
 
@@ -111,11 +132,11 @@ def token_plan(grid: tuple[int, int, int], vis: tuple[int, int], text: tuple[int
         (7, 1, 118)
     """
     return _token_plan(tuple(int(g) for g in grid), tuple(vis), None if text is None else tuple(text),
-                       int(n_tokens), int(block_size), str(torch.device(device)))
+                       int(n_tokens), int(block_size), str(torch.device(device)), curve)
 
 
 @lru_cache(maxsize=32)
-def _token_plan(grid, vis, text, n_tokens, block_size, device) -> TokenPlan:
+def _token_plan(grid, vis, text, n_tokens, block_size, device, curve="longest") -> TokenPlan:
     v0, v1 = vis
     n_vis = v1 - v0
     if grid[0] * grid[1] * grid[2] != n_vis:
@@ -125,7 +146,7 @@ def _token_plan(grid, vis, text, n_tokens, block_size, device) -> TokenPlan:
     n_text = t1 - t0
     if n_vis + n_text != n_tokens:
         raise ValueError(f"visual ({n_vis}) + text ({n_text}) tokens do not cover the sequence ({n_tokens})")
-    order = gilbert_order(grid)
+    order = gilbert_order(grid, curve)
     nvb = -(-n_vis // block_size)
     pad = nvb * block_size - n_vis
     text_idx = torch.arange(t0, t1, dtype=torch.int64)
@@ -138,5 +159,6 @@ def _token_plan(grid, vis, text, n_tokens, block_size, device) -> TokenPlan:
         out_index=inverse_permutation(q_index).to(device),
         neighbors=neighbor_block_table(grid, order, block_size).to(device),
         first_frame=frame_blocks(grid, order, block_size).to(device),
+        leading=leading_blocks(grid, block_size).to(device),
         n_vis=n_vis, n_text=n_text, block_size=block_size,
     )
