@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import os
 from dataclasses import dataclass, field, replace
 
 import torch
@@ -161,8 +162,20 @@ def _key_bias_as_mask(call: AttentionCall, dtype: torch.dtype) -> torch.Tensor |
     return stock if bias is None else stock + bias
 
 
+#: ``DIT_ATTN_EXECUTE=kernels`` sends CPU tensors down the branch CUDA tensors take (our kernels instead of SDPA
+#: with an additive mask; with ``DIT_ATTN_KERNEL_IMPL=triton TRITON_INTERPRET=1`` the Triton kernels themselves),
+#: so that branch is tested end to end without a GPU. Read once per call: no effect on the stock path.
+EXECUTE_ENV = "DIT_ATTN_EXECUTE"
+
+
+def _per_query_mask(mask) -> bool:
+    return mask is not None and mask.dim() == 4 and mask.shape[-2] != 1
+
+
 def _use_kernels(call: AttentionCall) -> bool:
-    return call.query.is_cuda
+    if _per_query_mask(call.attn_mask):
+        return False  # our kernels take per-key biases: a [B, 1, Nq, Nk] mask (Chroma) goes through SDPA
+    return call.query.is_cuda or os.environ.get(EXECUTE_ENV) == "kernels"
 
 
 def _full_block_table(b: int, h: int, nq: int, nk: int, bq: int, bk: int, device) -> tuple[torch.Tensor, torch.Tensor]:
