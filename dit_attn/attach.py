@@ -71,7 +71,62 @@ class Attachment:
         self.controls: list = list(controls)
         self.pipeline = None
         self._installed: list[_Installed] = []
+        # (object, attribute, had an instance attribute, its value, original, key)
+        self._wrapped: list[tuple] = []
         self.attached = False
+
+    # ------------------------------------------------------------------------------------------------------------
+    def wrap(self, obj, name: str, make_wrapper, key=None):
+        """Replace ``obj.<name>`` by ``make_wrapper(original)`` until :meth:`detach`, and return the original.
+
+        The one way controls change pipeline-level objects (``pipe.encode_prompt``, ``pipe.check_inputs``,
+        ``scheduler.step``). ``detach`` undoes every wrap in reverse order, exactly: an instance attribute that
+        was there before comes back as the same object; otherwise the instance attribute is removed and the
+        class attribute shows again. Wraps stack: two controls may each wrap the same attribute. With ``key``
+        (e.g. the control itself), a second wrap of the same attribute under the same key does nothing.
+
+        Example:
+            >>> import dit_attn, types
+            >>> obj = types.SimpleNamespace(greet=lambda: "hi")
+            >>> before = obj.greet
+            >>> attachment = dit_attn.Attachment(obj, [])
+            >>> original = attachment.wrap(obj, "greet", lambda f: (lambda: f().upper()))
+            >>> obj.greet(), original is before
+            ('HI', True)
+            >>> attachment.unwrap_all()
+            >>> obj.greet is before
+            True
+        """
+        for o, n, _, _, original, k in self._wrapped:
+            if o is obj and n == name and key is not None and k is key:
+                return original
+        instance = getattr(obj, "__dict__", {})
+        had = name in instance
+        previous = instance.get(name)
+        original = getattr(obj, name)
+        wrapper = make_wrapper(original)
+        setattr(obj, name, wrapper)
+        self._wrapped.append((obj, name, had, previous, original, key))
+        return original
+
+    def original(self, obj, name: str):
+        """What ``obj.<name>`` was before :meth:`wrap` (the attribute itself when it is not wrapped)."""
+        for o, n, _, _, original, _ in self._wrapped:
+            if o is obj and n == name:
+                return original  # the first wrap's original: what was there before any control
+        return getattr(obj, name)
+
+    def unwrap_all(self) -> None:
+        """Undo every :meth:`wrap`, newest first (``detach`` calls this)."""
+        while self._wrapped:
+            obj, name, had, previous, _, _ = self._wrapped.pop()
+            if had:
+                setattr(obj, name, previous)
+            else:
+                try:
+                    delattr(obj, name)
+                except AttributeError:
+                    pass
 
     # ------------------------------------------------------------------------------------------------------------
     def _install(self) -> None:
@@ -108,6 +163,7 @@ class Attachment:
         if self.attached:
             for control in reversed(self.controls):
                 control.on_detach(self)
+        self.unwrap_all()
         for record in reversed(self._installed):
             t = record.transformer
             set_processors(t, record.original_processors)

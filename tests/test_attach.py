@@ -344,3 +344,20 @@ def test_controls_refuse_context_parallel_shards_instead_of_differing():
             model(**kwargs)
     assert all(getattr(p, "_parallel_config", None) is not None for p in processors_of(model).values()
                if type(p).__name__ == "FluxAttnProcessor")  # the stock processors kept the setting
+
+
+def test_pipeline_level_wraps_are_undone_exactly_also_instance_attributes():
+    """Controls change pipeline-level objects only through Attachment.wrap: after detach, an instance attribute
+    that was there before is the very same object again, and class attributes show through again."""
+    pipe = tiny_pipeline("sd3")
+    mine = pipe.encode_prompt  # a bound method, stored as an instance attribute by the user
+    pipe.encode_prompt = mine
+    before_check = type(pipe).__dict__["check_inputs"]
+    pag, emphasis = dit_attn.SoftPAG("transformer_blocks.0:0"), dit_attn.Emphasis()
+    with dit_attn.attach(pipe, emphasis, pag) as attachment:
+        pipe(**tiny_call_kwargs("sd3", steps=1))
+        assert pipe.encode_prompt is not mine and "step" in pipe.scheduler.__dict__
+        assert attachment.original(pipe, "encode_prompt") is mine
+    assert pipe.__dict__["encode_prompt"] is mine
+    assert "step" not in pipe.scheduler.__dict__ and "check_inputs" not in pipe.__dict__
+    assert type(pipe).__dict__["check_inputs"] is before_check

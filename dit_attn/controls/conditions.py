@@ -258,24 +258,22 @@ class MultiCondition(Control):
         pipe = attachment.pipeline
         self._state["pipe"] = pipe
         if pipe is not None and hasattr(pipe, "check_inputs"):
-            original = pipe.check_inputs
-            signature = inspect.signature(original)
+            signature = inspect.signature(pipe.check_inputs)
 
-            @functools.wraps(original)
-            def check_inputs(*args, **kwargs):
-                result = original(*args, **kwargs)
-                bound = signature.bind_partial(*args, **kwargs)
-                self._begin_call(pipe, bound.arguments)
-                return result
+            def wrap(original):
+                @functools.wraps(original)
+                def check_inputs(*args, **kwargs):
+                    result = original(*args, **kwargs)
+                    bound = signature.bind_partial(*args, **kwargs)
+                    self._begin_call(pipe, bound.arguments)
+                    return result
 
-            pipe.check_inputs = check_inputs
-            self._state["restore"] = pipe
+                return check_inputs
+
+            attachment.wrap(pipe, "check_inputs", wrap)  # restored by the attachment on detach
 
     def on_detach(self, attachment) -> None:
         self._close_scope()
-        pipe = self._state.pop("restore", None)
-        if pipe is not None:
-            pipe.__dict__.pop("check_inputs", None)
         self._reset()
         for key in ("transformer", "hook", "pipe", "attachment", "variant"):
             self._state.pop(key, None)

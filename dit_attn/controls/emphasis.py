@@ -71,7 +71,7 @@ class Emphasis(Control):
     _last: dict = field(default_factory=dict, init=False, repr=False)
     _last_active: dict = field(default_factory=dict, init=False, repr=False)  # role -> per row: any weight != 1
     _matched: TensorMemo = field(default_factory=TensorMemo, init=False, repr=False, compare=False)  # by text
-    _restore: list = field(default_factory=list, init=False, repr=False)
+    _encode_prompt: object = field(default=None, init=False, repr=False, compare=False)  # the unwrapped one
 
     def __post_init__(self):
         if self.mode not in MODES:
@@ -97,36 +97,35 @@ class Emphasis(Control):
             raise ValueError(
                 f"Emphasis does not support {type(pipe).__name__} yet (its text sequence is laid out per row or "
                 f"through a processor it does not know); supported pipelines: {', '.join(TEXT_LAYOUTS)}")
-        original = pipe.encode_prompt
-        signature = inspect.signature(original)
+        signature = inspect.signature(pipe.encode_prompt)
 
-        @functools.wraps(original)
-        def encode_prompt(*args, **kwargs):
-            bound = signature.bind_partial(*args, **kwargs)
-            weights = {}
-            for names, role in ((_POSITIVE_ARGS, COND), (_NEGATIVE_ARGS, UNCOND)):
-                for name in names:
-                    value = bound.arguments.get(name)
-                    if value is None:
-                        continue
-                    parsed = [self._parse(p) for p in _as_list(value)]
-                    clean = [p.text for p in parsed]
-                    bound.arguments[name] = clean[0] if isinstance(value, str) else clean
-                    if name == names[0]:
-                        weights[role] = parsed
-            result = original(*bound.args, **bound.kwargs)
-            full = signature.bind_partial(*bound.args, **bound.kwargs)
-            full.apply_defaults()  # the pipeline's own defaults (max_sequence_length, prompt_template...)
-            self._record(pipe, result, weights, full)
-            return result
+        def wrap(original):
+            @functools.wraps(original)
+            def encode_prompt(*args, **kwargs):
+                bound = signature.bind_partial(*args, **kwargs)
+                weights = {}
+                for names, role in ((_POSITIVE_ARGS, COND), (_NEGATIVE_ARGS, UNCOND)):
+                    for name in names:
+                        value = bound.arguments.get(name)
+                        if value is None:
+                            continue
+                        parsed = [self._parse(p) for p in _as_list(value)]
+                        clean = [p.text for p in parsed]
+                        bound.arguments[name] = clean[0] if isinstance(value, str) else clean
+                        if name == names[0]:
+                            weights[role] = parsed
+                result = original(*bound.args, **bound.kwargs)
+                full = signature.bind_partial(*bound.args, **bound.kwargs)
+                full.apply_defaults()  # the pipeline's own defaults (max_sequence_length, prompt_template...)
+                self._record(pipe, result, weights, full)
+                return result
 
-        pipe.encode_prompt = encode_prompt
-        self._restore.append(pipe)
+            return encode_prompt
+
+        self._encode_prompt = attachment.wrap(pipe, "encode_prompt", wrap)
 
     def on_detach(self, attachment) -> None:
-        for pipe in self._restore:
-            pipe.__dict__.pop("encode_prompt", None)
-        self._restore.clear()
+        self._encode_prompt = None  # the attachment restores pipe.encode_prompt
         self._by_embeds.clear()
         self._last.clear()
         self._last_active.clear()
@@ -197,7 +196,7 @@ class Emphasis(Control):
         for name in ("num_images_per_prompt", "num_videos_per_prompt"):
             if name in args:
                 args[name] = 1
-        original = inspect.unwrap(pipe.encode_prompt)
+        original = self._encode_prompt or pipe.encode_prompt
         with torch.no_grad():
             result = original(**args)
         tensors = result if isinstance(result, tuple) else (result,)

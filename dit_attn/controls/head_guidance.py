@@ -229,7 +229,7 @@ class SoftPAG(Control):
     mode: str = "batched"
     name: str | None = None
     _pending: list = field(default_factory=list, init=False, repr=False)
-    _wrapped: list = field(default_factory=list, init=False, repr=False)
+    _attachment: object = field(default=None, init=False, repr=False, compare=False)
     _pipeline: Any = field(default=None, init=False, repr=False)
     _head_cache: dict = field(default_factory=dict, init=False, repr=False)
     _uncond_flags: list = field(default_factory=lambda: [False, False], init=False, repr=False)
@@ -298,36 +298,32 @@ class SoftPAG(Control):
     def on_attach(self, attachment) -> None:
         for transformer in attachment.transformers:
             self.validate(transformer)
+        self._attachment = attachment
         self._pipeline = attachment.pipeline
         self._pending.clear()
         self._head_cache.clear()
 
     def on_detach(self, attachment) -> None:
-        for scheduler, had, previous in reversed(self._wrapped):
-            if had:
-                scheduler.__dict__["step"] = previous
-            else:
-                scheduler.__dict__.pop("step", None)
-        self._wrapped.clear()
+        self._attachment = None  # the attachment restores scheduler.step itself
         self._pending.clear()
         self._pipeline = None
 
     def _ensure_step_wrapper(self) -> None:
-        """Wrap the pipeline's current ``scheduler.step`` (once per scheduler object; restored on detach)."""
+        """Wrap the pipeline's current ``scheduler.step`` (once per scheduler object; the attachment restores it
+        on detach)."""
         scheduler = getattr(self._pipeline, "scheduler", None)
-        if scheduler is None or any(s is scheduler for s, _, _ in self._wrapped):
+        attachment = getattr(self, "_attachment", None)
+        if scheduler is None or attachment is None:
             return
-        had = "step" in scheduler.__dict__
-        previous = scheduler.__dict__.get("step")
-        original = scheduler.step
 
-        def step_fold(*args, **kwargs):
-            args, kwargs = self._fold(args, kwargs)
-            return original(*args, **kwargs)
+        def wrap(original):
+            def step_fold(*args, **kwargs):
+                args, kwargs = self._fold(args, kwargs)
+                return original(*args, **kwargs)
 
-        functools.update_wrapper(step_fold, original)
-        scheduler.__dict__["step"] = step_fold
-        self._wrapped.append((scheduler, had, previous))
+            return functools.update_wrapper(step_fold, original)
+
+        attachment.wrap(scheduler, "step", wrap, key=self)  # once per scheduler and SoftPAG
 
     def _fold(self, args, kwargs):
         """Add the pending guidance terms to the model output passed to ``scheduler.step``."""
