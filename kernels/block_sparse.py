@@ -17,9 +17,10 @@ entries outside ``[0, ceil(Nk / block_size_k))`` cover no key and are ignored; `
 The launcher reads only shapes and strides (no ``.item()``, no host synchronisation) and handles broadcast
 operands (``key_bias``, LUT, epilogue tensors with size-1 batch/head dims) through zero strides.
 
-Status: verified numerically under the Triton interpreter only, and compiled ahead of time for sm_90 (the K/V
-loads are software-pipelined with ``num_stages`` buffers despite the LUT indirection); it has not yet been run
-or timed on a GPU, and ``DEFAULT_CONFIGS`` are unmeasured defaults.
+Status: verified numerically under the Triton interpreter only, and compiled ahead of time for sm_80 and sm_90
+(the K/V loads are software-pipelined with ``num_stages`` buffers despite the LUT indirection; registers, spills
+and shared memory of every config: ``python -m dit_attn.kernels.static_report``, docs/kernels.md); it has not yet
+been run or timed on a GPU, and ``DEFAULT_CONFIGS`` are unmeasured defaults.
 """
 
 from __future__ import annotations
@@ -213,17 +214,19 @@ _bsa_fwd_autotuned = triton.autotune(
 # NOT measured in this repository yet: replace them with the winners of `python -m dit_attn.kernels.bench`.
 DEFAULT_CONFIGS = {
     (16, torch.float16): dict(BLOCK_M=128, BLOCK_N=64, num_warps=4, num_stages=3),
-    (32, torch.float16): dict(BLOCK_M=128, BLOCK_N=64, num_warps=4, num_stages=3),
+    (32, torch.float16): dict(BLOCK_M=128, BLOCK_N=64, num_warps=8, num_stages=3),  # 4 warps spill on sm_80
     (64, torch.float16): dict(BLOCK_M=128, BLOCK_N=64, num_warps=4, num_stages=3),
     (128, torch.float16): dict(BLOCK_M=128, BLOCK_N=64, num_warps=8, num_stages=3),
     (16, torch.bfloat16): dict(BLOCK_M=128, BLOCK_N=64, num_warps=4, num_stages=3),
-    (32, torch.bfloat16): dict(BLOCK_M=128, BLOCK_N=64, num_warps=4, num_stages=3),
+    (32, torch.bfloat16): dict(BLOCK_M=128, BLOCK_N=64, num_warps=8, num_stages=3),  # 4 warps spill on sm_80
     (64, torch.bfloat16): dict(BLOCK_M=128, BLOCK_N=64, num_warps=4, num_stages=3),
     (128, torch.bfloat16): dict(BLOCK_M=128, BLOCK_N=64, num_warps=8, num_stages=3),
     (16, torch.float32): dict(BLOCK_M=64, BLOCK_N=32, num_warps=4, num_stages=2),
     (32, torch.float32): dict(BLOCK_M=64, BLOCK_N=32, num_warps=4, num_stages=2),
-    (64, torch.float32): dict(BLOCK_M=64, BLOCK_N=32, num_warps=4, num_stages=2),
-    (128, torch.float32): dict(BLOCK_M=64, BLOCK_N=32, num_warps=4, num_stages=2),
+    # fp32 (exact fp32 products on the FP32 units): 8 warps, because 4 spill registers at D=64 on sm_80 and at
+    # D=128 on sm_80 and sm_90 (`python -m dit_attn.kernels.static_report`, docs/kernels.md).
+    (64, torch.float32): dict(BLOCK_M=64, BLOCK_N=32, num_warps=8, num_stages=2),
+    (128, torch.float32): dict(BLOCK_M=64, BLOCK_N=32, num_warps=8, num_stages=2),
 }
 
 
