@@ -421,3 +421,70 @@ def test_checkpoint_docstring_example_runs():
 
     result = doctest.testmod(checkpoint)
     assert result.attempted >= 8 and result.failed == 0
+
+
+def test_edge_augmentation_changes_the_inputs_deterministically():
+    """``edge_augment`` swaps a fraction of the edge items (per index, the same every time) for hand drawings with
+    the image rendered from the drawn silhouettes; 0 leaves the data as it was; bad settings are refused."""
+
+    def items(prob, styles=("thick", "marker", "sketchy", "canny"), n=16):
+        ds = T.make_dataset(T.TrainConfig(output_dir="", size=32, dataset_length=n, edge_augment=prob,
+                                          edge_styles=styles))
+        return [ds[i] for i in range(n)]
+
+    plain, mixed, again, drawn = items(0.0), items(0.5), items(0.5), items(1.0)
+    base = T._ShapesAdapter("edge", 32, 16, 0)
+    for a, b in zip(plain, [base[i] for i in range(16)]):
+        assert torch.equal(a["condition"], b["condition"]) and torch.equal(a["image"], b["image"])
+    for a, b in zip(mixed, again):  # deterministic
+        assert torch.equal(a["condition"], b["condition"]) and torch.equal(a["image"], b["image"])
+    changed = [not torch.equal(m["condition"], p["condition"]) for m, p in zip(mixed, plain)]
+    assert 3 <= sum(changed) <= 13  # a random mix with the rendered outlines
+    assert all(not torch.equal(d["condition"], p["condition"]) for d, p in zip(drawn, plain))
+    assert all(d["caption"] == p["caption"] for d, p in zip(drawn, plain))
+    assert {d["style"] for d in drawn} == {"thick", "marker", "sketchy", "canny"}
+    assert {d["style"] for d in items(1.0, ("canny",), n=4)} == {"canny"}
+    assert any(not torch.equal(d["image"], p["image"]) for d, p in zip(drawn, plain))  # drawn silhouettes
+    batch = T._collate(drawn[:2])
+    assert batch["condition"].shape == (2, 3, 32, 32) and float(batch["condition"].abs().max()) == 1.0
+    with pytest.raises(ValueError, match="edge_augment needs condition='edge'"):
+        T.TrainConfig(output_dir="", condition="subject", edge_augment=0.5)
+    with pytest.raises(ValueError, match="edge_styles must be some of"):
+        T.TrainConfig(output_dir="", edge_augment=0.5, edge_styles=("crayon",))
+    with pytest.raises(ValueError, match="probability"):
+        T.TrainConfig(output_dir="", edge_augment=1.5)
+
+
+def test_augmented_training_caches_its_own_latents_and_starts_from_an_adapter(tmp_path):
+    """An augmented run (through the CLI flags) trains on its own latent cache (the key records the augmentation);
+    ``init_adapter`` starts from a saved adapter's weights, and a mismatched one is refused."""
+    from safetensors.torch import load_file
+
+    first = T.train(T.TrainConfig(output_dir=str(tmp_path / "a"), steps=2, batch_size=2, size=32, rank=4,
+                                  learning_rate=1e-2, dataset_length=4), pipe=tiny_pipeline("flux"), progress=False)
+    parser = argparse.ArgumentParser()
+    T.add_cli(parser.add_subparsers())
+    args = parser.parse_args(["train-conditions", "--pipeline", "tiny-flux", "--output-dir", str(tmp_path / "b"),
+                              "--steps", "1", "--batch-size", "2", "--size", "32", "--rank", "4", "--dataset-length",
+                              "4", "--cache-latents", "true", "--edge-augment", "0.5", "--edge-styles", "thick",
+                              "canny", "--init-adapter", first["adapter"], "--learning-rate", "0"])
+    assert args.func(args) == 0
+    key = json.load(open(tmp_path / "b" / "latent_cache.safetensors.json"))["key"]
+    assert key["edge_augment"] == 0.5 and key["edge_styles"] == ["thick", "canny"]
+    assert sorted(key["hand_styles"]) == ["canny", "thick"]  # the presets' settings: editing one rebuilds the cache
+    saved = json.load(open(tmp_path / "b" / "condition.json"))
+    assert saved["edge_augment"] == 0.5 and saved["init_adapter"] == first["adapter"]
+    a, b = load_file(first["adapter"]), load_file(str(tmp_path / "b" / "condition.safetensors"))
+    assert a.keys() == b.keys()
+    for k in a:  # learning rate 0: the adapter is the one it started from
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0)
+    stamp = os.path.getmtime(tmp_path / "b" / "latent_cache.safetensors")
+    assert args.func(parser.parse_args(["train-conditions", "--pipeline", "tiny-flux", "--output-dir",
+                                        str(tmp_path / "b"), "--steps", "2", "--batch-size", "2", "--size", "32",
+                                        "--rank", "4", "--dataset-length", "4", "--cache-latents", "true",
+                                        "--edge-augment", "0.5", "--edge-styles", "thick", "canny"])) == 0
+    assert os.path.getmtime(tmp_path / "b" / "latent_cache.safetensors") == stamp  # same settings: reused
+    with pytest.raises(ValueError, match="does not match the adapter|another rank"):
+        T.train(T.TrainConfig(output_dir=str(tmp_path / "c"), steps=1, batch_size=1, size=32, rank=2,
+                              dataset_length=2, init_adapter=first["adapter"]), pipe=tiny_pipeline("flux"),
+                progress=False)

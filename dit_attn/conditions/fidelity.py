@@ -3,8 +3,11 @@
 ``python -m dit_attn.conditions.fidelity`` generates with the bundled ShapesWorld ``flux`` model on held-out
 condition scenes and scores every image with the exact evaluator (:func:`dit_attn.pipelines.shapes.score_conditions`):
 
-* **spatial** (edge maps through the ``edges`` adapter): edge F1 (1-pixel tolerance) and foreground-mask IoU
-  against the scene the edge map was rendered from;
+* **spatial** (edge maps through the ``edges`` adapter): edge F1 (1-pixel tolerance; ``--tolerance``) and
+  foreground-mask IoU against the scene the edge map was rendered from; with ``--edge-style hand`` the maps are
+  **hand drawings** of the same scenes (strokes 1-3 px wide, wobbly, with gaps, canny-like noise and some objects
+  drawn as ellipses or blobs: :func:`dit_attn.pipelines.shapes.render.hand_drawing`), scored against the drawn
+  silhouettes;
 * **subject** (a sprite reference + its made-up keyword through the ``subject`` adapter): whether the subject is
   drawn inside its keyword region (the region the caption puts it in), and edge F1 / mask IoU of the whole scene;
 * per-object colour + shape accuracy of the caption's other objects (the text is still followed);
@@ -53,14 +56,41 @@ def heldout_scenes(condition: str, n: int, seed: int = 0) -> list:
     return [condition_scene(seed, "heldout", i, subject_prob=prob) for i in range(n)]
 
 
-def condition_image(scene, condition: str, size: int = 64, subject: Optional[str] = None) -> torch.Tensor:
-    """The condition input of ``scene`` as a ``[3, size, size]`` tensor in [-1, 1]: its edge map, or its subject
-    reference sprite on the scene's background (``subject``: another subject's sprite instead)."""
+EDGE_STYLES = ("rendered", "hand", "thick", "marker", "sketchy", "canny")
+"""Edge maps :func:`fidelity` can condition on: the renderer's one-pixel outlines, or hand drawings
+(:func:`dit_attn.pipelines.shapes.render.hand_drawing`: ``"hand"`` picks a preset per scene, or one preset)."""
+
+
+def drawing_seed(seed: int, index: int) -> int:
+    """The seed of the hand drawing of held-out scene ``index`` of :func:`heldout_scenes` ``(..., seed)``."""
+    return int(seed) * 100_003 + int(index) + 17
+
+
+def edge_drawings(scenes: Sequence, style: str = "hand", size: int = 64, seed: int = 0) -> list:
+    """A :class:`~dit_attn.pipelines.shapes.render.HandDrawing` of each scene (scene ``i`` with
+    :func:`drawing_seed` ``(seed, i)``): the hand-drawn evaluation set of :func:`fidelity` ``(edge_style=...)``.
+
+    Example::
+
+        >>> d = edge_drawings(heldout_scenes("edge", 2), "hand")
+        >>> d[0].edges.shape, d[0].style in ("thick", "marker", "sketchy", "canny")
+        ((64, 64), True)
+    """
+    from dit_attn.pipelines.shapes.render import hand_drawing
+
+    return [hand_drawing(s, size, style, drawing_seed(seed, i)) for i, s in enumerate(scenes)]
+
+
+def condition_image(scene, condition: str, size: int = 64, subject: Optional[str] = None,
+                    edges: Optional[np.ndarray] = None) -> torch.Tensor:
+    """The condition input of ``scene`` as a ``[3, size, size]`` tensor in [-1, 1]: its edge map (``edges``: a
+    given ``(size, size)`` uint8 map instead, e.g. a hand drawing), or its subject reference sprite on the scene's
+    background (``subject``: another subject's sprite instead)."""
     from dit_attn.pipelines.shapes.render import (grey_to_rgb, render_edges, render_subject_reference,
                                                   to_tensor_image)
 
     if condition == "edge":
-        return to_tensor_image(grey_to_rgb(render_edges(scene, size)))
+        return to_tensor_image(grey_to_rgb(render_edges(scene, size) if edges is None else edges))
     if condition == "subject":
         return to_tensor_image(render_subject_reference(subject or scene.subject, size, scene.background))
     raise ValueError(f"condition must be 'edge' or 'subject', got {condition!r}")
@@ -81,10 +111,14 @@ def _control(mode: str, condition: str, images: torch.Tensor, keyword: str, adap
 def generate_conditioned(pipe, scenes: Sequence, condition: str, mode: str, adapter: Optional[str] = None,
                          seed: int = 0, batch: int = 8, epsilon: float = 0.2, steps: Optional[int] = None,
                          guidance: Optional[float] = None,
-                         references: Optional[Sequence[str]] = None) -> list[np.ndarray]:
+                         references: Optional[Sequence[str]] = None,
+                         edge_maps: Optional[Sequence[np.ndarray]] = None) -> list[np.ndarray]:
     """One uint8 image per scene (prompt = the scene's caption, generator ``seed + i``); ``mode="none"``: stock.
     ``references``: subject condition only, the subject whose sprite is each scene's reference (default: the
-    scene's own)."""
+    scene's own). ``edge_maps``: edge condition only, the ``(size, size)`` uint8 map of each scene (default: the
+    rendered outlines; e.g. hand drawings)."""
+    if edge_maps is not None and (condition != "edge" or len(edge_maps) != len(scenes)):
+        raise ValueError("edge_maps: one map per scene, for the edge condition only")
     if references is not None and (condition != "subject" or len(references) != len(scenes)):
         raise ValueError("references: one subject per scene, for the subject condition only")
     import dit_attn
@@ -106,7 +140,8 @@ def generate_conditioned(pipe, scenes: Sequence, condition: str, mode: str, adap
                 images = pipe(**call).images
             else:
                 cond = torch.stack([condition_image(scenes[i], condition, size,
-                                                    references[i] if references is not None else None)
+                                                    references[i] if references is not None else None,
+                                                    edge_maps[i] if edge_maps is not None else None)
                                     for i in ids])
                 control = _control(mode, condition, cond, keyword, adapter, epsilon)
                 with dit_attn.attach(pipe, control):
@@ -116,11 +151,18 @@ def generate_conditioned(pipe, scenes: Sequence, condition: str, mode: str, adap
     return [out[i] for i in range(len(scenes))]
 
 
-def score(images: Sequence[np.ndarray], scenes: Sequence) -> dict[str, float]:
-    """Mean condition fidelity (edge F1, mask IoU, subject placement) and caption accuracy of ``images``."""
+def score(images: Sequence[np.ndarray], scenes: Sequence, tolerance: int = 1,
+          drawings: Optional[Sequence] = None) -> dict[str, float]:
+    """Mean condition fidelity (edge F1 within ``tolerance`` pixels, mask IoU, subject placement) and caption
+    accuracy of ``images``. ``drawings`` (hand drawings of the scenes, :func:`edge_drawings`): edge F1 and mask IoU
+    against the drawn silhouettes (their one-pixel outline and fill: what following the drawing means) instead of
+    the scenes' own."""
     from dit_attn.pipelines.shapes.evaluate import aggregate, score_conditions, score_image
 
-    cond = aggregate([score_conditions(img, s) for img, s in zip(images, scenes)])
+    drawn = drawings if drawings is not None else [None] * len(images)
+    cond = aggregate([score_conditions(img, s, tolerance=tolerance,
+                                       edge=None if d is None else d.outline, mask=None if d is None else d.mask)
+                      for img, s, d in zip(images, scenes, drawn)])
     caption = aggregate([score_image(img, s) for img, s in zip(images, scenes)])
     out = {k: cond[k] for k in ("edge_f1", "mask_iou", "subject") if k in cond}
     out.update({k: caption[k] for k in ("colour", "object_accuracy") if k in caption})
@@ -179,9 +221,11 @@ def reference_following(images: Sequence[np.ndarray], scenes: Sequence, referenc
             "follows_keyword": sum(d == s.subject for d, s in zip(drawn, scenes)) / n}
 
 
-def save_grid(path: str, scenes: Sequence, condition: str, images: Sequence[np.ndarray], columns: int = 8) -> str:
+def save_grid(path: str, scenes: Sequence, condition: str, images: Sequence[np.ndarray], columns: int = 8,
+              edge_maps: Optional[Sequence[np.ndarray]] = None) -> str:
     """Save a PNG of ``images`` under their condition inputs: per block of ``columns`` scenes, a row of condition
-    images (edge maps / subject references) above the row of generations. Returns ``path``.
+    images (edge maps / subject references; ``edge_maps``: these maps) above the row of generations. Returns
+    ``path``.
 
     Example::
 
@@ -199,8 +243,9 @@ def save_grid(path: str, scenes: Sequence, condition: str, images: Sequence[np.n
     if len(images) != len(scenes) or not images:
         raise ValueError(f"need one image per scene, got {len(images)} images for {len(scenes)} scenes")
     size = images[0].shape[0]
-    cond = [np.clip(np.rint((condition_image(s, condition, size).movedim(0, -1).numpy() + 1) * 127.5), 0, 255)
-            .astype(np.uint8) for s in scenes]
+    maps = edge_maps if edge_maps is not None else [None] * len(scenes)
+    cond = [np.clip(np.rint((condition_image(s, condition, size, edges=m).movedim(0, -1).numpy() + 1) * 127.5),
+                    0, 255).astype(np.uint8) for s, m in zip(scenes, maps)]
     rows = []
     for start in range(0, len(images), columns):
         rows += [cond[start:start + columns], list(images[start:start + columns])]
@@ -213,14 +258,17 @@ def fidelity(pipe, condition: str = "edge", modes: Sequence[str] = MODES, n: int
              adapter: Optional[str] = "default", batch: int = 8, epsilon: float = 0.2, steps: Optional[int] = None,
              guidance: Optional[float] = None, progress: bool = True,
              mode_adapters: Optional[dict[str, str]] = None, grid_prefix: Optional[str] = None,
-             reference_swap: bool = False) -> dict[str, dict[str, float]]:
+             reference_swap: bool = False, edge_style: str = "rendered",
+             tolerance: int = 1) -> dict[str, dict[str, float]]:
     """``{mode: scores}`` on ``n`` held-out scenes (see the module docstring). ``adapter="default"`` uses the
     bundled adapter of ``condition`` (``"edges"`` / ``"subject"``); ``None`` runs the condition without one.
     ``mode_adapters``: ``{mode: adapter .safetensors}`` trained in that mode, loaded under the adapter's name
     before that mode runs (each mode with its own adapter: the fair comparison). ``grid_prefix``: also save
     each mode's generations under their conditions as ``{grid_prefix}_{condition}_{mode}.png`` (:func:`save_grid`).
     ``reference_swap`` (subject): also ``follows_reference`` / ``follows_keyword`` per mode (module docstring;
-    twice the generations)."""
+    twice the generations). ``edge_style`` (edge): condition on the rendered outlines or on hand drawings of the
+    same scenes (:data:`EDGE_STYLES`, :func:`edge_drawings` with this ``seed``), scored against the drawn
+    silhouettes; ``tolerance``: of the edge F1, in pixels."""
     from tqdm.auto import tqdm
 
     from .adapters import load_condition_adapter
@@ -228,18 +276,24 @@ def fidelity(pipe, condition: str = "edge", modes: Sequence[str] = MODES, n: int
     bad = [m for m in modes if m not in MODES]
     if bad:
         raise ValueError(f"unknown modes {bad}; expected some of {MODES}")
+    if edge_style not in EDGE_STYLES:
+        raise ValueError(f"edge_style must be one of {EDGE_STYLES}, got {edge_style!r}")
     if adapter == "default":
         adapter = ADAPTERS[condition]
     scenes = heldout_scenes(condition, n, seed)
+    drawings = (edge_drawings(scenes, edge_style, seed=seed) if condition == "edge" and edge_style != "rendered"
+                else None)
+    maps = [d.edges for d in drawings] if drawings is not None else None
     results = {}
     for mode in tqdm(list(modes), desc=f"fidelity ({condition})", disable=not progress):
         if mode_adapters and mode in mode_adapters:
             load_condition_adapter(pipe.transformer, mode_adapters[mode], adapter)
         images = generate_conditioned(pipe, scenes, condition, mode, adapter, seed=seed, batch=batch,
-                                      epsilon=epsilon, steps=steps, guidance=guidance)
-        results[mode] = {k: round(v, 4) for k, v in score(images, scenes).items()}
+                                      epsilon=epsilon, steps=steps, guidance=guidance, edge_maps=maps)
+        results[mode] = {k: round(v, 4) for k, v in score(images, scenes, tolerance, drawings).items()}
         if grid_prefix:
-            save_grid(f"{grid_prefix}_{condition}_{mode}.png", scenes, condition, images)
+            tag = condition if drawings is None else f"{condition}-{edge_style}"
+            save_grid(f"{grid_prefix}_{tag}_{mode}.png", scenes, condition, images, edge_maps=maps)
         if reference_swap and condition == "subject" and mode != "none":
             refs = swapped_references(scenes)
             swapped = generate_conditioned(pipe, scenes, condition, mode, adapter, seed=seed, batch=batch,
@@ -353,6 +407,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         "often the reference's sprite is drawn (follows_reference) vs the keyword's")
     p.add_argument("--grids", action="store_true",
                    help="with --out: also save each mode's generations under their conditions, OUT_<condition>_<mode>.png")
+    p.add_argument("--edge-style", nargs="+", default=["rendered"], choices=EDGE_STYLES,
+                   help="edge: condition on the rendered outlines and/or hand drawings of the same scenes ('hand': a "
+                        "random preset per scene; results under 'edge' and 'edge-<style>')")
+    p.add_argument("--tolerance", type=int, default=1, help="edge F1 tolerance in pixels (the hand-drawn "
+                                                             "measurements use 2)")
+    p.add_argument("--seed", type=int, default=0, help="held-out scenes, drawings and generator seeds")
     p.add_argument("--threads", type=int, default=None)
     a = p.parse_args(argv)
     if a.grids and not a.out:
@@ -392,8 +452,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             mode_adapters = dict(pairs)
         pipe = loader()
         prefix = os.path.splitext(a.out)[0] if a.grids else None
-        result = {c: fidelity(pipe, c, a.modes, n=a.n, mode_adapters=mode_adapters, grid_prefix=prefix,
-                              reference_swap=a.reference_swap) for c in a.condition}
+        result = {}
+        for c in a.condition:
+            for style in (a.edge_style if c == "edge" else ["rendered"]):
+                key = c if style == "rendered" else f"{c}-{style}"
+                result[key] = fidelity(pipe, c, a.modes, n=a.n, seed=a.seed, mode_adapters=mode_adapters,
+                                       grid_prefix=prefix, reference_swap=a.reference_swap, edge_style=style,
+                                       tolerance=a.tolerance)
     text = json.dumps(result, indent=1)
     if a.out:
         os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)

@@ -5,7 +5,7 @@ FLUX / diffusers flow-matching convention):
 
 1. ``t`` is sampled directly as a sigma: **CSAS** ``t = sigmoid(μ + δ·z)``, ``z ~ N(0, 1)``, μ = 0.5, δ = 1.5
    (biased toward high noise), or ``logit_normal`` ``t = sigmoid(z)``. No ``scheduler.timesteps[(u·N)]`` lookup:
-   those timesteps are descending, which silently flips the sign of μ (the pitfall in ``shared/specs/pka.md`` §7);
+   those timesteps are descending, which silently flips the sign of μ (``docs/multi_condition_math.md``, section 7);
 2. the condition runs its write pass with its LoRA adapter active (timestep 0, alone), the denoising forward
    runs with the condition adapters off (on, for a ``latent_lora`` adapter) and the mode's masks
    (:class:`dit_attn.MultiCondition` with ``cache=False``, so gradients flow from the loss through the cached keys
@@ -85,6 +85,16 @@ class TrainConfig:
     # > 0 weighs the error on object tokens (those that differ from the image's background) 1 + object_weight
     # times, as a weighted mean (the loss keeps its scale): a subject sprite is ~10% of the tokens.
     object_weight: float = 0.0
+    # Edge style augmentation (ShapesWorld edge adapters): each item is, with probability ``edge_augment``
+    # (decided per dataset index, deterministically), a **hand drawing** of its scene in one of ``edge_styles``
+    # (``pipelines.shapes.render.HAND_STYLES``: stroke width 1-3 px, wobble, gaps, canny-like noise, ellipses and
+    # blobs in place of shapes), with the image rendered from the drawn silhouettes (so the adapter learns to
+    # follow the drawing and to ignore its noise and gaps); the others keep the rendered one-pixel outlines.
+    edge_augment: float = 0.0
+    edge_styles: tuple[str, ...] = ("thick", "marker", "sketchy", "canny")
+    # Start from a saved adapter's weights (``.safetensors`` of ``train-conditions``; same rank and targets)
+    # instead of a fresh LoRA; a checkpoint in ``output_dir`` (resume) takes precedence.
+    init_adapter: str = ""
 
     def __post_init__(self):
         if self.timestep_sampling not in SAMPLINGS:
@@ -104,6 +114,16 @@ class TrainConfig:
             raise ValueError(f"mixed_precision must be 'no', 'fp16' or 'bf16', got {self.mixed_precision!r}")
         if not self.object_weight >= 0:
             raise ValueError(f"object_weight must be >= 0 (0: plain loss), got {self.object_weight!r}")
+        if not 0.0 <= self.edge_augment <= 1.0:
+            raise ValueError(f"edge_augment must be a probability in [0, 1], got {self.edge_augment!r}")
+        if self.edge_augment > 0:
+            from dit_attn.pipelines.shapes.render import hand_style_names
+
+            if self.condition != "edge" or self.data != "shapes":
+                raise ValueError("edge_augment needs condition='edge' on ShapesWorld data (it redraws the scene)")
+            bad = [st for st in self.edge_styles if st not in hand_style_names()] or not self.edge_styles
+            if bad:
+                raise ValueError(f"edge_styles must be some of {hand_style_names()}, got {self.edge_styles!r}")
 
 
 def sample_sigmas(n: int, sampling: str, generator: torch.Generator, mu: float = 0.5, delta: float = 1.5):
@@ -169,12 +189,15 @@ class FolderConditionDataset(torch.utils.data.Dataset):
 
 
 class _ShapesAdapter(torch.utils.data.Dataset):
-    """ShapesWorld condition items as ``{"image", "condition", "caption", "keyword"}``."""
+    """ShapesWorld condition items as ``{"image", "condition", "caption", "keyword"}``; with ``edge_augment`` a
+    fraction of the edge items are hand drawings (:func:`augmented_edge_item`)."""
 
-    def __init__(self, condition: str, size: int, length: int, seed: int, split: str = "train"):
+    def __init__(self, condition: str, size: int, length: int, seed: int, split: str = "train",
+                 edge_augment: float = 0.0, edge_styles: tuple[str, ...] = ("hand",)):
         from dit_attn.pipelines.shapes import ShapesConditionDataset
 
-        self.condition = condition
+        self.condition, self.seed, self.size = condition, seed, size
+        self.edge_augment, self.edge_styles = float(edge_augment), tuple(edge_styles)
         self.ds = ShapesConditionDataset(split, size=size, length=length, seed=seed,
                                          subject_prob=1.0 if condition == "subject" else 0.0)
 
@@ -182,14 +205,46 @@ class _ShapesAdapter(torch.utils.data.Dataset):
         return len(self.ds)
 
     def __getitem__(self, i):
+        if self.condition == "edge" and self.edge_augment > 0:
+            drawn = augmented_edge_item(self.ds.scene(i), i, self.seed, self.size, self.edge_augment,
+                                        self.edge_styles)
+            if drawn is not None:
+                return drawn
         item = self.ds[i]
         cond = item["reference"] if self.condition == "subject" else item[self.condition]
         return {"image": item["image"], "condition": cond, "caption": item["caption"], "keyword": item["subject"]}
 
 
+def augmented_edge_item(scene, index: int, seed: int, size: int, prob: float, styles: tuple[str, ...]):
+    """Item ``index``'s hand-drawn version, or None when it keeps the rendered outline (probability ``1 - prob``).
+
+    A function of ``(scene, index, seed, size, prob, styles)``: the style is drawn from ``styles``, the drawing
+    is :func:`dit_attn.pipelines.shapes.render.hand_drawing`, the image
+    :func:`~dit_attn.pipelines.shapes.render.render_hand_drawn_image` (the scene with the drawn silhouettes).
+
+    >>> from dit_attn.pipelines.shapes.world import condition_scene
+    >>> item = augmented_edge_item(condition_scene(0, "train", 3, 0.0), 3, 0, 64, 1.0, ("canny",))
+    >>> tuple(item["condition"].shape), item["style"]
+    ((3, 64, 64), 'canny')
+    """
+    import numpy as np
+
+    from dit_attn.pipelines.shapes.render import grey_to_rgb, hand_drawing, render_hand_drawn_image, to_tensor_image
+
+    rng = np.random.default_rng([int(seed), 0xED6E, int(index)])
+    if not rng.random() < prob:
+        return None
+    style = styles[int(rng.integers(len(styles)))]
+    drawing = hand_drawing(scene, size, style, int(rng.integers(2 ** 31)))
+    return {"image": to_tensor_image(render_hand_drawn_image(scene, drawing)),
+            "condition": to_tensor_image(grey_to_rgb(drawing.edges)), "caption": scene.caption, "keyword": "",
+            "style": drawing.style}
+
+
 def make_dataset(config: TrainConfig):
     if config.data == "shapes":
-        return _ShapesAdapter(config.condition, config.size, config.dataset_length, config.seed)
+        return _ShapesAdapter(config.condition, config.size, config.dataset_length, config.seed,
+                              edge_augment=config.edge_augment, edge_styles=config.edge_styles)
     return FolderConditionDataset(config.data, config.size)
 
 
@@ -226,6 +281,41 @@ def adapter_state_dict(transformer, name: str) -> dict:
     from peft.utils import get_peft_model_state_dict
 
     return {k: v.detach().cpu().contiguous() for k, v in get_peft_model_state_dict(transformer, adapter_name=name).items()}
+
+
+def init_adapter_weights(transformer, name: str, path: str) -> None:
+    """Copy the LoRA weights saved at ``path`` (a ``train-conditions`` ``.safetensors``) into adapter ``name`` of
+    ``transformer``; the file must hold exactly that adapter's tensors, with the same shapes (rank, targets)."""
+    from safetensors.torch import load_file
+
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"init_adapter: no adapter at {path}")
+    saved = load_file(path)
+    own = dict(get_lora_parameters(transformer, name))
+    if set(saved) != set(own):
+        extra, missing = sorted(set(saved) - set(own)), sorted(set(own) - set(saved))
+        raise ValueError(f"init_adapter {path} does not match the adapter (rank / target modules?): "
+                         f"unexpected {extra[:3]}, missing {missing[:3]}")
+    with torch.no_grad():
+        for key, param in own.items():
+            if tuple(saved[key].shape) != tuple(param.shape):
+                raise ValueError(f"init_adapter {path}: {key} has shape {tuple(saved[key].shape)}, the adapter "
+                                 f"{tuple(param.shape)} (another rank?)")
+            param.copy_(saved[key].to(param.device, param.dtype))
+
+
+def get_lora_parameters(transformer, name: str) -> list:
+    """``(key, parameter)`` of adapter ``name``, keyed as peft's saved state dict (adapter name removed)."""
+    from peft.utils import get_peft_model_state_dict
+
+    keys = set(get_peft_model_state_dict(transformer, adapter_name=name))
+    out = []
+    for full, p in transformer.named_parameters():
+        if f".{name}." in full and "lora_" in full:
+            key = full.replace(f".{name}.", ".")
+            if key in keys:
+                out.append((key, p))
+    return out
 
 
 class ConditionTrainer:
@@ -324,9 +414,17 @@ class ConditionTrainer:
 def _cache_key(config: TrainConfig, vae) -> dict:
     """What the cached latents depend on: a cache built with other data settings or another VAE is rebuilt."""
     vae_sum = float(sum(p.detach().double().sum() for p in vae.parameters()))
-    return {"data": config.data, "condition": config.condition, "size": config.size,
-            "dataset_length": config.dataset_length, "seed": config.seed, "vae_checksum": round(vae_sum, 6),
-            "vae_scaling": vae.config.scaling_factor, "vae_shift": getattr(vae.config, "shift_factor", None)}
+    key = {"data": config.data, "condition": config.condition, "size": config.size,
+           "dataset_length": config.dataset_length, "seed": config.seed, "vae_checksum": round(vae_sum, 6),
+           "vae_scaling": vae.config.scaling_factor, "vae_shift": getattr(vae.config, "shift_factor", None)}
+    if config.edge_augment > 0:  # (absent otherwise: caches of earlier runs stay valid)
+        from dit_attn.pipelines.shapes.render import HAND_STYLES
+
+        presets = {name: HAND_STYLES[name] for name in HAND_STYLES if name in config.edge_styles or
+                   "hand" in config.edge_styles}  # the presets' settings too: changing one rebuilds the cache
+        key.update(edge_augment=config.edge_augment, edge_styles=list(config.edge_styles),
+                   hand_styles=json.loads(json.dumps(presets)))
+    return key
 
 
 def load_or_build_latent_cache(trainer: ConditionTrainer, dataset, config: TrainConfig, progress: bool = True) -> dict:
@@ -504,6 +602,8 @@ def train(config: TrainConfig, pipe=None, progress: bool = True) -> dict:
     if latest is not None:
         start = load_checkpoint(accelerator, accelerator.unwrap_model(model), optimizer, config,
                                 os.path.join(config.output_dir, f"checkpoint-{latest}"))
+    elif config.init_adapter:
+        init_adapter_weights(accelerator.unwrap_model(model), config.adapter_name, config.init_adapter)
     losses_path = os.path.join(config.output_dir, "losses.jsonl")
     if accelerator.is_main_process:  # keep the lines up to the resume point: steps after it are run again
         kept = []
@@ -605,6 +705,7 @@ def _load_pipeline(name: str):
 def _cli_main(args) -> int:
     fields = {k: getattr(args, k) for k in asdict(TrainConfig(output_dir="")) if hasattr(args, k)}
     fields["target_modules"] = tuple(fields["target_modules"])
+    fields["edge_styles"] = tuple(fields["edge_styles"])
     fields["output_dir"] = args.output_dir
     result = train(TrainConfig(**fields), pipe=_load_pipeline(args.pipeline))
     print(json.dumps({"step": result["step"], "adapter": result["adapter"],

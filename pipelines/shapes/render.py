@@ -194,3 +194,217 @@ def to_tensor_image(img: np.ndarray):
 def grey_to_rgb(cond: np.ndarray) -> np.ndarray:
     """Single-channel ``(H, W)`` uint8 -> ``(H, W, 3)`` by replication."""
     return np.repeat(cond[..., None], 3, axis=-1)
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Hand-drawn edge maps (what users upload): wobbly strokes 1-3 px wide, gaps, canny-like noise, shapes outside the
+# world's vocabulary.
+
+HAND_STYLES: dict[str, dict] = {
+    # width: stroke width in pixels (uniform in the range); jitter: RMS displacement of the outline (px, a smooth
+    # random warp, at most 0.12 of the object's radius); gaps: breaks in each outline; dots / strokes: isolated
+    # noise pixels / short stray segments per image; retrace: probability that an outline is drawn twice (a second,
+    # independent wobble); oov: probability that an object is drawn as an ellipse or a blob instead of its shape;
+    # scale: per-axis size factor.
+    "thick": dict(width=(2.0, 3.0), jitter=(0.3, 0.7), gaps=(0, 0), dots=(0, 0), strokes=(0, 0), retrace=0.0,
+                  oov=0.0, scale=(0.92, 1.08)),
+    "marker": dict(width=(2.0, 3.0), jitter=(0.5, 1.0), gaps=(0, 1), dots=(0, 2), strokes=(0, 1), retrace=0.0,
+                   oov=0.4, scale=(0.8, 1.3)),
+    "sketchy": dict(width=(1.0, 2.0), jitter=(0.6, 1.2), gaps=(1, 2), dots=(0, 3), strokes=(0, 1), retrace=0.5,
+                    oov=0.25, scale=(0.8, 1.3)),
+    "canny": dict(width=(1.0, 1.0), jitter=(0.3, 0.7), gaps=(1, 3), dots=(4, 14), strokes=(1, 4), retrace=0.0,
+                  oov=0.25, scale=(0.9, 1.1)),
+}
+"""Presets of :func:`hand_drawing`; ``"hand"`` picks one of them per drawing (from the drawing's seed)."""
+
+OOV_SHAPES = ("ellipse", "blob")
+"""Shapes outside the ShapesWorld vocabulary that a hand drawing may use in place of an object's shape."""
+
+
+def hand_style_names() -> tuple[str, ...]:
+    """The accepted ``style`` values of :func:`hand_drawing`: ``"hand"`` (a random preset) and every preset."""
+    return ("hand",) + tuple(HAND_STYLES)
+
+
+class HandDrawing:
+    """A hand-drawn edge map of a scene and what it means (all ``(size, size)``).
+
+    ``edges``: the map (uint8 0 / 255: strokes, gaps and noise); ``outline``: the intended one-pixel contour of the
+    drawn silhouettes (uint8 0 / 255, same definition as :func:`render_edges`; what an image following the drawing
+    should show, and what fidelity is scored against); ``mask``: the drawn silhouettes (uint8 0 / 255);
+    ``labels``: their instance labels (object ``k`` -> ``k + 1``); ``style``: the preset used; ``shapes``: the shape
+    drawn for each object (its own, or one of :data:`OOV_SHAPES`). :func:`render_hand_drawn_image` renders the
+    scene's objects with the drawn silhouettes (what a training image for the drawing looks like).
+    """
+
+    def __init__(self, edges, outline, mask, labels, style, shapes, coverage, size):
+        self.edges, self.outline, self.mask, self.labels = edges, outline, mask, labels
+        self.style, self.shapes, self.size = style, shapes, size
+        self._coverage = coverage  # per object: (coverage (size, size) float32, texture colour or None)
+
+
+def _smooth_field(rng: np.random.Generator, xs: np.ndarray, ys: np.ndarray, rms: float, waves: int = 3):
+    """A smooth random 2-d displacement field (sum of plane waves, wavelengths 10-24 px) with RMS ``rms`` per axis."""
+    out = []
+    for _ in range(2):
+        f = np.zeros(np.broadcast(xs, ys).shape, np.float32)
+        for _ in range(waves):
+            lam = rng.uniform(10.0, 24.0)
+            ang = rng.uniform(0.0, 2 * np.pi)
+            k = 2 * np.pi / lam
+            f += np.sin(k * (np.cos(ang) * xs + np.sin(ang) * ys) + rng.uniform(0.0, 2 * np.pi)).astype(np.float32)
+        out.append(f * (rms * math.sqrt(2.0 / waves)))
+    return out
+
+
+def _oov_inside(kind: str, params: tuple, u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    if kind == "ellipse":
+        a, b, ang = params
+        c, s = math.cos(ang), math.sin(ang)
+        uu, vv = c * u + s * v, -s * u + c * v
+        return (uu / a) ** 2 + (vv / b) ** 2 <= 1.0
+    harmonics = params  # blob: rho <= 0.9 * (1 + sum c_k cos(k theta + phi_k))
+    theta = np.arctan2(v, u)
+    rho = np.sqrt(u * u + v * v)
+    bound = np.ones_like(theta)
+    for k, c, phi in harmonics:
+        bound = bound + c * np.cos(k * theta + phi)
+    return rho <= 0.9 * bound
+
+
+def _stroke(points: np.ndarray, size: int, radius: float, chunk: int = 1024) -> np.ndarray:
+    """Boolean ``(size, size)``: the pixels whose centre lies within ``radius`` of one of ``points`` ``[P, 2]``
+    (x, y in pixels), computed inside the points' bounding box (grown by ``radius``) only."""
+    out = np.zeros((size, size), bool)
+    if len(points) == 0:
+        return out
+    pts = points.astype(np.float32)
+    x0, y0 = (max(0, int(math.floor(pts[:, i].min() - radius - 1))) for i in (0, 1))
+    x1, y1 = (min(size, int(math.ceil(pts[:, i].max() + radius + 1))) for i in (0, 1))
+    cy, cx = np.meshgrid(np.arange(y0, y1, dtype=np.float32) + 0.5, np.arange(x0, x1, dtype=np.float32) + 0.5,
+                         indexing="ij")
+    centres = np.stack([cx.ravel(), cy.ravel()], 1)
+    hit = np.zeros(len(centres), bool)
+    r2 = radius * radius
+    for start in range(0, len(centres), chunk):
+        d = centres[start:start + chunk, None, :] - pts[None, :, :]
+        hit[start:start + chunk] = (d * d).sum(-1).min(1) <= r2
+    out[y0:y1, x0:x1] = hit.reshape(y1 - y0, x1 - x0)
+    return out
+
+
+def hand_drawing(scene: Scene, size: int = 64, style: str = "hand", seed: int = 0, t: float = 0.0,
+                 supersample: int = SUPERSAMPLE) -> HandDrawing:
+    """Draw ``scene``'s objects as a person would: see :class:`HandDrawing` and :data:`HAND_STYLES`.
+
+    Each object's silhouette is warped by a smooth random field (RMS ``jitter`` px, at most 0.12 radius), scaled
+    per axis, rotated a few degrees, and with probability ``oov`` replaced by an ellipse or a blob of the same size;
+    its contour is
+    drawn as a stroke ``width`` px wide (pixels within ``width / 2`` of the contour), broken by ``gaps``, sometimes
+    retraced; the image gets ``dots`` isolated noise pixels and ``strokes`` short stray segments. Deterministic in
+    ``(scene, size, style, seed, t)``; nothing is drawn outside the image (contours are clipped to it).
+
+    >>> from dit_attn.pipelines.shapes.world import condition_scene
+    >>> d = hand_drawing(condition_scene(0, "heldout", 0, 0.0), style="thick", seed=1)
+    >>> d.edges.shape, d.edges.dtype, sorted(set(d.edges.ravel().tolist()))
+    ((64, 64), dtype('uint8'), [0, 255])
+    >>> bool((d.edges > 0).sum() > (d.outline > 0).sum())  # strokes 2-3 px wide vs the one-pixel outline
+    True
+    """
+    if style not in hand_style_names():
+        raise ValueError(f"style must be one of {hand_style_names()}, got {style!r}")
+    rng = np.random.default_rng([int(seed) & 0xFFFFFFFF, 0x4A4E44, hand_style_names().index(style), int(size)])
+    if style == "hand":
+        style = list(HAND_STYLES)[int(rng.integers(len(HAND_STYLES)))]
+    p = HAND_STYLES[style]
+    s = supersample
+    hi = size * s
+    xs = ((np.arange(hi, dtype=np.float32) + 0.5) / s)[None, :]  # sample centres, in pixels
+    ys = ((np.arange(hi, dtype=np.float32) + 0.5) / s)[:, None]
+    labels_hi = np.zeros((hi, hi), np.int32)
+    coverage, shapes, retraces = [], [], []
+    for k, obj in enumerate(scene.objects):
+        cx, cy = obj.center_at(t)
+        cx, cy, r = cx * size, cy * size, obj.radius * size
+        jitter = min(rng.uniform(*p["jitter"]), 0.12 * r)
+        sx, sy = rng.uniform(*p["scale"]), rng.uniform(*p["scale"])
+        rot = math.radians(rng.uniform(-8.0, 8.0))
+        shape = obj.shape
+        oov = None
+        if rng.random() < p["oov"]:
+            shape = OOV_SHAPES[int(rng.integers(len(OOV_SHAPES)))]
+            if shape == "ellipse":
+                a = rng.uniform(0.55, 0.85)
+                oov = (1.0, a, rng.uniform(0, np.pi)) if rng.random() < 0.5 else (a, 1.0, rng.uniform(0, np.pi))
+            else:
+                oov = tuple((kk, rng.uniform(0.04, 0.15), rng.uniform(0, 2 * np.pi)) for kk in (2, 3, 4))
+
+        def silhouette(field):
+            dx, dy = field
+            x, y = xs + dx - cx, ys + dy - cy
+            c, sn = math.cos(rot), math.sin(rot)
+            u = (c * x + sn * y) / (r * sx)
+            v = (-sn * x + c * y) / (r * sy)
+            return (_oov_inside(shape, oov, u, v) if oov is not None else inside(shape, u, v)), u, v
+
+        ins, u, v = silhouette(_smooth_field(rng, xs, ys, jitter))
+        labels_hi[ins] = k + 1
+        cov = ins.astype(np.float32).reshape(size, s, size, s).mean(axis=(1, 3))
+        tex = None
+        if obj.is_subject:  # a sprite keeps its texture inside the drawn silhouette
+            t3 = subject_texture(obj.shape, np.clip(u, -1.5, 1.5), np.clip(v, -1.5, 1.5)) * ins[..., None]
+            tex = t3.reshape(size, s, size, s, 3).mean(axis=(1, 3)) / np.maximum(cov, 1e-6)[..., None]
+        coverage.append((cov, tex))
+        shapes.append(shape)
+        retraces.append(silhouette(_smooth_field(rng, xs, ys, jitter))[0] if rng.random() < p["retrace"] else None)
+    # the intended outline: instance labels at >= half coverage, as render_label_map
+    labels = np.zeros((size, size), np.int32)
+    for k, (cov, _) in enumerate(coverage):
+        labels[cov >= 0.5] = k + 1
+    outline = label_edges(labels)
+    # strokes: pixels within width / 2 of the supersampled contour (minus the gaps), per object
+    drawn = np.zeros((size, size), bool)
+    for k in range(len(scene.objects)):
+        width = rng.uniform(*p["width"])
+        radius = max(0.55, width / 2)
+        contour = [label_edges((labels_hi == k + 1).astype(np.int32))]
+        if retraces[k] is not None:
+            contour.append(label_edges(retraces[k].astype(np.int32)))
+        pts = np.concatenate([np.argwhere(c)[:, ::-1] for c in contour]).astype(np.float32)
+        pts = (pts + 0.5) / s
+        for _ in range(int(rng.integers(p["gaps"][0], p["gaps"][1] + 1))):
+            if len(pts) == 0:
+                break
+            centre = pts[int(rng.integers(len(pts)))]
+            gap = radius + rng.uniform(1.0, 2.5)
+            pts = pts[np.hypot(*(pts - centre).T) > gap]
+        drawn |= _stroke(pts, size, radius)
+    # canny-like noise: isolated pixels and short stray segments
+    for _ in range(int(rng.integers(p["dots"][0], p["dots"][1] + 1))):
+        drawn[int(rng.integers(size)), int(rng.integers(size))] = True
+    for _ in range(int(rng.integers(p["strokes"][0], p["strokes"][1] + 1))):
+        x0, y0 = rng.uniform(0, size, 2)
+        ang, length = rng.uniform(0, 2 * np.pi), rng.uniform(2.0, 6.0)
+        for a in np.linspace(0.0, length, int(length * 2) + 1):
+            x, y = int(x0 + a * math.cos(ang)), int(y0 + a * math.sin(ang))
+            if 0 <= x < size and 0 <= y < size:
+                drawn[y, x] = True
+    u8 = lambda m: np.where(m, 255, 0).astype(np.uint8)  # noqa: E731
+    return HandDrawing(u8(drawn), u8(outline), u8(labels > 0), labels, style, tuple(shapes), coverage, size)
+
+
+def hand_drawn_edges(scene: Scene, size: int = 64, style: str = "hand", seed: int = 0, t: float = 0.0) -> np.ndarray:
+    """The hand-drawn edge map ``(size, size)`` uint8 (0 / 255) of :func:`hand_drawing`."""
+    return hand_drawing(scene, size, style, seed, t).edges
+
+
+def render_hand_drawn_image(scene: Scene, drawing: HandDrawing) -> np.ndarray:
+    """``scene`` rendered with the silhouettes of ``drawing`` (same colours and background as
+    :func:`render_image`): the image that follows the drawing exactly, ``(size, size, 3)`` uint8."""
+    size = drawing.size
+    img = np.empty((size, size, 3), dtype=np.float32)
+    img[...] = np.asarray(BACKGROUNDS[scene.background], dtype=np.float32)
+    for obj, (cov, tex) in zip(scene.objects, drawing._coverage):
+        colour = tex if tex is not None else np.asarray(COLOURS[obj.colour], dtype=np.float32)
+        img[...] = img * (1.0 - cov[..., None]) + colour * cov[..., None]
+    return np.clip(np.rint(img), 0, 255).astype(np.uint8)
