@@ -5,7 +5,7 @@ blocks of ``block_size`` tokens are compact cubes, the attention mass of each (q
 estimated from block means, only the "critical" blocks are computed exactly (plus 3D neighbours, text, and for
 Wan the first-frame blocks), and the result is corrected by a per-query-block scale R and a pooled term C for
 the skipped blocks, fused into the kernel's epilogue. Text queries always attend densely. See
-``docs/rectified_sparse.md`` and :mod:`dit_attn.sparse` for the math.
+``docs/rectified_sparse_math.md`` and :mod:`dit_attn.sparse` for the math.
 
 Where it applies: self-, joint- and single-stream attention whose query and key tokens are the same image/video
 (+ text) sequence: Wan ``attn1``, HunyuanVideo, CogVideoX, FLUX (double and single blocks), SD3 (joint and
