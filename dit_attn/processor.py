@@ -97,7 +97,7 @@ class DitAttnProcessor:
             raise TypeError(
                 f"{type(stock).__name__} does not call dispatch_attention_fn or F.scaled_dot_product_attention in "
                 "its __call__, so dit_attn cannot route its attention; supported processors are the stock ones of "
-                f"the supported families ({', '.join(self.family_names())})")
+                f"the supported families ({', '.join(_family_names())})")
         self.stock = stock
         self.controls = controls if controls is not None else []
         self.site = site
@@ -106,12 +106,6 @@ class DitAttnProcessor:
         call = type(stock).__call__
         self._routed = _routed_call(type(stock))
         self._params = routing.parameter_names(call)[1:]  # after ``self``
-
-    @staticmethod
-    def family_names() -> list[str]:
-        from .families import FAMILIES
-
-        return list(FAMILIES)
 
     # --- diffusers' per-processor attributes, kept on the stock processor that reads them ------------------------
     @property
@@ -234,6 +228,13 @@ def _untouched(call: AttentionCall, mask, originals) -> bool:
 
 
 _SIGNATURE_CLASSES: dict = {}
+
+
+def _family_names() -> list[str]:
+    from .families import FAMILIES
+
+    return list(FAMILIES)
+
 _ROUTED: dict = {}
 _LOCAL = threading.local()
 _TRACING_FRAMES: list = []

@@ -71,21 +71,30 @@ def _runs(indices: list[int]) -> list[slice]:
     return runs
 
 
+def _mask_part(mask: torch.Tensor, rows: slice, heads: slice) -> torch.Tensor:
+    """The stock mask as 4-D, restricted to batch ``rows`` and ``heads`` where it is not broadcast."""
+    m = mask
+    while m.dim() < 4:
+        m = m.unsqueeze(0)
+    m = m[rows] if m.shape[0] > 1 else m
+    return m[:, heads] if m.shape[1] > 1 else m
+
+
+def _additive(m: torch.Tensor, dtype) -> torch.Tensor:
+    """A boolean mask (True = attend) as 0 / -inf, or a float mask as it is, in ``dtype``."""
+    if m.dtype == torch.bool:
+        return torch.zeros(m.shape, dtype=dtype, device=m.device).masked_fill(~m, float("-inf"))
+    return m.to(dtype)
+
+
 def _text_bias(mask: torch.Tensor | None, rows: slice, heads: slice, q_rows: slice, k_text: slice,
                dtype) -> torch.Tensor | None:
     """The stock attention mask restricted to (rows, heads, image queries, text keys), additive, 4-D."""
     if mask is None:
         return None
-    m = mask
-    while m.dim() < 4:
-        m = m.unsqueeze(0)
-    m = m[rows] if m.shape[0] > 1 else m
-    m = m[:, heads] if m.shape[1] > 1 else m
+    m = _mask_part(mask, rows, heads)
     m = m[:, :, q_rows] if m.shape[2] > 1 else m
-    m = m[..., k_text]
-    if m.dtype == torch.bool:
-        return torch.zeros(m.shape, dtype=dtype, device=m.device).masked_fill(~m, float("-inf"))
-    return m.to(dtype)
+    return _additive(m[..., k_text], dtype)
 
 
 def _self_bias(mask: torch.Tensor | None, rows: slice, heads: slice, q_rows: slice, dtype) -> torch.Tensor | None:
@@ -93,15 +102,9 @@ def _self_bias(mask: torch.Tensor | None, rows: slice, heads: slice, q_rows: sli
     such as Chroma's adds to image-image pairs too)."""
     if mask is None:
         return None
-    m = mask
-    while m.dim() < 4:
-        m = m.unsqueeze(0)
-    m = m[rows] if m.shape[0] > 1 else m
-    m = m[:, heads] if m.shape[1] > 1 else m
+    m = _mask_part(mask, rows, heads)
     diag = torch.diagonal(m[:, :, q_rows, q_rows], dim1=-2, dim2=-1) if m.shape[2] > 1 else m[:, :, 0, q_rows]
-    if diag.dtype == torch.bool:
-        diag = torch.zeros(diag.shape, dtype=dtype, device=diag.device).masked_fill(~diag, float("-inf"))
-    return diag.to(dtype).unsqueeze(-1)
+    return _additive(diag, dtype).unsqueeze(-1)
 
 
 def image_self_target(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, q_image: slice,

@@ -91,7 +91,6 @@ class Family:
     pipelines: tuple[str, ...] = ()  # diffusers pipeline classes tested with it (their tiny pipelines)
     tested_with: str = ""  # the tiny pipeline of dit_attn.testing that tests it
     notes: str = ""
-    extra: dict = field(default_factory=dict, compare=False)
 
     def describe(self, tokens: str | None, attn, inputs: dict, ordinal: int, n_query: int, n_key: int,
                  state) -> Described:

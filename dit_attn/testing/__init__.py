@@ -428,12 +428,19 @@ def patch_wan_i2v_ftfy() -> bool:
     with ``NameError``. Where ``ftfy`` is missing we give that module a stand-in whose ``fix_text`` returns the text
     unchanged (what ``ftfy`` does to plain ASCII prompts). Nothing is touched when ``ftfy`` is installed.
     """
-    import types
-
     from diffusers.pipelines.wan import pipeline_wan, pipeline_wan_i2v
 
+    # WanPipeline calls ftfy unguarded too before diffusers 0.37
+    return patch_ftfy(pipeline_wan, pipeline_wan_i2v)
+
+
+def patch_ftfy(*modules) -> bool:
+    """Give each diffusers pipeline module that calls ``ftfy.fix_text`` without having imported ``ftfy`` (it is
+    not installed) a stand-in that returns the text unchanged; returns whether any module was patched."""
+    import types
+
     patched = False
-    for module in (pipeline_wan, pipeline_wan_i2v):  # WanPipeline calls ftfy unguarded too before diffusers 0.3x
+    for module in modules:
         if not hasattr(module, "ftfy"):
             module.ftfy = types.SimpleNamespace(fix_text=lambda text, *args, **kwargs: text)
             patched = True

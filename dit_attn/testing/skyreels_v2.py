@@ -30,15 +30,12 @@ TRANSFORMER_CLASS = "SkyReelsV2Transformer3DModel"
 
 def patch_ftfy() -> bool:
     """Let ``SkyReelsV2Pipeline`` encode prompts without ``ftfy`` installed (its ``basic_clean`` calls ``ftfy``
-    unconditionally); see :func:`dit_attn.testing.patch_wan_i2v_ftfy`. Returns whether it patched."""
-    import types
-
+    unconditionally); see :func:`dit_attn.testing.patch_ftfy`. Returns whether it patched."""
     from diffusers.pipelines.skyreels_v2 import pipeline_skyreels_v2
 
-    if hasattr(pipeline_skyreels_v2, "ftfy"):
-        return False
-    pipeline_skyreels_v2.ftfy = types.SimpleNamespace(fix_text=lambda text, *args, **kwargs: text)
-    return True
+    from . import patch_ftfy as patch_modules
+
+    return patch_modules(pipeline_skyreels_v2)
 
 
 def transformer_config() -> dict[str, Any]:

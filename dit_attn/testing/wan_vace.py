@@ -35,15 +35,12 @@ VACE_IN_CHANNELS = 2 * LATENT_CHANNELS + _VAE_SPATIAL * _VAE_SPATIAL
 
 def patch_ftfy() -> bool:
     """Let ``WanVACEPipeline`` encode prompts without ``ftfy`` installed (its ``basic_clean`` calls ``ftfy``
-    unconditionally); see :func:`dit_attn.testing.patch_wan_i2v_ftfy`. Returns whether it patched."""
-    import types
-
+    unconditionally); see :func:`dit_attn.testing.patch_ftfy`. Returns whether it patched."""
     from diffusers.pipelines.wan import pipeline_wan_vace
 
-    if hasattr(pipeline_wan_vace, "ftfy"):
-        return False
-    pipeline_wan_vace.ftfy = types.SimpleNamespace(fix_text=lambda text, *args, **kwargs: text)
-    return True
+    from . import patch_ftfy as patch_modules
+
+    return patch_modules(pipeline_wan_vace)
 
 
 def transformer_config() -> dict[str, Any]:

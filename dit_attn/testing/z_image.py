@@ -28,6 +28,7 @@ from typing import Any
 import torch
 
 from . import HEIGHT, NEGATIVE_PROMPT, PROMPT, VOCAB, WIDTH, _SPECIALS, _build, _flow_scheduler, _vae_kl
+from .flux2 import QWEN3_CHAT_TEMPLATE
 
 PIPELINE_CLASS = "ZImagePipeline"
 TRANSFORMER_CLASS = "ZImageTransformer2DModel"
@@ -46,19 +47,9 @@ TEXT_VOCAB_SIZE = len(_VOCAB)
 IM_START_ID, IM_END_ID = _VOCAB["<|im_start|>"], _VOCAB["<|im_end|>"]
 PAD_TOKEN = "<|endoftext|>"  # Qwen3's pad token (also in VOCAB, as CLIP's end-of-text)
 
-#: Qwen3's chat template, reduced to what ZImagePipeline uses: role-tagged messages, the generation prompt and the
-#: empty think block that ``enable_thinking=False`` adds (the pipeline passes ``enable_thinking=True``: none).
-CHAT_TEMPLATE = (
-    "{%- for message in messages %}"
-    "{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}"
-    "{%- endfor %}"
-    "{%- if add_generation_prompt %}"
-    "{{- '<|im_start|>assistant\\n' }}"
-    "{%- if enable_thinking is defined and enable_thinking is false %}"
-    "{{- '<think>\\n\\n</think>\\n\\n' }}"
-    "{%- endif %}"
-    "{%- endif %}"
-)
+#: Qwen3's chat template, reduced to what the pipelines use (role-tagged messages, the generation prompt and the
+#: empty think block that ``enable_thinking=False`` adds; ZImagePipeline passes ``enable_thinking=True``: none).
+CHAT_TEMPLATE = QWEN3_CHAT_TEMPLATE
 
 _TEXT_HIDDEN = 32  # Qwen3 hidden size = the transformer's cap_feat_dim
 _VAE_SCALING, _VAE_SHIFT = 0.3611, 0.1159  # FLUX VAE's (Z-Image uses it)
