@@ -65,7 +65,7 @@ def _psnr(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def _describe(image) -> str:
-    from dit_attn.pipelines.shapes.evaluate import parse_image
+    from dit_attn.pipelines.shapes.scoring import parse_image
 
     objects = [f"{d.colour} {d.shape}" for d in parse_image(image) if d.shape != "unknown"]
     return ", ".join(objects) or "nothing recognised"
@@ -75,8 +75,8 @@ def build_panels(steps: int = 20) -> list[Panel]:
     """Generate every panel (about a minute on one CPU thread at 20 steps)."""
     from dit_attn.conditions.fidelity import condition_image, heldout_scenes
     from dit_attn.pipelines import load_shapes
-    from dit_attn.pipelines.shapes.evaluate import edge_f1, score_video
     from dit_attn.pipelines.shapes.generate import shapes_call_kwargs
+    from dit_attn.pipelines.shapes.scoring import edge_f1, score_video
     from dit_attn.pipelines.shapes.world import eval_prompts
 
     t2i = load_shapes("t2i")

@@ -9,7 +9,7 @@ Modules
   depth-like, instance labels) and subject references.
 * ``datasets`` - torch datasets: :class:`ShapesImageDataset`, :class:`ShapesVideoDataset`,
   :class:`ShapesConditionDataset` (deterministic: item ``i`` of seed ``s`` never changes).
-* ``evaluate`` - the exact evaluator: :func:`parse_image`, :func:`score_image`, :func:`score_video`,
+* ``scoring`` - the exact scorer: :func:`parse_image`, :func:`score_image`, :func:`score_video`,
   :func:`score_conditions`, :func:`find_subject`, :func:`aggregate`, :func:`intervals` (95% Wilson intervals).
 * ``data`` - preview CLI: ``python -m dit_attn.pipelines.shapes.data --out DIR --n 16``.
 * ``models`` - the tiny SD3 / FLUX / Wan architectures and word-level tokenizers (:func:`models.build_pipeline`).
@@ -29,7 +29,7 @@ Typical use::
 """
 
 from .datasets import ShapesConditionDataset, ShapesImageDataset, ShapesVideoDataset, collate_scenes
-from .evaluate import (ConditionResult, Detection, ImageResult, ObjectResult, SubjectMatch, VideoObjectResult,
+from .scoring import (ConditionResult, Detection, ImageResult, ObjectResult, SubjectMatch, VideoObjectResult,
                        VideoResult, aggregate, edge_f1, find_subject, foreground_mask, intervals, mask_iou, parse_image,
                        parse_video, score_conditions, score_image, score_video)
 from .geometry import SHAPES, SUBJECTS

@@ -46,7 +46,7 @@ def _swap(caption: str, words: Sequence[str]) -> str:
 def diagnose(pipe, kind: str = "t2i", n: int = 48, seed: int = 0, levels: Sequence[float] = (0.4, 0.6, 0.8, 1.0),
              sensitivity_levels: Sequence[float] = (0.5, 0.7, 0.9), steps: int = 10) -> dict:
     """``{"sdedit": {s: aggregate scores}, "word_sensitivity": {s: {"shape": rms, "colour": rms}}}``."""
-    from .evaluate import aggregate, score_image
+    from .scoring import aggregate, score_image
     from .geometry import SHAPES
     from .train import _encode_text, _scene, predict_velocity, render_batch
     from .world import COLOURS

@@ -18,7 +18,7 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
-from .evaluate import aggregate, score_image, score_video
+from .scoring import aggregate, score_image, score_video
 from .models import KINDS, NUM_FRAMES, RESOLUTION, T5_MAX_LENGTH
 from .world import eval_prompts
 

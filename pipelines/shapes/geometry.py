@@ -3,7 +3,7 @@
 Every object is drawn in its own frame ``(u, v)``: ``u`` to the right, ``v`` downwards (image convention), both
 in units of the object's radius, with the object's centre at the origin. A shape is a predicate ``inside(u, v)``;
 a subject sprite is a predicate plus a texture ``colour(u, v)``. Rendering (``render.py``) samples these
-predicates on a supersampled pixel grid; the evaluator (``evaluate.py``) samples the same predicates inside a
+predicates on a supersampled pixel grid; the scorer (``scoring.py``) samples the same predicates inside a
 detected component's bounding box to obtain the silhouette templates it compares against. Keeping one
 definition for both makes the evaluator exact on ground-truth renders.
 

@@ -298,7 +298,7 @@ def train_vae(kind: str, vae: torch.nn.Module, work: str, seconds: float, seed: 
 @torch.no_grad()
 def vae_reconstruction_scores(kind: str, vae, seed: int, n: int = 32) -> dict:
     """Evaluator scores of VAE reconstructions of ``n`` training renders (an upper bound for the generator)."""
-    from .evaluate import aggregate, score_image, score_video
+    from .scoring import aggregate, score_image, score_video
 
     idx = range(2_000_000, 2_000_000 + n)
     x, _ = render_batch(kind, seed, idx)

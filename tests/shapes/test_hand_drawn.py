@@ -4,7 +4,7 @@ everything stays inside the image, and the fidelity scorer reads them against th
 import numpy as np
 import pytest
 
-from dit_attn.pipelines.shapes.evaluate import _dilate, edge_scores
+from dit_attn.pipelines.shapes.scoring import _dilate, edge_scores
 from dit_attn.pipelines.shapes.render import (HAND_STYLES, OOV_SHAPES, hand_drawing, hand_drawn_edges,
                                               hand_style_names, label_edges, render_hand_drawn_image)
 from dit_attn.pipelines.shapes.world import Scene, ShapeObject, condition_scene
@@ -84,7 +84,7 @@ def test_stays_inside_the_image_and_near_the_objects(size):
 def test_image_follows_the_drawing():
     """The image rendered from a drawing has the drawn silhouettes: its outline scores F1 1 against the drawing's
     outline, the scene's own render less when an object became an ellipse or a blob."""
-    from dit_attn.pipelines.shapes.evaluate import image_edges
+    from dit_attn.pipelines.shapes.scoring import image_edges
     from dit_attn.pipelines.shapes.render import render_image
 
     hits = 0

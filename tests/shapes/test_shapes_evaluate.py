@@ -11,7 +11,7 @@ from dit_attn.pipelines.shapes import (SHAPES, SUBJECTS, ShapeObject, ShapesVide
                                        eval_prompts, find_subject, intervals, mask_iou, parse_image, render_conditions,
                                        render_image, render_video, sample_scene, scene_rng, score_conditions,
                                        score_image, score_video)
-from dit_attn.pipelines.shapes.evaluate import classify_shape, label
+from dit_attn.pipelines.shapes.scoring import classify_shape, label
 from dit_attn.pipelines.shapes.world import COLOURS, Scene
 
 from conftest import degrade
@@ -275,15 +275,15 @@ def test_object_accuracy_pools_objects_not_results():
 def test_docstring_examples_run():
     import doctest
 
-    import dit_attn.pipelines.shapes.evaluate as evaluate_module
+    import dit_attn.pipelines.shapes.scoring as scoring_module
 
-    result = doctest.testmod(evaluate_module, optionflags=doctest.ELLIPSIS)
+    result = doctest.testmod(scoring_module, optionflags=doctest.ELLIPSIS)
     assert result.attempted > 0 and result.failed == 0, result
 
 
 def test_direction_confusion_shows_a_sign_error_as_the_opposite_direction():
     from dit_attn.pipelines.shapes import eval_prompts, render_video, score_video
-    from dit_attn.pipelines.shapes.evaluate import direction_confusion
+    from dit_attn.pipelines.shapes.scoring import direction_confusion
 
     opposite = {"left": "right", "right": "left", "up": "down", "down": "up"}
     specs = [s for _, s in eval_prompts("t2v", split="heldout", n=12)]
@@ -299,7 +299,7 @@ def test_direction_confusion_tells_still_objects_from_lost_ones():
     import numpy as np
 
     from dit_attn.pipelines.shapes import eval_prompts, render_video, score_video
-    from dit_attn.pipelines.shapes.evaluate import direction_confusion
+    from dit_attn.pipelines.shapes.scoring import direction_confusion
 
     specs = [s for _, s in eval_prompts("t2v", split="heldout", n=8)]
     clips = [np.asarray(render_video(s, 64, 9)) for s in specs]
@@ -310,3 +310,25 @@ def test_direction_confusion_tells_still_objects_from_lost_ones():
     lost = direction_confusion(empty, specs)
     assert sum(row.get("still", 0) for row in still.values()) >= 0.9 * n_objects, still
     assert sum(row.get("lost", 0) for row in lost.values()) == n_objects, lost
+
+
+def test_scorer_is_pure_and_the_command_keeps_its_name():
+    """The scorer loads no model code (no generate / evaluate / diffusers import), generate does not import the
+    command, the command still answers under its name, and the scorer's names still import from it."""
+    import subprocess
+    import sys
+
+    code = ("import sys; import dit_attn.pipelines.shapes.scoring\n"
+            "assert not {'dit_attn.pipelines.shapes.generate', 'dit_attn.pipelines.shapes.evaluate', 'diffusers'}"
+            " & set(sys.modules), sorted(m for m in sys.modules if 'shapes' in m)\n"
+            "import dit_attn.pipelines.shapes.generate\n"
+            "assert 'dit_attn.pipelines.shapes.evaluate' not in sys.modules\n")
+    subprocess.run([sys.executable, "-c", code], check=True)
+    out = subprocess.run([sys.executable, "-m", "dit_attn.pipelines.shapes.evaluate", "--help"], check=True,
+                         capture_output=True, text=True).stdout
+    assert "--kind" in out and "--splits" in out
+    from dit_attn.pipelines.shapes import evaluate, scoring
+
+    assert evaluate.score_image is scoring.score_image and evaluate._dilate is scoring._dilate
+    with pytest.raises(AttributeError):
+        evaluate.no_such_name
