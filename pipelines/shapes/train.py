@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
+import dataclasses
 import functools
 import json
 import multiprocessing
@@ -57,10 +58,12 @@ from .world import COLOURS, sample_scene, scene_rng
 from dit_attn.pipelines.loading import dtype_kwargs
 
 PRECISIONS = ("fp32", "bf16")
-_DEFAULTS = {  # kind: (total minutes, VAE minutes, batch, cache size)
-    "t2i": (35.0, 6.0, 32, 30000),
-    "flux": (35.0, 6.0, 32, 30000),
-    "t2v": (40.0, 8.0, 16, 8000),
+#: Per-kind defaults of the :class:`TrainConfig` fields left ``None`` (the video model trains on fewer, costlier
+#: items with a longer VAE phase).
+KIND_DEFAULTS = {
+    "t2i": dict(minutes=35.0, vae_minutes=6.0, batch=32, cache_size=30000),
+    "flux": dict(minutes=35.0, vae_minutes=6.0, batch=32, cache_size=30000),
+    "t2v": dict(minutes=40.0, vae_minutes=8.0, batch=16, cache_size=8000),
 }
 _LOG_NAME = "training_log.jsonl"
 
@@ -544,17 +547,17 @@ def _quick_eval(pipe, kind: str, modules, ema, n: int, seed: int) -> dict:
             m.train()
 
 
-def train(kind: str, out: str, work: str, minutes: float, vae_minutes: float, batch: int, cache_size: int,
-          lr: float, seed: int, resume: bool, init_vae: Optional[str], log_every: int, ckpt_minutes: float,
-          eval_n: int, logit_mean: float = 0.0, logit_std: float = 1.0, init_from: Optional[str] = None,
-          warmup: int = 200, vae_crop: int = 32, vae_fg_weight: float = 0.0, fg_weight: float = 0.0,
-          device: str = "cpu", workers: int = 0, precision: str = "fp32", time_reverse_p: float = 0.0,
-          temporal_patch: int = 0, sign_weight: float = 0.0, sign_margin: float = 0.05,
-          colour_weight: float = 0.0, colour_margin: float = 0.3, vae_decoder_only: bool = False,
-          vae_lr: float = 1e-3, vae_latent_noise: float = 0.0) -> None:
-    """Train (or resume) one ShapesWorld model; the CLI's flags map one to one (see :func:`main`). ``device``:
-    where the VAE, text encoders and transformer train ("cpu", "cuda", "cuda:1"; random draws stay on the CPU,
-    so a run does the same steps on any device); ``workers``: processes rendering the latent cache;
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Everything one ShapesWorld training run needs; :func:`train` takes one, the CLI's flags map to its fields
+    one to one (``--vae-minutes`` is ``vae_minutes``, ``--time-reverse`` is ``time_reverse_p``).
+
+    ``minutes``, ``vae_minutes``, ``batch`` and ``cache_size`` left ``None`` take the kind's defaults
+    (:data:`KIND_DEFAULTS`), ``work`` left ``None`` is ``outputs/shapes_train/<kind>``; the fields are checked
+    when the config is made, so a bad combination fails before anything is built or deleted.
+
+    ``device``: where the VAE, text encoders and transformer train ("cpu", "cuda", "cuda:1"; random draws stay on
+    the CPU, so a run does the same steps on any device); ``workers``: processes rendering the latent cache;
     ``precision``: ``"fp32"`` or ``"bf16"`` (mixed precision: the flow-matching forward under bfloat16 autocast,
     weights, AdamW moments and EMA stay float32; ~1.45x faster steps on our AVX512-BF16 CPU);
     ``time_reverse_p``: t2v only, the probability that a training clip is played backwards with its directions
@@ -563,75 +566,150 @@ def train(kind: str, out: str, work: str, minutes: float, vae_minutes: float, ba
     ``sign_margin``: t2v only, the direction-sign contrast of :func:`flow_loss` (0: off); ``colour_weight``,
     ``colour_margin``: the colour contrast of :func:`flow_loss` (any kind; 0: off); ``vae_decoder_only``,
     ``vae_lr``, ``vae_latent_noise``: see :func:`train_vae` (with ``init_from`` and ``vae_minutes`` > 0, the
-    exported pipeline's decoder is fine-tuned before the flow phase; its transformer stays valid)."""
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
-    if not 0.0 <= time_reverse_p <= 1.0:
-        raise ValueError(f"time_reverse_p must be a probability in [0, 1], got {time_reverse_p!r}")
-    if time_reverse_p and kind != "t2v":
-        raise ValueError(f"time reversal is a t2v augmentation; kind {kind!r} has no motion")
-    if temporal_patch and kind != "t2v":
-        raise ValueError(f"temporal_patch is a t2v option; kind {kind!r} has no frames")
-    if sign_weight and kind != "t2v":
-        raise ValueError(f"the sign contrast is a t2v loss; kind {kind!r} has no motion")
-    if sign_weight < 0 or sign_margin <= 0:
-        raise ValueError(f"sign_weight must be >= 0 and sign_margin > 0, got {sign_weight!r} and {sign_margin!r}")
-    if colour_weight < 0 or colour_margin <= 0:
-        raise ValueError(f"colour_weight must be >= 0 and colour_margin > 0, got {colour_weight!r} and "
-                         f"{colour_margin!r}")
-    if vae_decoder_only and not (init_from or init_vae):
-        raise ValueError("vae_decoder_only fine-tunes the decoder of a trained VAE: pass init_from (an exported "
-                         "pipeline) or init_vae; a fresh VAE's encoder is random")
-    if vae_decoder_only and vae_minutes <= 0:
-        raise ValueError("vae_decoder_only needs vae_minutes > 0 (the time the decoder trains); got "
-                         f"{vae_minutes!r}")
-    if vae_lr <= 0 or vae_latent_noise < 0:
-        raise ValueError(f"vae_lr must be > 0 and vae_latent_noise >= 0, got {vae_lr!r} and {vae_latent_noise!r}")
-    if temporal_patch < 0:
-        raise ValueError(f"temporal_patch must be >= 0 (0: keep the model's own), got {temporal_patch!r}")
-    torch.manual_seed(seed)
-    np.random.seed(seed)
+    exported pipeline's decoder is fine-tuned before the flow phase; its transformer stays valid).
+
+    Example::
+
+        >>> config = TrainConfig(kind="t2v", out="model")
+        >>> config.minutes, config.batch, config.work
+        (40.0, 16, 'outputs/shapes_train/t2v')
+        >>> TrainConfig(kind="t2i", out="model", time_reverse_p=0.5)
+        Traceback (most recent call last):
+        ...
+        ValueError: time reversal is a t2v augmentation; kind 't2i' has no motion
+    """
+
+    kind: str
+    out: str
+    work: Optional[str] = None
+    minutes: Optional[float] = None
+    vae_minutes: Optional[float] = None
+    batch: Optional[int] = None
+    cache_size: Optional[int] = None
+    lr: float = 5e-4
+    seed: int = 0
+    resume: bool = False
+    init_vae: Optional[str] = None
+    init_from: Optional[str] = None
+    log_every: int = 50
+    ckpt_minutes: float = 6.0
+    eval_n: int = 32
+    logit_mean: float = 0.0
+    logit_std: float = 1.0
+    warmup: int = 200
+    vae_crop: int = 32
+    vae_fg_weight: float = 0.0
+    vae_decoder_only: bool = False
+    vae_lr: float = 1e-3
+    vae_latent_noise: float = 0.0
+    fg_weight: float = 0.0
+    device: str = "cpu"
+    workers: int = 0
+    precision: str = "fp32"
+    time_reverse_p: float = 0.0
+    temporal_patch: int = 0
+    sign_weight: float = 0.0
+    sign_margin: float = 0.05
+    colour_weight: float = 0.0
+    colour_margin: float = 0.3
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"unknown ShapesWorld kind {self.kind!r}; expected one of {KINDS}")
+        defaults = KIND_DEFAULTS[self.kind]
+        for name in ("minutes", "vae_minutes", "batch", "cache_size"):
+            if getattr(self, name) is None:
+                object.__setattr__(self, name, defaults[name])
+        if self.work is None:
+            object.__setattr__(self, "work", os.path.join("outputs", "shapes_train", self.kind))
+        self._check()
+
+    def _check(self) -> None:
+        if self.minutes < 0 or self.vae_minutes < 0 or self.ckpt_minutes <= 0:
+            raise ValueError(f"minutes and vae_minutes must be >= 0 and ckpt_minutes > 0, got {self.minutes!r}, "
+                             f"{self.vae_minutes!r} and {self.ckpt_minutes!r}")
+        if self.batch < 1 or self.cache_size < 1 or self.log_every < 1 or self.warmup < 1:
+            raise ValueError(f"batch, cache_size, log_every and warmup must be >= 1, got {self.batch!r}, "
+                             f"{self.cache_size!r}, {self.log_every!r} and {self.warmup!r}")
+        if self.lr <= 0 or self.eval_n < 0 or self.workers < 0 or self.vae_crop < 0:
+            raise ValueError(f"lr must be > 0 and eval_n, workers, vae_crop >= 0, got {self.lr!r}, {self.eval_n!r}, "
+                             f"{self.workers!r} and {self.vae_crop!r}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        if not 0.0 <= self.time_reverse_p <= 1.0:
+            raise ValueError(f"time_reverse_p must be a probability in [0, 1], got {self.time_reverse_p!r}")
+        if self.time_reverse_p and self.kind != "t2v":
+            raise ValueError(f"time reversal is a t2v augmentation; kind {self.kind!r} has no motion")
+        if self.temporal_patch and self.kind != "t2v":
+            raise ValueError(f"temporal_patch is a t2v option; kind {self.kind!r} has no frames")
+        if self.sign_weight and self.kind != "t2v":
+            raise ValueError(f"the sign contrast is a t2v loss; kind {self.kind!r} has no motion")
+        if self.sign_weight < 0 or self.sign_margin <= 0:
+            raise ValueError(f"sign_weight must be >= 0 and sign_margin > 0, got {self.sign_weight!r} and "
+                             f"{self.sign_margin!r}")
+        if self.colour_weight < 0 or self.colour_margin <= 0:
+            raise ValueError(f"colour_weight must be >= 0 and colour_margin > 0, got {self.colour_weight!r} and "
+                             f"{self.colour_margin!r}")
+        if self.vae_decoder_only and not (self.init_from or self.init_vae):
+            raise ValueError("vae_decoder_only fine-tunes the decoder of a trained VAE: pass init_from (an exported "
+                             "pipeline) or init_vae; a fresh VAE's encoder is random")
+        if self.vae_decoder_only and self.vae_minutes <= 0:
+            raise ValueError("vae_decoder_only needs vae_minutes > 0 (the time the decoder trains); got "
+                             f"{self.vae_minutes!r}")
+        if self.vae_lr <= 0 or self.vae_latent_noise < 0:
+            raise ValueError(f"vae_lr must be > 0 and vae_latent_noise >= 0, got {self.vae_lr!r} and "
+                             f"{self.vae_latent_noise!r}")
+        if self.temporal_patch < 0:
+            raise ValueError(f"temporal_patch must be >= 0 (0: keep the model's own), got {self.temporal_patch!r}")
+
+
+def train(config: TrainConfig) -> None:
+    """Train (or resume) one ShapesWorld model as ``config`` says (see :class:`TrainConfig`)."""
+    c = config  # short name: the phases below read most fields
+    kind, work = c.kind, c.work
+    torch.manual_seed(c.seed)
+    np.random.seed(c.seed)
     os.makedirs(work, exist_ok=True)
     log = _Log(os.path.join(work, _LOG_NAME))
     meta: Optional[dict] = None
-    if resume and os.path.exists(os.path.join(work, "state.json")):
+    if c.resume and os.path.exists(os.path.join(work, "state.json")):
         with open(os.path.join(work, "state.json")) as f:
             meta = json.load(f)
-    elif not resume:
+    elif not c.resume:
         for name in ("state.json", "state.safetensors", _LOG_NAME, "vae_done.json", "latent_cache.safetensors",
                      "latent_cache.json"):
             if os.path.exists(os.path.join(work, name)):
                 os.remove(os.path.join(work, name))
         shutil.rmtree(os.path.join(work, "vae"), ignore_errors=True)
-    budget = minutes * 60.0
-    pipe = build_pipeline(kind, seed=seed)
-    if init_from:  # continue from an exported pipeline (a new recipe on trained weights; on resume the state
+    budget = c.minutes * 60.0
+    pipe = build_pipeline(kind, seed=c.seed)
+    if c.init_from:  # continue from an exported pipeline (a new recipe on trained weights; on resume the state
         # file then overrides the weights)
-        pipe = type(pipe).from_pretrained(init_from, **dtype_kwargs(torch.float32), use_safetensors=True,
+        pipe = type(pipe).from_pretrained(c.init_from, **dtype_kwargs(torch.float32), use_safetensors=True,
                                           local_files_only=True)
-        if meta is None and not (vae_decoder_only and vae_minutes > 0):  # its VAE is trained: no VAE phase
+        if meta is None and not (c.vae_decoder_only and c.vae_minutes > 0):  # its VAE is trained: no VAE phase
             pipe.vae.save_pretrained(os.path.join(work, "vae"), safe_serialization=True)
             with open(os.path.join(work, "vae_done.json"), "w") as f:
-                json.dump({"vae_step": 0, "vae_elapsed": 0.0, "init_from": init_from}, f)
-            log.write(phase="init", init_from=init_from)
-    if temporal_patch and pipe.transformer.config.patch_size[0] != temporal_patch:
-        pipe.register_modules(transformer=with_temporal_patch(pipe.transformer, temporal_patch))
-        log.write(phase="note", temporal_patch=temporal_patch)
+                json.dump({"vae_step": 0, "vae_elapsed": 0.0, "init_from": c.init_from}, f)
+            log.write(phase="init", init_from=c.init_from)
+    if c.temporal_patch and pipe.transformer.config.patch_size[0] != c.temporal_patch:
+        pipe.register_modules(transformer=with_temporal_patch(pipe.transformer, c.temporal_patch))
+        log.write(phase="note", temporal_patch=c.temporal_patch)
     pipe.set_progress_bar_config(disable=True)
-    pipe.to(device)
+    pipe.to(c.device)
     vae_cls = type(pipe.vae)
 
     # Phase 1: VAE
     vae_dir = os.path.join(work, "vae")
     if os.path.exists(os.path.join(work, "vae_done.json")):
-        pipe.register_modules(vae=vae_cls.from_pretrained(vae_dir, **dtype_kwargs(torch.float32), use_safetensors=True).to(device))
+        pipe.register_modules(vae=vae_cls.from_pretrained(vae_dir, **dtype_kwargs(torch.float32), use_safetensors=True).to(c.device))
     else:
-        if init_vae:
-            pipe.register_modules(vae=vae_cls.from_pretrained(init_vae, **dtype_kwargs(torch.float32),
-                                                               use_safetensors=True).to(device))
-        train_vae(kind, pipe.vae, work, vae_minutes * 60.0, seed, 16 if kind != "t2v" else 4, log, meta,
-                  crop=vae_crop, fg_weight=vae_fg_weight, decoder_only=vae_decoder_only, lr=vae_lr,
-                  latent_noise=vae_latent_noise)
+        if c.init_vae:
+            pipe.register_modules(vae=vae_cls.from_pretrained(c.init_vae, **dtype_kwargs(torch.float32),
+                                                               use_safetensors=True).to(c.device))
+        train_vae(kind, pipe.vae, work, c.vae_minutes * 60.0, c.seed, 16 if kind != "t2v" else 4, log, meta,
+                  crop=c.vae_crop, fg_weight=c.vae_fg_weight, decoder_only=c.vae_decoder_only, lr=c.vae_lr,
+                  latent_noise=c.vae_latent_noise)
         meta = None
     with open(os.path.join(work, "vae_done.json")) as f:
         vae_elapsed = float(json.load(f)["vae_elapsed"])
@@ -639,63 +717,63 @@ def train(kind: str, out: str, work: str, minutes: float, vae_minutes: float, ba
 
     # Phase 2: latent cache (re-encoded on resume: deterministic, a few minutes at most)
     t_cache = time.time()
-    latents, captions = _cached_latents(kind, pipe.vae, cache_size, seed, work, workers)
+    latents, captions = _cached_latents(kind, pipe.vae, c.cache_size, c.seed, work, c.workers)
     cache_s = time.time() - t_cache
     log.write(phase="cache", n=len(captions), seconds=round(cache_s, 1),
               vae_config={k: pipe.vae.config[k] for k in ("scaling_factor", "shift_factor", "latents_mean",
                                                            "latents_std") if k in pipe.vae.config})
 
     # Phase 3: flow matching
-    if time_reverse_p and not is_framewise(pipe.vae):
+    if c.time_reverse_p and not is_framewise(pipe.vae):
         raise ValueError("time reversal needs the frame-wise video VAE (models.make_framewise): a clip-coding VAE's "
                          "latent frames are not independent, so reversing them is not the reversed clip")
     modules = _trainables(pipe, kind)
     params = [p for m in modules.values() for p in m.parameters()]
     for m in modules.values():
         m.train()
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0, betas=(0.9, 0.99))
+    opt = torch.optim.AdamW(params, lr=c.lr, weight_decay=0.0, betas=(0.9, 0.99))
     ema = {f"{name}/{k}": v.detach().clone().float() for name, m in modules.items()
            for k, v in m.state_dict().items()}
     step, elapsed = 0, 0.0
     if meta is not None and meta.get("phase") == "transformer":
         meta = load_state(work, modules, ema, opt)
         step, elapsed = int(meta["step"]), float(meta["elapsed"])
-        if meta.get("precision", "fp32") != precision:  # allowed (the weights are float32 either way): say so
-            tqdm.write(f"[{kind}] resuming a {meta.get('precision', 'fp32')} run with precision {precision}")
-            log.write(phase="note", step=step, precision_from=meta.get("precision", "fp32"), precision=precision)
+        if meta.get("precision", "fp32") != c.precision:  # allowed (the weights are float32 either way): say so
+            tqdm.write(f"[{kind}] resuming a {meta.get('precision', 'fp32')} run with precision {c.precision}")
+            log.write(phase="note", step=step, precision_from=meta.get("precision", "fp32"), precision=c.precision)
         cache_s = float(meta.get("cache_seconds", cache_s))  # a resumed run reads the cache: charge the first build
     seconds = budget - vae_elapsed - cache_s
-    gen = torch.Generator().manual_seed(seed * 7919 + step)  # a resumed run continues with fresh, seeded draws
-    order_rng = np.random.default_rng([seed, step])
+    gen = torch.Generator().manual_seed(c.seed * 7919 + step)  # a resumed run continues with fresh, seeded draws
+    order_rng = np.random.default_rng([c.seed, step])
     bar = tqdm(desc=f"{kind} flow", unit="step", initial=step, mininterval=20)
     last_ckpt, run_loss, run_n = time.time(), 0.0, 0
 
     def checkpoint(final: bool = False) -> None:
-        scores = _quick_eval(pipe, kind, modules, ema, eval_n, seed=20240) if eval_n else {}
+        scores = _quick_eval(pipe, kind, modules, ema, c.eval_n, seed=20240) if c.eval_n else {}
         log.write(phase="eval", step=step, elapsed_s=round(elapsed, 1), final=final, **scores)
-        state_meta = {"phase": "transformer", "step": step, "elapsed": elapsed, "kind": kind, "batch": batch,
-                      "lr": lr, "seed": seed, "cache_size": cache_size, "vae_elapsed": vae_elapsed,
-                      "cache_seconds": cache_s, "minutes": minutes, "logit_mean": logit_mean,
-                      "logit_std": logit_std, "init_from": init_from, "fg_weight": fg_weight,
-                      "precision": precision, "time_reverse_p": time_reverse_p, "sign_weight": sign_weight,
-                      "sign_margin": sign_margin, "colour_weight": colour_weight, "colour_margin": colour_margin}
+        state_meta = {"phase": "transformer", "step": step, "elapsed": elapsed, "kind": kind, "batch": c.batch,
+                      "lr": c.lr, "seed": c.seed, "cache_size": c.cache_size, "vae_elapsed": vae_elapsed,
+                      "cache_seconds": cache_s, "minutes": c.minutes, "logit_mean": c.logit_mean,
+                      "logit_std": c.logit_std, "init_from": c.init_from, "fg_weight": c.fg_weight,
+                      "precision": c.precision, "time_reverse_p": c.time_reverse_p, "sign_weight": c.sign_weight,
+                      "sign_margin": c.sign_margin, "colour_weight": c.colour_weight, "colour_margin": c.colour_margin}
         save_state(work, modules, ema, opt, state_meta)
-        export(pipe, kind, modules, ema, out, work)
-        tqdm.write(f"[{kind}] step {step}: checkpoint saved, exported to {out}; eval {scores}")
+        export(pipe, kind, modules, ema, c.out, work)
+        tqdm.write(f"[{kind}] step {step}: checkpoint saved, exported to {c.out}; eval {scores}")
 
     while elapsed < seconds:
         t0 = time.time()
-        idx = order_rng.integers(0, latents.shape[0], batch)
+        idx = order_rng.integers(0, latents.shape[0], c.batch)
         x0 = latents[torch.from_numpy(idx).to(latents.device)]
         prompts = [captions[i] for i in idx]
-        if time_reverse_p:  # no extra draws otherwise: older runs resume with the same data order
-            x0, prompts = time_reverse(x0, prompts, order_rng.random(batch) < time_reverse_p)
+        if c.time_reverse_p:  # no extra draws otherwise: older runs resume with the same data order
+            x0, prompts = time_reverse(x0, prompts, order_rng.random(c.batch) < c.time_reverse_p)
         prompts = ["" if order_rng.random() < 0.1 else c for c in prompts]
         for g in opt.param_groups:
-            g["lr"] = lr * min(1.0, (step + 1) / warmup)
-        with torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=precision == "bf16"):
-            loss = flow_loss(pipe, kind, x0, prompts, gen, logit_mean, logit_std, fg_weight, sign_weight,
-                             sign_margin, colour_weight, colour_margin)
+            g["lr"] = c.lr * min(1.0, (step + 1) / c.warmup)
+        with torch.autocast(torch.device(c.device).type, dtype=torch.bfloat16, enabled=c.precision == "bf16"):
+            loss = flow_loss(pipe, kind, x0, prompts, gen, c.logit_mean, c.logit_std, c.fg_weight, c.sign_weight,
+                             c.sign_margin, c.colour_weight, c.colour_margin)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -711,90 +789,93 @@ def train(kind: str, out: str, work: str, minutes: float, vae_minutes: float, ba
         run_loss += loss.detach()  # read once per log line, not every step
         run_n += 1
         bar.update(1)
-        if step % log_every == 0:
+        if step % c.log_every == 0:
             mean_loss = float(run_loss) / run_n
             log.write(phase="flow", step=step, loss=round(mean_loss, 5), elapsed_s=round(elapsed, 1))
             bar.set_postfix(loss=f"{mean_loss:.4f}")
             run_loss, run_n = 0.0, 0
-        if time.time() - last_ckpt > ckpt_minutes * 60.0:
+        if time.time() - last_ckpt > c.ckpt_minutes * 60.0:
             checkpoint()
             last_ckpt = time.time()
     bar.close()
     checkpoint(final=True)
 
 
+# Flags whose name is not the field's.
+_FLAG_FIELDS = {"time_reverse": "time_reverse_p"}
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    """The command line: every flag left out keeps :class:`TrainConfig`'s default (defaults live there only)."""
     p = argparse.ArgumentParser(prog="python -m dit_attn.pipelines.shapes.train", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                argument_default=argparse.SUPPRESS)
     p.add_argument("--kind", choices=KINDS, required=True)
     p.add_argument("--out", required=True, help="folder the trained pipeline is exported to (save_pretrained)")
-    p.add_argument("--work", default=None, help="checkpoints and logs (default outputs/shapes_train/<kind>)")
-    p.add_argument("--minutes", type=float, default=None, help="total wall-clock budget, all phases and resumes")
-    p.add_argument("--vae-minutes", type=float, default=None, help="part of the budget spent on the VAE")
-    p.add_argument("--init-vae", default=None, help="start the VAE from this folder (e.g. a trained t2i vae)")
-    p.add_argument("--batch", type=int, default=None)
-    p.add_argument("--cache-size", type=int, default=None, help="training items encoded for the latent cache")
-    p.add_argument("--lr", type=float, default=5e-4)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--work", help="checkpoints and logs (default outputs/shapes_train/<kind>)")
+    p.add_argument("--minutes", type=float, help="total wall-clock budget, all phases and resumes")
+    p.add_argument("--vae-minutes", type=float, help="part of the budget spent on the VAE")
+    p.add_argument("--init-vae", help="start the VAE from this folder (e.g. a trained t2i vae)")
+    p.add_argument("--batch", type=int)
+    p.add_argument("--cache-size", type=int, help="training items encoded for the latent cache")
+    p.add_argument("--lr", type=float)
+    p.add_argument("--seed", type=int)
     p.add_argument("--resume", action="store_true", help="continue from --work")
-    p.add_argument("--log-every", type=int, default=50)
-    p.add_argument("--ckpt-minutes", type=float, default=6.0)
-    p.add_argument("--eval-n", type=int, default=32, help="prompts per split scored at each checkpoint (0: off)")
+    p.add_argument("--log-every", type=int)
+    p.add_argument("--ckpt-minutes", type=float)
+    p.add_argument("--eval-n", type=int, help="prompts per split scored at each checkpoint (0: off)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--device", default="auto",
                    help="cpu, cuda, cuda:N, or auto (cuda when available); the random draws are the same on any")
-    p.add_argument("--workers", type=int, default=0,
+    p.add_argument("--workers", type=int,
                    help="processes rendering the latent cache (e.g. 12 on a GPU machine; 0: in this process)")
-    p.add_argument("--logit-mean", type=float, default=0.0,
+    p.add_argument("--logit-mean", type=float,
                    help="noise levels s = sigmoid(mean + std z) (s = 1 is noise); > 0 trains more at high noise")
-    p.add_argument("--logit-std", type=float, default=1.0)
-    p.add_argument("--init-from", default=None,
+    p.add_argument("--logit-std", type=float)
+    p.add_argument("--init-from",
                    help="start from an exported ShapesWorld pipeline folder (its VAE is kept; no VAE phase)")
-    p.add_argument("--warmup", type=int, default=200, help="learning-rate warm-up steps")
-    p.add_argument("--vae-crop", type=int, default=32, help="VAE training crop size in pixels (0: full frames)")
-    p.add_argument("--vae-fg-weight", type=float, default=0.0,
+    p.add_argument("--warmup", type=int, help="learning-rate warm-up steps")
+    p.add_argument("--vae-crop", type=int, help="VAE training crop size in pixels (0: full frames)")
+    p.add_argument("--vae-fg-weight", type=float,
                    help="extra weight of object pixels in the VAE loss (e.g. 4 for the video VAE)")
     p.add_argument("--vae-decoder-only", action="store_true",
                    help="train only the VAE decoder (encoder frozen: latents unchanged); with --init-from and "
                         "--vae-minutes > 0 this fine-tunes a trained pipeline's decoder before the flow phase")
-    p.add_argument("--vae-lr", type=float, default=1e-3, help="VAE learning rate (e.g. 5e-4 to fine-tune)")
-    p.add_argument("--vae-latent-noise", type=float, default=0.0,
+    p.add_argument("--vae-lr", type=float, help="VAE learning rate (e.g. 5e-4 to fine-tune)")
+    p.add_argument("--vae-latent-noise", type=float,
                    help="noise added to the VAE's sampled latents, in latent standard deviations (e.g. 0.1)")
-    p.add_argument("--fg-weight", type=float, default=0.0,
+    p.add_argument("--fg-weight", type=float,
                    help="extra weight of object positions in the flow loss (e.g. 4: objects count 5x)")
-    p.add_argument("--precision", choices=PRECISIONS, default="fp32",
+    p.add_argument("--precision", choices=PRECISIONS,
                    help="flow-matching compute: fp32, or bf16 mixed precision (float32 weights; faster on CPUs "
                         "with AVX512-BF16/AMX and on GPUs)")
-    p.add_argument("--time-reverse", type=float, default=0.0,
+    p.add_argument("--time-reverse", type=float,
                    help="t2v: probability of playing a training clip backwards with its directions swapped "
                         "(exact with the frame-wise VAE; e.g. 0.5)")
-    p.add_argument("--temporal-patch", type=int, default=0,
+    p.add_argument("--temporal-patch", type=int,
                    help="t2v: latent frames per transformer patch (0: the model's own); converts a one-frame "
                         "--init-from model (models.with_temporal_patch), e.g. 3 for the whole 9-frame clip")
-    p.add_argument("--sign-weight", type=float, default=0.0,
+    p.add_argument("--sign-weight", type=float,
                    help="t2v: weight of the direction-sign contrast (each clip also denoised under its "
                         "time-reversed caption, which must predict --sign-margin worse); e.g. 1")
-    p.add_argument("--sign-margin", type=float, default=0.05,
-                   help="t2v: relative loss margin of the sign contrast")
-    p.add_argument("--colour-weight", type=float, default=0.0,
+    p.add_argument("--sign-margin", type=float, help="t2v: relative loss margin of the sign contrast")
+    p.add_argument("--colour-weight", type=float,
                    help="weight of the colour contrast (each item also denoised under its caption with the colour "
                         "words swapped, which must predict --colour-margin worse); e.g. 1")
-    p.add_argument("--colour-margin", type=float, default=0.3,
-                   help="relative loss margin of the colour contrast")
-    a = p.parse_args(argv)
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if a.device == "auto" else a.device
+    p.add_argument("--colour-margin", type=float, help="relative loss margin of the colour contrast")
+    args = vars(p.parse_args(argv))
+    threads, device_flag = args.pop("threads"), args.pop("device")
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if device_flag == "auto" else device_flag
     try:
         torch.empty(0, device=device)
     except (RuntimeError, AssertionError) as err:
-        p.error(f"--device {a.device!r} is not usable here ({err}); use cpu, cuda, cuda:N or auto")
-    torch.set_num_threads(a.threads)
-    d_minutes, d_vae, d_batch, d_cache = _DEFAULTS[a.kind]
-    train(a.kind, a.out, a.work or os.path.join("outputs", "shapes_train", a.kind),
-          a.minutes if a.minutes is not None else d_minutes, a.vae_minutes if a.vae_minutes is not None else d_vae,
-          a.batch or d_batch, a.cache_size or d_cache, a.lr, a.seed, a.resume, a.init_vae, a.log_every,
-          a.ckpt_minutes, a.eval_n, a.logit_mean, a.logit_std, a.init_from, a.warmup, a.vae_crop, a.vae_fg_weight,
-          a.fg_weight, device, a.workers, a.precision, a.time_reverse, a.temporal_patch, a.sign_weight,
-          a.sign_margin, a.colour_weight, a.colour_margin, a.vae_decoder_only, a.vae_lr, a.vae_latent_noise)
+        p.error(f"--device {device_flag!r} is not usable here ({err}); use cpu, cuda, cuda:N or auto")
+    try:
+        config = TrainConfig(device=device, **{_FLAG_FIELDS.get(k, k): v for k, v in args.items()})
+    except ValueError as err:
+        p.error(str(err))
+    torch.set_num_threads(threads)
+    train(config)
     return 0
 
 

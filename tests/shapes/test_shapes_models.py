@@ -65,12 +65,13 @@ def test_training_loop_exports_checkpoints_and_resumes(tmp_path):
     from diffusers import DiffusionPipeline
     from safetensors.torch import load_file
 
-    from dit_attn.pipelines.shapes.train import train
+    from dit_attn.pipelines.shapes.train import TrainConfig, train
 
     out, work = str(tmp_path / "model"), str(tmp_path / "work")
     common = dict(kind="t2i", out=out, work=work, vae_minutes=0.02, batch=2, cache_size=8, lr=1e-3, seed=0,
-                  init_vae=None, log_every=1, ckpt_minutes=100.0, eval_n=0)
-    train(minutes=0.1, resume=False, **common)  # budgets include the VAE phase and the cache: room for a loaded CPU
+                  log_every=1, ckpt_minutes=100.0, eval_n=0)
+    # budgets include the VAE phase and the cache: room for a loaded CPU
+    train(TrainConfig(minutes=0.1, resume=False, **common))
     with open(os.path.join(work, "state.json")) as f:
         first = json.load(f)
     assert first["phase"] == "transformer" and first["step"] >= 1
@@ -78,7 +79,8 @@ def test_training_loop_exports_checkpoints_and_resumes(tmp_path):
     log = [json.loads(line) for line in open(os.path.join(out, "training_log.jsonl"))]
     assert {r["phase"] for r in log} >= {"vae_done", "cache", "flow", "eval"}
     assert all(np.isfinite(r["loss"]) for r in log if r["phase"] == "flow")
-    train(minutes=0.18, resume=True, **common)  # continues from the saved step until the larger budget is spent
+    # continues from the saved step until the larger budget is spent
+    train(TrainConfig(minutes=0.18, resume=True, **common))
     with open(os.path.join(work, "state.json")) as f:
         second = json.load(f)
     assert second["step"] > first["step"]
@@ -88,8 +90,8 @@ def test_training_loop_exports_checkpoints_and_resumes(tmp_path):
 
     # A new recipe on the exported weights: no VAE phase, the VAE kept, training starts from the export.
     work2, out2 = str(tmp_path / "work2"), str(tmp_path / "model2")
-    train(minutes=0.04, resume=False, **dict(common, work=work2, out=out2, vae_minutes=5.0), init_from=out,
-          logit_mean=1.0, warmup=1, precision="bf16")
+    train(TrainConfig(minutes=0.04, resume=False, **dict(common, work=work2, out=out2, vae_minutes=5.0),
+                      init_from=out, logit_mean=1.0, warmup=1, precision="bf16"))
     log2 = [json.loads(line) for line in open(os.path.join(out2, "training_log.jsonl"))]
     assert log2[0] == {"phase": "init", "init_from": out} and not any(r["phase"] == "vae" for r in log2)
     again = DiffusionPipeline.from_pretrained(out2, use_safetensors=True, torch_dtype=torch.float32)
@@ -100,7 +102,7 @@ def test_training_loop_exports_checkpoints_and_resumes(tmp_path):
     assert all(np.isfinite(r["loss"]) for r in log2 if r["phase"] == "flow")
     assert again.transformer.dtype == torch.float32
     with pytest.raises(ValueError, match="precision must be one of"):
-        train(minutes=0.01, resume=False, **common, precision="fp8")
+        TrainConfig(minutes=0.01, resume=False, **common, precision="fp8")
 
 
 def test_load_shapes_errors(tmp_path, monkeypatch):

@@ -167,14 +167,12 @@ def test_time_reversed_latents_are_the_latents_of_the_reversed_scene():
 
 
 def test_time_reversal_is_refused_where_it_is_not_exact(tmp_path):
-    from dit_attn.pipelines.shapes.train import train
+    from dit_attn.pipelines.shapes.train import TrainConfig
 
     with pytest.raises(ValueError, match="t2v augmentation"):
-        train("t2i", str(tmp_path / "o"), str(tmp_path / "w"), 0.01, 0.0, 2, 4, 1e-3, 0, False, None, 1, 1.0, 0,
-              time_reverse_p=0.5)
+        TrainConfig(kind="t2i", out=str(tmp_path / "o"), work=str(tmp_path / "w"), time_reverse_p=0.5)
     with pytest.raises(ValueError, match=r"probability in \[0, 1\]"):
-        train("t2v", str(tmp_path / "o"), str(tmp_path / "w"), 0.01, 0.0, 2, 4, 1e-3, 0, False, None, 1, 1.0, 0,
-              time_reverse_p=1.5)
+        TrainConfig(kind="t2v", out=str(tmp_path / "o"), work=str(tmp_path / "w"), time_reverse_p=1.5)
 
 
 def _one_frame_wan(seed: int = 0):
@@ -217,7 +215,7 @@ def test_temporal_patch_keeps_still_clips_and_breaks_time_reversal_symmetry():
 
 def test_temporal_patch_errors(tmp_path):
     from dit_attn.pipelines.shapes.models import with_temporal_patch
-    from dit_attn.pipelines.shapes.train import train
+    from dit_attn.pipelines.shapes.train import TrainConfig
 
     new = with_temporal_patch(_one_frame_wan(), 3)
     with pytest.raises(ValueError, match="one frame per patch"):
@@ -225,8 +223,7 @@ def test_temporal_patch_errors(tmp_path):
     with pytest.raises(ValueError, match="positive int"):
         with_temporal_patch(_one_frame_wan(), 0)
     with pytest.raises(ValueError, match="t2v option"):
-        train("t2i", str(tmp_path / "o"), str(tmp_path / "w"), 0.01, 0.0, 2, 4, 1e-3, 0, False, None, 1, 1.0, 0,
-              temporal_patch=3)
+        TrainConfig(kind="t2i", out=str(tmp_path / "o"), work=str(tmp_path / "w"), temporal_patch=3)
 
 
 def _tiny_t2v(seed: int = 0):
@@ -353,17 +350,14 @@ def test_colour_contrast_training_makes_the_colour_swapped_caption_predict_worse
 
 
 def test_sign_contrast_errors(tmp_path):
-    from dit_attn.pipelines.shapes.train import train
+    from dit_attn.pipelines.shapes.train import TrainConfig
 
     with pytest.raises(ValueError, match="t2v loss"):
-        train("t2i", str(tmp_path / "o"), str(tmp_path / "w"), 0.01, 0.0, 2, 4, 1e-3, 0, False, None, 1, 1.0, 0,
-              sign_weight=1.0)
+        TrainConfig(kind="t2i", out=str(tmp_path / "o"), work=str(tmp_path / "w"), sign_weight=1.0)
     with pytest.raises(ValueError, match="sign_margin > 0"):
-        train("t2v", str(tmp_path / "o"), str(tmp_path / "w"), 0.01, 0.0, 2, 4, 1e-3, 0, False, None, 1, 1.0, 0,
-              sign_weight=1.0, sign_margin=0.0)
+        TrainConfig(kind="t2v", out=str(tmp_path / "o"), work=str(tmp_path / "w"), sign_weight=1.0, sign_margin=0.0)
     with pytest.raises(ValueError, match="colour_margin > 0"):
-        train("t2v", str(tmp_path / "o"), str(tmp_path / "w"), 0.01, 0.0, 2, 4, 1e-3, 0, False, None, 1, 1.0, 0,
-              colour_weight=1.0, colour_margin=0.0)
+        TrainConfig(kind="t2v", out=str(tmp_path / "o"), work=str(tmp_path / "w"), colour_weight=1.0, colour_margin=0.0)
     assert not (tmp_path / "o").exists()
 
 
@@ -388,14 +382,13 @@ def test_decoder_only_vae_training_keeps_the_latents_and_changes_the_decoder(tmp
 
 
 def test_decoder_only_needs_a_trained_vae(tmp_path):
-    from dit_attn.pipelines.shapes.train import train
+    from dit_attn.pipelines.shapes.train import TrainConfig
 
     with pytest.raises(ValueError, match="init_from"):
-        train("t2v", str(tmp_path / "out"), str(tmp_path / "work"), 1.0, 1.0, 2, 8, 5e-4, 0, False, None, 10, 1.0,
-              0, vae_decoder_only=True)
+        TrainConfig(kind="t2v", out=str(tmp_path / "out"), vae_minutes=1.0, vae_decoder_only=True)
     with pytest.raises(ValueError, match="vae_minutes > 0"):
-        train("t2v", str(tmp_path / "out"), str(tmp_path / "work"), 1.0, 0.0, 2, 8, 5e-4, 0, False, None, 10, 1.0,
-              0, init_from="some/pipeline", vae_decoder_only=True)
+        TrainConfig(kind="t2v", out=str(tmp_path / "out"), vae_minutes=0.0, init_from="some/pipeline",
+                    vae_decoder_only=True)
 
 
 def test_cli_decoder_fine_tune_of_an_exported_pipeline_keeps_its_encoder_and_transformer(tmp_path):
@@ -438,3 +431,24 @@ def test_latent_std_is_the_scale_the_pipelines_normalise_by():
     kl = vae_kl(seed=0)
     kl.register_to_config(scaling_factor=0.25)
     assert float(latent_std(kl)) == 4.0
+
+
+def test_train_config_takes_the_kind_defaults_and_the_cli_maps_flags_to_fields(monkeypatch):
+    """Defaults live in TrainConfig alone: the CLI passes only the flags given, under the field names."""
+    from dit_attn.pipelines.shapes import train as train_module
+
+    config = train_module.TrainConfig(kind="t2v", out="o")
+    assert (config.minutes, config.vae_minutes, config.batch, config.cache_size) == (40.0, 8.0, 16, 8000)
+    assert config.work == os.path.join("outputs", "shapes_train", "t2v") and config.lr == 5e-4
+    with pytest.raises(ValueError, match="unknown ShapesWorld kind"):
+        train_module.TrainConfig(kind="t3v", out="o")
+    with pytest.raises(ValueError, match="batch, cache_size"):
+        train_module.TrainConfig(kind="t2i", out="o", batch=0)
+    seen = []
+    monkeypatch.setattr(train_module, "train", seen.append)
+    train_module.main(["--kind", "t2v", "--out", "o", "--time-reverse", "0.5", "--vae-minutes", "0", "--device",
+                       "cpu", "--resume"])
+    assert seen == [train_module.TrainConfig(kind="t2v", out="o", time_reverse_p=0.5, vae_minutes=0.0, device="cpu",
+                                             resume=True)]
+    with pytest.raises(SystemExit):  # a bad combination is a usage error, before anything runs
+        train_module.main(["--kind", "t2i", "--out", "o", "--time-reverse", "0.5", "--device", "cpu"])
