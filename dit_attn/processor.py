@@ -29,11 +29,12 @@ from __future__ import annotations
 import inspect
 import logging
 import threading
+from dataclasses import replace
 
 import torch
 from diffusers.models.attention_dispatch import dispatch_attention_fn
 
-from . import routing
+from . import parallel, routing
 from .call import AttentionCall, execute
 from .families import Family, attention_sites, family_of, processors_of, resolve_family
 from .layout import LayerSite, Layout, StateBox
@@ -103,6 +104,9 @@ class DitAttnProcessor:
         self.site = site
         self.state_box = state if state is not None else StateBox(self.family.name)
         self._warned_unrouted = False
+        # Set by build_processors when the transformer already had context parallelism (the forward hook then
+        # runs outside diffusers' input split and sees the whole sequence); see dit_attn.parallel.
+        self._ulysses_text_split: bool | None = None
         call = type(stock).__call__
         self._routed = _routed_call(type(stock))
         self._params = routing.parameter_names(call)[1:]  # after ``self``
@@ -177,8 +181,12 @@ class DitAttnProcessor:
         ordinal = frame[3]
         frame[3] = ordinal + 1
         kind = self.site.kind if self.site is not None else None
-        described = self.family.describe(kind, frame[1], frame[2], ordinal, q.shape[1], k.shape[1],
-                                         self.state_box.current)
+        state = self.state_box.current
+        text_len = None
+        if parallel.mode(parallel_config) == "ulysses" and self._ulysses_text_split and state.text_len:
+            text_len = state.text_len // parallel_config.context_parallel_config.ulysses_degree  # this process's share
+        described = self.family.describe(kind, frame[1], frame[2], ordinal, q.shape[1], k.shape[1], state,
+                                         text_len=text_len)
         layout = Layout(
             family=self.family.name, site=self.site, kind=described.kind, heads=q.shape[2], head_dim=q.shape[3],
             query_segments=described.query_segments, key_segments=described.key_segments, batch_size=q.shape[0],
@@ -188,15 +196,14 @@ class DitAttnProcessor:
                              parallel_config=parallel_config)
 
     def _attend(self, call: AttentionCall, stock, originals) -> torch.Tensor:
+        cp_mode = parallel.mode(call.parallel_config)
+        if cp_mode is not None:
+            return self._attend_parallel(call, stock, cp_mode)
         active = [c for c in self.controls if c.applies_to(call.layout)]
-        if call.parallel_config is not None and any(not c.context_parallel for c in active):
-            # Under diffusers' context parallelism the stock code hands us one rank's shard of the sequence:
-            # controls would compute with the wrong token counts, positions and blocks. Refuse, never differ.
-            names = sorted({type(c).__name__ for c in active if not c.context_parallel})
-            where = self.site.module_name if self.site else "this module"
-            raise NotImplementedError(
-                f"{', '.join(names)} cannot run under diffusers' context parallelism yet ({where} sees one rank's "
-                "part of the sequence); generate on one process, or attach only Recorder / PassThrough")
+        return self._controlled(call, active, stock, originals)
+
+    def _controlled(self, call: AttentionCall, active: list, stock, originals) -> torch.Tensor:
+        """Let the ``active`` controls edit the call, attend (``stock()`` if they left it unchanged), finish."""
         mask = call.attn_mask
         for control in active:
             call = control.prepare(call)
@@ -207,6 +214,56 @@ class DitAttnProcessor:
         for control in reversed(active):
             out = control.finish(call, out)
         return out
+
+    def _attend_parallel(self, call: AttentionCall, stock, cp_mode: str) -> torch.Tensor:
+        """Under diffusers' context parallelism: controls act inside the Ulysses all-to-all, where this process
+        holds the whole sequence for its heads, in single-process token order (:mod:`dit_attn.parallel`)."""
+        where = self.site.module_name if self.site else "this module"
+        if cp_mode == "ring":
+            active = [c for c in self.controls if c.applies_to(call.layout)]
+            refused = sorted({type(c).__name__ for c in active if not c.ring_parallel})
+            if refused:
+                parallel.refuse_ring(refused, where)
+            return self._controlled(call, active, stock, (call.query, call.key, call.value))
+        if self._ulysses_text_split is None:
+            if not any(c.applies_to(call.layout) for c in self.controls):
+                return stock()
+            raise RuntimeError(
+                f"{where}: context parallelism was enabled after dit_attn was attached, so dit_attn sees one "
+                "process's part of the inputs; call transformer.enable_parallelism(...) first, then attach")
+        cp = call.parallel_config.context_parallel_config
+        shard = parallel.Ulysses(rank=int(cp._ulysses_local_rank), world=int(cp.ulysses_degree),
+                                 text_split=self._ulysses_text_split)
+        queries = parallel.shard_plan(call.layout.query_segments, shard, call.query.device)
+        keys = parallel.shard_plan(call.layout.key_segments, shard, call.query.device)
+        heads = call.query.shape[2] // shard.world
+        layout = replace(call.layout, query_segments=queries.global_segments, key_segments=keys.global_segments,
+                         heads=heads, head_offset=shard.rank * heads, total_heads=call.query.shape[2])
+        active = [c for c in self.controls if c.applies_to(layout)]
+        if not active:
+            return stock()
+        refused = sorted({type(c).__name__ for c in active if not c.context_parallel})
+        if refused:
+            raise NotImplementedError(
+                f"{', '.join(refused)} cannot run under diffusers' context parallelism yet ({where}); generate on "
+                "one process, or leave it out")
+
+        def attend(q, k, v, mask):  # gathered order, this process's heads
+            def stock_here():
+                out = dispatch_attention_fn(q, k, v, attn_mask=mask, dropout_p=0.0, is_causal=False,
+                                            scale=call.scale, backend=call.backend)
+                return parallel.to_single_order(out, queries)
+
+            single = AttentionCall(
+                parallel.to_single_order(q, queries), parallel.to_single_order(k, keys),
+                parallel.to_single_order(v, keys), layout,
+                attn_mask=parallel.mask_to_single_order(mask, queries, keys, q.shape[1], k.shape[1]),
+                scale=call.scale, backend=call.backend)
+            out = self._controlled(single, active, stock_here, (single.query, single.key, single.value))
+            return parallel.to_gathered_order(out, queries)
+
+        return parallel.ulysses_attention(call.query, call.key, call.value, call.attn_mask, call.scale,
+                                          call.parallel_config, attend)
 
     def _takes_over(self, active: list) -> bool:
         """Whether :meth:`_run` must run even for an unchanged call (a subclass that attends differently)."""
@@ -293,6 +350,7 @@ def build_processors(transformer: torch.nn.Module, controls: list, state: StateB
     for name in block_lists:  # flat layer index over blocks in model order (FLUX: 0-18 double, 19-56 single)
         offsets[name] = total
         total += len(getattr(transformer, name))
+    text_split = _prepare_context_parallel(transformer, controls)
     processors = processors_of(transformer)
     for s in sites:
         current = s.module.processor
@@ -301,8 +359,33 @@ def build_processors(transformer: torch.nn.Module, controls: list, state: StateB
                                "stock processors) before building new ones")
         site = LayerSite(s.module_name, s.block_list, s.block_index, offsets[s.block_list] + s.block_index, total,
                          s.tokens)
-        processors[f"{s.module_name}.processor"] = DitAttnProcessor(family, current, controls, site, state)
+        processor = DitAttnProcessor(family, current, controls, site, state)
+        processor._ulysses_text_split = text_split
+        processors[f"{s.module_name}.processor"] = processor
     return processors
+
+
+def _prepare_context_parallel(transformer: torch.nn.Module, controls: list) -> bool | None:
+    """For a transformer with diffusers' context parallelism enabled: refuse controls ring attention cannot run
+    (at attach time, not mid-generation), and make dit_attn's forward hook the outermost one, so it sees the
+    whole inputs before diffusers splits them. Returns whether the model splits its text over processes
+    (``None`` without Ulysses parallelism)."""
+    from .state import HOOK_NAME
+
+    config = getattr(transformer, "_parallel_config", None)
+    cp_mode = parallel.mode(config)
+    if cp_mode == "ring":
+        refused = sorted({type(c).__name__ for c in controls if not c.ring_parallel})
+        if refused:
+            parallel.refuse_ring(refused, type(transformer).__name__)
+    if cp_mode != "ulysses":
+        return None
+    registry = getattr(transformer, "_diffusers_hook", None)
+    if registry is not None and registry.get_hook(HOOK_NAME) is not None and registry._hook_order[-1] != HOOK_NAME:
+        hook = registry.get_hook(HOOK_NAME)
+        registry.remove_hook(HOOK_NAME, recurse=False)
+        registry.register_hook(hook, HOOK_NAME)
+    return parallel.ulysses_of(transformer, config).text_split
 
 
 def make_processors(target, *controls) -> dict:

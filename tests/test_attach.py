@@ -326,30 +326,6 @@ def test_hook_left_by_the_plain_door_neither_acts_nor_blocks_attach():
     assert recorder.layouts and np.abs(out - stock_out).max() <= 1e-6
 
 
-def test_controls_refuse_context_parallel_shards_instead_of_differing():
-    """Under diffusers' context parallelism the stock code hands each rank a shard of the sequence: a control that
-    would compute on it (here EntropyScale: the wrong key count) raises, naming context parallelism."""
-    from diffusers.models.attention_dispatch import dispatch_attention_fn
-
-    from dit_attn.testing import tiny_transformer
-
-    if "parallel_config" not in inspect.signature(dispatch_attention_fn).parameters:
-        pytest.skip("this diffusers release has no context parallelism (dispatch takes no parallel_config)")
-    model = tiny_transformer("flux")
-    g = torch.Generator().manual_seed(0)
-    kwargs = dict(hidden_states=torch.randn(1, 48, 16, generator=g), encoder_hidden_states=torch.randn(1, 8, 48, generator=g),
-                  pooled_projections=torch.randn(1, 32, generator=g), timestep=torch.tensor([0.5]),
-                  guidance=torch.tensor([3.5]), img_ids=torch.zeros(48, 3), txt_ids=torch.zeros(8, 3))
-    with dit_attn.attach(model, dit_attn.EntropyScale(train_tokens=64)):
-        for proc in processors_of(model).values():
-            if isinstance(proc, dit_attn.DitAttnProcessor):
-                proc._parallel_config = object()  # what enable_parallelism sets (read through to the stock one)
-        with pytest.raises(NotImplementedError, match="EntropyScale cannot run under diffusers' context parallelism"):
-            model(**kwargs)
-    assert all(getattr(p, "_parallel_config", None) is not None for p in processors_of(model).values()
-               if type(p).__name__ == "FluxAttnProcessor")  # the stock processors kept the setting
-
-
 def test_pipeline_level_wraps_are_undone_exactly_also_instance_attributes():
     """Controls change pipeline-level objects only through Attachment.wrap: after detach, an instance attribute
     that was there before is the very same object again, and class attributes show through again."""

@@ -9,6 +9,12 @@ call it may
 
 ``applies_to(layout)`` decides whether the control takes part in a call at all (layer filters, step windows).
 
+A control whose behaviour depends on the denoising step overrides ``step_phase(step_index, num_steps)`` and reads
+the result with ``layout.state.phase(self)`` (or ``state.phase(self)`` in ``before_forward``): the forward hook
+computes it once per forward, outside a compiled transformer's graph where the pipeline allows it (see
+``docs/compile.md``). Return values that change rarely (a bool for a step window) or tensors (a per-step
+multiplier): a compiled transformer is specialised on every Python value its code reads.
+
 Some controls also need behaviour around the transformer forward or around the pipeline call (extra batch rows for
 perturbed passes, a condition-cache pass, token reordering, prompt parsing). They override the optional hooks
 ``on_attach``/``on_detach`` (called by :func:`dit_attn.attach`), and ``before_forward``/``after_forward`` (called
@@ -44,15 +50,23 @@ class Control:
     """
 
     pipeline_level: str = ""
-    #: Whether the control is exact when diffusers' context parallelism hands each rank a shard of the sequence
-    #: (only observers that change nothing are, so far); others are refused there rather than silently wrong.
-    context_parallel: bool = False
+    #: Whether the control is exact under diffusers' Ulysses context parallelism, where it runs on the whole
+    #: sequence for a process's heads (:mod:`dit_attn.parallel`); others are refused there, never silently wrong.
+    context_parallel: bool = True
+    #: Whether it is exact under ring attention, where no process holds the whole key sequence (only controls
+    #: that change nothing); the others are refused there with an error that points to Ulysses.
+    ring_parallel: bool = False
 
     def validate(self, transformer: torch.nn.Module) -> None:
         """Raise ``ValueError`` if this control cannot run on ``transformer`` (e.g. heads it does not have)."""
 
     def applies_to(self, layout: Layout) -> bool:
         return True
+
+    def step_phase(self, step_index: int | None, num_steps: int | None) -> Any:
+        """What this control does differently at step ``step_index`` of ``num_steps`` (``None`` when unknown);
+        read it with ``state.phase(self)``. Controls that do not depend on the step leave this alone."""
+        return None
 
     def prepare(self, call: AttentionCall) -> AttentionCall:
         return call
@@ -87,7 +101,7 @@ class PassThrough(Control):
         ...     image = pipe(**tiny_call_kwargs("sd3")).images
     """
 
-    context_parallel = True  # changes nothing, so it is exact on a shard too
+    ring_parallel = True  # changes nothing, so it is exact on a shard too
 
 
 class Recorder(Control):

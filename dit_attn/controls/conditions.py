@@ -234,6 +234,8 @@ class MultiCondition(Control):
         """The KSA masks (``[B, N]`` bool, ``None`` = unmasked) the next denoising forward uses at ``layer``."""
         return [self._state["masks_cur"].get(layer, {}).get(k) for k in range(len(self.subjects))]
 
+    # Its condition caches hold every head of every condition token; sharding them over processes is not done yet.
+    context_parallel = False
     pipeline_level = ("encodes its conditions and runs the condition pass when the pipeline is called (it wraps "
                       "check_inputs) and installs its own processors")
 

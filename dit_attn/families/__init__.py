@@ -93,8 +93,11 @@ class Family:
     notes: str = ""
 
     def describe(self, tokens: str | None, attn, inputs: dict, ordinal: int, n_query: int, n_key: int,
-                 state) -> Described:
-        """Segments of one attention call of a module with layout ``tokens`` (the ``ordinal``-th of its call)."""
+                 state, text_len: int | None = None) -> Described:
+        """Segments of one attention call of a module with layout ``tokens`` (the ``ordinal``-th of its call).
+
+        ``text_len`` overrides the forward's text length for modules that get the joint sequence (a process's
+        share of it under context parallelism)."""
         context = inputs.get("encoder_hidden_states")
         has_context = isinstance(context, torch.Tensor)
         image_only = {"image": (0, n_query)}
@@ -110,7 +113,7 @@ class Family:
             return Described(SELF, image_only, image_only)
         # Double-stream modules get the text as ``encoder_hidden_states``; single-stream ones either get it too
         # (HunyuanVideo concatenates inside the processor) or get the joint sequence with the forward's text length.
-        n_text = context.shape[1] if has_context else (state.text_len or 0)
+        n_text = context.shape[1] if has_context else (text_len if text_len is not None else state.text_len or 0)
         n_text = min(n_text, n_query)
         lengths = {"text": n_text, "image": n_query - n_text}
         if self.image_padding and state.grid is not None:  # learned padding tokens after the image (Z-Image)

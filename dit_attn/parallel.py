@@ -1,0 +1,159 @@
+"""Controls under diffusers' context parallelism: Ulysses exact, ring refused by name.
+
+With ``transformer.enable_parallelism(config=ContextParallelConfig(ulysses_degree=N))`` diffusers splits the
+token sequence of the transformer's inputs over N processes, and every attention call does an all-to-all that
+gives each process the *whole* sequence for ``H/N`` of the heads, attends, and sends the result back. A control
+that acted on one process's shard of the sequence would see the wrong key counts, positions and blocks, so
+dit_attn acts where the process holds the whole sequence: inside that all-to-all, through diffusers' own
+context-parallel template (``forward_op``).
+
+After the all-to-all the sequence is the concatenation of every process's local sequence, e.g. for FLUX's joint
+attention ``[text₀, image₀, text₁, image₁]``, while controls expect one process's order ``[text, image]``. A
+:class:`ShardPlan` holds the gather index from the first order to the second (and back), built from the local
+segment lengths and diffusers' split rule (``tensor.chunk`` along the sequence; inputs a model's ``_cp_plan``
+does not split, like Wan's text, arrive whole on every process and are taken once). The controls then run on the
+single-process order, with the global index of each local head (:attr:`~dit_attn.layout.Layout.head_offset`),
+so every control computes exactly what it computes on one process.
+
+Ring attention never holds the whole key sequence on one process (keys arrive in chunks, merged through their
+log-sum-exps), so controls are refused there with an error that names ring and points to Ulysses.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .layout import segments
+
+#: Segments that come from the encoder side of a model (``encoder_hidden_states``); the others come from the
+#: latent tokens (``hidden_states``), which every ``_cp_plan`` splits.
+ENCODER_SEGMENTS = ("text", "image_context")
+
+
+@dataclass(frozen=True)
+class Ulysses:
+    """This process's place in a Ulysses group: ``rank`` of ``world``, and which inputs diffusers splits."""
+
+    rank: int
+    world: int
+    text_split: bool  # whether the model's _cp_plan splits encoder_hidden_states (FLUX: yes; Wan: no)
+
+    def part(self, length: int) -> int:
+        """This rank's share of a sequence of ``length`` tokens (diffusers' even split)."""
+        return length // self.world
+
+    def is_split(self, segment: str) -> bool:
+        return self.text_split or segment not in ENCODER_SEGMENTS
+
+
+def mode(parallel_config) -> str | None:
+    """``"ulysses"``, ``"ring"`` (ring or ring + Ulysses) or ``None`` for no context parallelism."""
+    cp = getattr(parallel_config, "context_parallel_config", None)
+    if cp is None:
+        return None
+    if (cp.ring_degree or 1) > 1:
+        return "ring"
+    if (cp.ulysses_degree or 1) > 1:
+        return "ulysses"
+    return None
+
+
+def ulysses_of(transformer: torch.nn.Module, parallel_config) -> Ulysses:
+    """The :class:`Ulysses` facts of ``transformer`` under ``parallel_config`` (Ulysses degree > 1)."""
+    cp = parallel_config.context_parallel_config
+    if getattr(cp, "ulysses_anything", False):
+        raise NotImplementedError(
+            "dit_attn controls support diffusers' Ulysses context parallelism with even splits; "
+            "ContextParallelConfig(ulysses_anything=True) (uneven heads or tokens) is not supported yet: use a "
+            "sequence length and head count divisible by ulysses_degree, or attach no control")
+    plan = getattr(transformer, "_cp_plan", None) or {}
+    text_split = any(isinstance(inputs, dict) and "encoder_hidden_states" in inputs for inputs in plan.values())
+    return Ulysses(rank=int(cp._ulysses_local_rank), world=int(cp.ulysses_degree), text_split=text_split)
+
+
+@dataclass(frozen=True)
+class ShardPlan:
+    """How the sequence after the all-to-all maps to one process's order.
+
+    ``gather`` (int64 ``[N]``) picks, from the gathered sequence, the tokens in single-process order (an input
+    that arrives whole on every process is taken from process 0's part); ``scatter`` (int64 ``[N_gathered]``) is
+    the single-process position of every gathered token, so ``out[:, scatter]`` puts the result back. ``None``
+    means the orders are already the same (e.g. Wan's self-attention: one segment, split in order).
+    """
+
+    global_segments: dict
+    gather: torch.Tensor | None
+    scatter: torch.Tensor | None
+
+
+def shard_plan(local_segments: dict, shard: Ulysses, device) -> ShardPlan:
+    """The :class:`ShardPlan` for one side (queries or keys) whose local segments are ``local_segments``."""
+    order = sorted(local_segments, key=lambda name: local_segments[name][0])
+    local = {name: local_segments[name][1] - local_segments[name][0] for name in order}
+    split = {name: shard.is_split(name) for name in order}
+    lengths = {name: n * shard.world if split[name] else n for name, n in local.items()}
+    global_segments = segments(tuple(order), lengths)
+    scatter = []
+    for rank in range(shard.world):
+        for name in order:
+            start = global_segments[name][0] + (rank * local[name] if split[name] else 0)
+            scatter.extend(range(start, start + local[name]))
+    if scatter == list(range(len(scatter))):
+        return ShardPlan(global_segments, None, None)
+    gather = [0] * sum(lengths.values())
+    for position in reversed(range(len(scatter))):  # reversed: a token sent by every process is taken from rank 0
+        gather[scatter[position]] = position
+    as_index = lambda values: torch.tensor(values, dtype=torch.long, device=device)  # noqa: E731
+    return ShardPlan(global_segments, as_index(gather), as_index(scatter))
+
+
+def to_single_order(x: torch.Tensor, plan: ShardPlan, dim: int = 1) -> torch.Tensor:
+    return x if plan.gather is None else x.index_select(dim, plan.gather)
+
+
+def to_gathered_order(x: torch.Tensor, plan: ShardPlan, dim: int = 1) -> torch.Tensor:
+    return x if plan.scatter is None else x.index_select(dim, plan.scatter)
+
+
+def mask_to_single_order(mask: torch.Tensor | None, queries: ShardPlan, keys: ShardPlan, n_query: int,
+                         n_key: int) -> torch.Tensor | None:
+    """An SDPA mask of the gathered sequence (diffusers gathers a per-key mask along its last axis) in
+    single-process order."""
+    if mask is None:
+        return None
+    if mask.shape[-1] == n_key:
+        mask = to_single_order(mask, keys, dim=-1)
+    elif mask.shape[-1] != 1:
+        raise NotImplementedError(f"dit_attn cannot reorder an attention mask of shape {tuple(mask.shape)} under "
+                                  f"context parallelism ({n_key} keys)")
+    if mask.dim() >= 2 and mask.shape[-2] == n_query and n_query > 1:
+        mask = to_single_order(mask, queries, dim=-2)
+    return mask
+
+
+def ulysses_attention(query, key, value, attn_mask, scale, parallel_config, attend):
+    """Run ``attend(q, k, v, mask)`` (all four in gathered order, ``H/N`` heads) inside diffusers' Ulysses
+    all-to-all and return its output in this process's local layout ``[B, N_local, H, D]``."""
+    from diffusers.models.attention_dispatch import _templated_context_parallel_attention
+
+    def forward_op(ctx, q, k, v, mask, dropout_p, is_causal, op_scale, enable_gqa, return_lse, _save_ctx=True,
+                   _parallel_config=None):
+        if return_lse:
+            raise NotImplementedError("dit_attn's context-parallel attention returns no log-sum-exp")
+        return attend(q, k, v, mask)
+
+    def backward_op(ctx, *args, **kwargs):
+        raise NotImplementedError("dit_attn controls under context parallelism are for inference (no backward)")
+
+    return _templated_context_parallel_attention(
+        query, key, value, attn_mask, 0.0, False, scale, False, False,
+        forward_op=forward_op, backward_op=backward_op, _parallel_config=parallel_config)
+
+
+def refuse_ring(names: list[str], where: str) -> None:
+    raise NotImplementedError(
+        f"{', '.join(names)} cannot run under diffusers' ring attention ({where}): ring attention never holds the "
+        "whole key sequence on one process. Use Ulysses context parallelism "
+        "(ContextParallelConfig(ulysses_degree=N)), where every dit_attn control is exact, or attach no control")

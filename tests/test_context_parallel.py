@@ -1,0 +1,150 @@
+"""Controls under diffusers' context parallelism.
+
+Two processes (``torchrun``, gloo, CPU) run ``tests/context_parallel_worker.py``: every control on tiny FLUX
+(joint + single-stream), Wan (self + cross attention, text not split) and Qwen-Image (text split inside the
+model) transformers, and two whole tiny pipelines with Emphasis + SoftPAG + RectifiedSparse under CFG, each with
+Ulysses degree 2 against one process. The rest checks the token bookkeeping and the refusals on one process.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+from diffusers.models.attention_dispatch import dispatch_attention_fn
+
+import dit_attn
+from dit_attn import parallel
+from dit_attn.testing import tiny_transformer
+
+pytestmark = pytest.mark.skipif(
+    "parallel_config" not in inspect.signature(dispatch_attention_fn).parameters,
+    reason="this diffusers release has no context parallelism")
+
+WORKER = Path(__file__).with_name("context_parallel_worker.py")
+CONTROLS = ("entropy", "sparse0", "sparse", "emphasis", "softpag", "all")
+CASES = ([f"{family}:{control}" for family in ("flux", "wan", "qwenimage") for control in CONTROLS]
+         + ["flux:none", "flux:pipeline", "wan:pipeline"])
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def two_process_results(tmp_path_factory):
+    out = tmp_path_factory.mktemp("cp") / "results.json"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr",
+               "127.0.0.1", "--master-port", str(_free_port()), str(WORKER), str(out), ",".join(CASES)]
+    run = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0 and out.exists(), run.stderr[-4000:]
+    return json.loads(out.read_text())
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_ulysses_degree_2_equals_one_process(two_process_results, case):
+    result = two_process_results[case]
+    assert isinstance(result, dict), result  # else the worker's exception and traceback
+    assert result["error"] <= 1e-5, result
+    if not case.endswith(":none"):
+        # the controls changed the output on one process, so equality is not two untouched runs agreeing
+        # (RectifiedSparse(sparsity=0) computes every block: its change is rounding only)
+        assert result["effect"] > (1e-7 if case.endswith("sparse0") else 1e-3), result
+    if case.endswith(":pipeline"):
+        assert result["heads"] == [1, 2], result  # the parallel run held 1 of the 2 heads per process
+
+
+def _ulysses(rank, world=2, text_split=True):
+    return parallel.Ulysses(rank=rank, world=world, text_split=text_split)
+
+
+def test_shard_plan_puts_flux_joint_tokens_back_in_one_process_order():
+    # each of 2 processes holds 3 text and 4 image tokens: gathered [t0 t0 t0 i0 i0 i0 i0 t1 t1 t1 i1 i1 i1 i1]
+    plan = parallel.shard_plan({"text": (0, 3), "image": (3, 7)}, _ulysses(0), "cpu")
+    assert plan.global_segments == {"text": (0, 6), "image": (6, 14)}
+    gathered = torch.tensor([0, 1, 2, 6, 7, 8, 9, 3, 4, 5, 10, 11, 12, 13])  # one-process position of each token
+    assert torch.equal(plan.scatter, gathered)
+    assert torch.equal(parallel.to_single_order(gathered[None], plan)[0], torch.arange(14))
+    x = torch.randn(2, 14, 3)
+    assert torch.equal(parallel.to_gathered_order(parallel.to_single_order(x, plan), plan), x)
+
+
+def test_shard_plan_takes_an_unsplit_input_once_and_keeps_in_order_shards_as_they_are():
+    # Wan's cross-attention keys: the text arrives whole on both processes (its _cp_plan does not split it)
+    keys = parallel.shard_plan({"text": (0, 5)}, _ulysses(1, text_split=False), "cpu")
+    assert keys.global_segments == {"text": (0, 5)}
+    assert keys.gather.tolist() == [0, 1, 2, 3, 4] and keys.scatter.tolist() == [0, 1, 2, 3, 4] * 2
+    # Wan's self-attention: one split segment, already in order
+    queries = parallel.shard_plan({"image": (0, 8)}, _ulysses(1, text_split=False), "cpu")
+    assert queries.gather is None and queries.global_segments == {"image": (0, 16)}
+
+
+def _cp_config(ring=1, ulysses=1):
+    cp = SimpleNamespace(ring_degree=ring, ulysses_degree=ulysses, _ulysses_local_rank=0, ulysses_anything=False)
+    return SimpleNamespace(context_parallel_config=cp)
+
+
+def _flux_inputs():
+    g = torch.Generator().manual_seed(0)
+    return dict(hidden_states=torch.randn(1, 48, 16, generator=g), encoder_hidden_states=torch.randn(1, 8, 48, generator=g),
+                pooled_projections=torch.randn(1, 32, generator=g), timestep=torch.tensor([0.5]),
+                guidance=torch.tensor([3.5]), img_ids=torch.zeros(48, 3), txt_ids=torch.zeros(8, 3))
+
+
+def test_ring_attention_is_refused_at_attach_time_naming_ring_and_ulysses():
+    model = tiny_transformer("flux")
+    model._parallel_config = _cp_config(ring=2)
+    with pytest.raises(NotImplementedError, match=r"EntropyScale cannot run under diffusers' ring attention.*"
+                                                  r"ulysses_degree"):
+        dit_attn.attach(model, dit_attn.EntropyScale(train_tokens=64))
+    with dit_attn.attach(model, dit_attn.PassThrough()):  # a control that changes nothing is exact anywhere
+        pass
+
+
+def test_ring_attention_enabled_after_attaching_is_refused_at_the_call():
+    model = tiny_transformer("flux")
+    with dit_attn.attach(model, dit_attn.EntropyScale(train_tokens=64)):
+        for proc in dit_attn.families.processors_of(model).values():
+            if isinstance(proc, dit_attn.DitAttnProcessor):
+                proc._parallel_config = _cp_config(ring=2)  # what enable_parallelism sets
+        with pytest.raises(NotImplementedError, match="ring attention"):
+            model(**_flux_inputs())
+
+
+def test_ulysses_enabled_after_attaching_says_to_enable_it_first():
+    model = tiny_transformer("flux")
+    with dit_attn.attach(model, dit_attn.EntropyScale(train_tokens=64)):
+        for proc in dit_attn.families.processors_of(model).values():
+            if isinstance(proc, dit_attn.DitAttnProcessor):
+                proc._parallel_config = _cp_config(ulysses=2)
+        with pytest.raises(RuntimeError, match=r"enable_parallelism\(\.\.\.\) first, then attach"):
+            model(**_flux_inputs())
+
+
+def test_a_control_without_context_parallel_support_is_refused_by_name():
+    class ShardBlind(dit_attn.Control):
+        context_parallel = False
+
+        def prepare(self, call):
+            return call.replace(logit_scale=2.0)
+
+    model = tiny_transformer("flux")
+    for module in model.modules():
+        if hasattr(module, "processor"):
+            module.processor._parallel_config = _cp_config(ulysses=2)
+    model._parallel_config = _cp_config(ulysses=2)
+    with dit_attn.attach(model, ShardBlind()):
+        with pytest.raises(NotImplementedError, match="ShardBlind cannot run under diffusers' context parallelism"):
+            model(**_flux_inputs())
+    assert dit_attn.MultiCondition.context_parallel is False  # its condition caches are not sharded by head
