@@ -60,14 +60,16 @@ def mode(parallel_config) -> str | None:
     return None
 
 
-def ulysses_of(transformer: torch.nn.Module, parallel_config) -> Ulysses:
-    """The :class:`Ulysses` facts of ``transformer`` under ``parallel_config`` (Ulysses degree > 1)."""
+def ulysses_of(transformer: torch.nn.Module, parallel_config, controls: list = ()) -> Ulysses:
+    """The :class:`Ulysses` facts of ``transformer`` under ``parallel_config`` (Ulysses degree > 1); refuses
+    ``controls`` that change attention under uneven splits."""
     cp = parallel_config.context_parallel_config
-    if getattr(cp, "ulysses_anything", False):
+    changing = sorted({type(c).__name__ for c in controls if not c.ring_parallel})
+    if getattr(cp, "ulysses_anything", False) and changing:
         raise NotImplementedError(
-            "dit_attn controls support diffusers' Ulysses context parallelism with even splits; "
-            "ContextParallelConfig(ulysses_anything=True) (uneven heads or tokens) is not supported yet: use a "
-            "sequence length and head count divisible by ulysses_degree, or attach no control")
+            f"{', '.join(changing)}: dit_attn controls support diffusers' Ulysses context parallelism with even "
+            "splits; ContextParallelConfig(ulysses_anything=True) (uneven heads or tokens) is not supported yet: "
+            "use a sequence length and head count divisible by ulysses_degree")
     plan = getattr(transformer, "_cp_plan", None) or {}
     text_split = any(isinstance(inputs, dict) and "encoder_hidden_states" in inputs for inputs in plan.values())
     return Ulysses(rank=int(cp._ulysses_local_rank), world=int(cp.ulysses_degree), text_split=text_split)

@@ -385,7 +385,7 @@ def _prepare_context_parallel(transformer: torch.nn.Module, controls: list) -> b
         hook = registry.get_hook(HOOK_NAME)
         registry.remove_hook(HOOK_NAME, recurse=False)
         registry.register_hook(hook, HOOK_NAME)
-    return parallel.ulysses_of(transformer, config).text_split
+    return parallel.ulysses_of(transformer, config, controls).text_split
 
 
 def make_processors(target, *controls) -> dict:

@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 from diffusers.models.attention_dispatch import dispatch_attention_fn
@@ -24,6 +25,7 @@ from diffusers.models.attention_dispatch import dispatch_attention_fn
 import dit_attn
 from dit_attn import parallel
 from dit_attn.testing import tiny_transformer
+from PIL import Image
 
 pytestmark = pytest.mark.skipif(
     "parallel_config" not in inspect.signature(dispatch_attention_fn).parameters,
@@ -148,3 +150,52 @@ def test_a_control_without_context_parallel_support_is_refused_by_name():
         with pytest.raises(NotImplementedError, match="ShardBlind cannot run under diffusers' context parallelism"):
             model(**_flux_inputs())
     assert dit_attn.MultiCondition.context_parallel is False  # its condition caches are not sharded by head
+
+
+def _cli(args, launch=False):
+    """``dit-attn ARGS`` in a fresh process, or in two started by torchrun (``launch=True``)."""
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    env.pop("WORLD_SIZE", None)
+    launcher = ["-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
+                "--master-port", str(_free_port())] if launch else []
+    return subprocess.run([sys.executable, *launcher, "-m", "dit_attn.cli", *args], env=env, capture_output=True,
+                          text=True, timeout=600)
+
+
+def test_batch_with_cp_writes_each_file_once_and_equal_to_one_process(tmp_path):
+    jobs = tmp_path / "jobs.jsonl"
+    jobs.write_text(
+        '{"id": "a", "model": "tiny:flux", "prompt": "a (red:1.5) circle", "steps": 2, '
+        '"controls": {"emphasis": {}, "sparse": {"sparsity": 0.5, "block_size": 8}}}\n'
+        '{"id": "b", "model": "tiny:flux", "prompt": "a blue square", "steps": 2, '
+        '"controls": {"entropy": {"train_tokens": 16}}}\n')
+    split = _cli(["batch", str(jobs), "--out", str(tmp_path / "cp"), "--cp", "ulysses:2", "--quiet"], launch=True)
+    assert split.returncode == 0, split.stderr[-3000:]
+    one = _cli(["batch", str(jobs), "--out", str(tmp_path / "one"), "--quiet"])
+    assert one.returncode == 0, one.stderr[-3000:]
+    lines = (tmp_path / "cp" / "manifest.jsonl").read_text().splitlines()
+    assert len(lines) == 2 and split.stdout.count("2 generated") == 1  # written and reported by process 0 only
+    names = sorted(p.name for p in (tmp_path / "cp").iterdir())
+    assert names == sorted(p.name for p in (tmp_path / "one").iterdir())
+    for name in names:
+        if name.endswith(".png"):
+            a, b = (np.asarray(Image.open(tmp_path / d / name)) for d in ("cp", "one"))
+            assert np.abs(a.astype(int) - b.astype(int)).max() <= 1, name
+
+
+def test_cp_needs_a_launch_with_that_many_processes_and_a_valid_value():
+    wrong = _cli(["generate", "x", "--model", "tiny:flux", "--cp", "ulysses:2"])
+    assert wrong.returncode != 0 and "torchrun --nproc-per-node 2" in wrong.stderr
+    bad = _cli(["generate", "x", "--model", "tiny:flux", "--cp", "ulysses"])
+    assert bad.returncode == 2 and "--cp takes 'ulysses:N' or 'ring:N'" in bad.stderr
+
+
+def test_uneven_ulysses_splits_refuse_controls_by_name_and_allow_passthrough():
+    model = tiny_transformer("flux")
+    config = _cp_config(ulysses=2)
+    config.context_parallel_config.ulysses_anything = True
+    model._parallel_config = config
+    with pytest.raises(NotImplementedError, match="EntropyScale: .*ulysses_anything=True"):
+        dit_attn.attach(model, dit_attn.EntropyScale(train_tokens=64))
+    with dit_attn.attach(model, dit_attn.PassThrough()):
+        pass
