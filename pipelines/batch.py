@@ -973,6 +973,20 @@ def _png_hash(path: str) -> str | None:
         return None
 
 
+#: Test-only switch: set to N, a batch process kills itself (SIGKILL) right after writing its N-th output file and
+#: before that item's manifest line, the worst moment for a crash, so the resume test kills at a known point
+#: instead of racing a poll loop.
+TEST_SIGKILL_AFTER_OUTPUTS_ENV = "DIT_ATTN_TEST_SIGKILL_AFTER_OUTPUTS"
+
+
+def _sigkill_if_a_test_asks(outputs_written: int) -> None:
+    limit = os.environ.get(TEST_SIGKILL_AFTER_OUTPUTS_ENV)
+    if limit and outputs_written >= int(limit):
+        import signal
+
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
 def _make_room(out_dir: str, item: Item, previous: dict | None, summary: Summary) -> None:
     """Before (re)generating ``item``: keep aside the files an earlier, different version of it left."""
     if previous is not None:
@@ -1041,6 +1055,7 @@ def run_batch(jobs_path: str, out_dir: str, *, base_seed: int = 0, process_index
                 else:
                     save_image(media, os.path.join(out_dir, f"{item.id}.png"), item)
                     files = [f"{item.id}.png"]
+                _sigkill_if_a_test_asks(outputs_written=summary.done + 1)
                 _append_manifest(out_dir, {"id": item.id, "status": "ok", "files": files, "seed": item.seed,
                                            "hash": item.hash, "job": item.where, "params": item.params})
                 summary.done += 1
