@@ -7,6 +7,8 @@ it adds (the forward hook), and ``detach()`` restores them in reverse order, als
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from .families import family_of, processors_of, set_processors
@@ -150,11 +152,38 @@ class Attachment:
                 record.hook.controls = self.controls  # share the live list
                 set_processors(transformer, build_processors(transformer, self.controls, record.hook.box))
             self.attached = True
+            self._remember_grids()
             for control in self.controls:
                 control.on_attach(self)
         except BaseException:
             self.detach()
             raise
+
+    def _remember_grids(self) -> None:
+        """FLUX-style pipelines give the token grid only as position ids (``img_ids``), whose contents a compiled
+        transformer cannot read: wrap ``prepare_latents`` (which returns those ids, once per generation) so that
+        the forward hook reads the grid there, outside the compiled graph."""
+        pipe = self.pipeline
+        if pipe is None or not hasattr(pipe, "prepare_latents"):
+            return
+        hooks = [(r.transformer, r.hook) for r in self._installed if family_of(r.transformer).flux_architecture]
+        if not hooks:
+            return
+
+        def wrap(original):
+            @functools.wraps(original)
+            def prepare_latents(*args, **kwargs):
+                result = original(*args, **kwargs)
+                for part in result if isinstance(result, tuple) else (result,):
+                    # position ids: [tokens, axes] (3 axes for FLUX and Chroma, 4 for FLUX.2)
+                    if isinstance(part, torch.Tensor) and part.dim() == 2 and part.shape[-1] in (3, 4):
+                        for transformer, hook in hooks:
+                            hook.remember_grid(transformer, "img_ids", part)
+                return result
+
+            return prepare_latents
+
+        self.wrap(pipe, "prepare_latents", wrap)
 
     def detach(self) -> None:
         """Restore the original processors (the very same objects) and remove the hooks. Safe to call twice."""

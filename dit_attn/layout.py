@@ -36,26 +36,82 @@ class LayerSite:
     kind: str  # "joint", "single", "self", "cross"
 
 
-@dataclass
+class StepFacts:
+    """Where the denoising loop is for one transformer forward: the step index and count, and each control's
+    *step phase* (:meth:`dit_attn.Control.step_phase`, keyed by ``id(control)``), the only step-dependent values
+    a control's per-forward and per-call code reads.
+
+    Under ``torch.compile`` the forward hook runs inside the compiled graph, and every Python value it reads is
+    guarded: reading the step index would recompile the transformer at every step. The hook therefore computes a
+    ``StepFacts`` outside the graph where it can (when the pipeline enters diffusers' ``cache_context``) and the
+    compiled code reads only the phases: values that change rarely (SoftPAG's window, the sparse warm-up) or
+    tensors (emphasis schedules), which are graph inputs. ``step_index`` and ``num_steps`` stay readable (e.g.
+    ``layout.step_index``); compiled code that reads them is specialised per step.
+    """
+
+    __slots__ = ("step_index", "num_steps", "phases")
+
+    def __init__(self, step_index: int | None = None, num_steps: int | None = None, phases: dict | None = None):
+        self.step_index = step_index
+        self.num_steps = num_steps
+        self.phases = phases if phases is not None else {}
+
+    def __repr__(self) -> str:
+        return f"StepFacts(step_index={self.step_index}, num_steps={self.num_steps})"
+
+
 class ForwardState:
     """Per-transformer-forward facts, written by :class:`dit_attn.state.ForwardStateHook` before each forward
     (a fresh object per forward, never changed afterwards except for ``extra`` and the lazily computed grid).
 
-    ``grid`` is computed lazily (FLUX needs a look at ``img_ids``) and cached for the forward.
+    ``grid`` is computed lazily (FLUX needs a look at ``img_ids``) and cached for the forward. ``step`` holds the
+    step facts (:class:`StepFacts`); ``step_index`` and ``num_steps`` read them.
     """
 
-    family: str | None = None
-    context: str | None = None  # diffusers cache_context name ("cond", "uncond", "cond_uncond") or None
-    step_index: int | None = None
-    num_steps: int | None = None
-    timestep: torch.Tensor | float | None = None
-    batch_roles: tuple[str, ...] | None = None
-    text_len: int | None = None
-    grid_fn: Callable[[], tuple[int, int, int] | None] | None = None
-    _grid: tuple[int, int, int] | None = None
-    _grid_known: bool = False
-    in_forward: bool = False
-    extra: dict = field(default_factory=dict)  # scratch space for model-level control hooks, per forward
+    def __init__(self, family: str | None = None, context: str | None = None, step_index: int | None = None,
+                 num_steps: int | None = None, timestep: torch.Tensor | float | None = None,
+                 batch_roles: tuple[str, ...] | None = None, text_len: int | None = None,
+                 grid_fn: Callable[[], tuple[int, int, int] | None] | None = None, extra: dict | None = None,
+                 step: StepFacts | None = None):
+        self.family = family
+        self.context = context  # diffusers cache_context name ("cond", "uncond", "cond_uncond") or None
+        self.step = step if step is not None else StepFacts(step_index, num_steps)
+        self.timestep = timestep
+        self.batch_roles = batch_roles
+        self.text_len = text_len
+        self.grid_fn = grid_fn
+        self._grid: tuple[int, int, int] | None = None
+        self._grid_known = False
+        self.in_forward = False
+        self.extra = extra if extra is not None else {}  # scratch space for model-level control hooks, per forward
+
+    def __repr__(self) -> str:
+        return (f"ForwardState(family={self.family!r}, context={self.context!r}, step={self.step!r}, "
+                f"batch_roles={self.batch_roles!r}, text_len={self.text_len!r})")
+
+    @property
+    def step_index(self) -> int | None:
+        return self.step.step_index
+
+    @step_index.setter
+    def step_index(self, value: int | None) -> None:
+        self.step = StepFacts(value, self.step.num_steps)  # a new object: step facts may be shared
+
+    @property
+    def num_steps(self) -> int | None:
+        return self.step.num_steps
+
+    @num_steps.setter
+    def num_steps(self, value: int | None) -> None:
+        self.step = StepFacts(self.step.step_index, value)
+
+    def phase(self, control):
+        """``control.step_phase(step_index, num_steps)`` for this forward: precomputed by the forward hook (so
+        compiled code reads the phase, not the step), computed here for a state built by hand."""
+        phases = self.step.phases
+        if id(control) in phases:
+            return phases[id(control)]
+        return control.step_phase(self.step.step_index, self.step.num_steps)
 
     @property
     def grid(self) -> tuple[int, int, int] | None:
@@ -97,6 +153,21 @@ class Layout:
     key_segments: Mapping[str, tuple[int, int]]
     batch_size: int
     state: ForwardState = field(default_factory=ForwardState, compare=False, repr=False)
+    # Under Ulysses context parallelism a process holds ``heads`` of the ``total_heads`` heads, starting at
+    # ``head_offset`` (global head h is local head h - head_offset); on one process: 0 and ``heads``.
+    head_offset: int = 0
+    total_heads: int | None = None
+
+    # --- heads -------------------------------------------------------------------------------------------------
+    @property
+    def model_heads(self) -> int:
+        """The module's number of heads (all processes together)."""
+        return self.total_heads if self.total_heads is not None else self.heads
+
+    def local_heads(self, heads) -> list[int]:
+        """The local indices of those of the global ``heads`` this process holds."""
+        lo, hi = self.head_offset, self.head_offset + self.heads
+        return [h - lo for h in heads if lo <= h < hi]
 
     # --- layer -------------------------------------------------------------------------------------------------
     @property
@@ -166,11 +237,20 @@ class Layout:
 
     @property
     def query_len(self) -> int:
-        return max((stop for _, stop in self.query_segments.values()), default=0)
+        return _end(self.query_segments)
 
     @property
     def key_len(self) -> int:
-        return max((stop for _, stop in self.key_segments.values()), default=0)
+        return _end(self.key_segments)
+
+
+def _end(segs: Mapping[str, tuple[int, int]]) -> int:
+    """The last ``stop`` of some segments (0 for none); a plain loop, which torch.compile traces (it does not
+    take ``max`` over a generator)."""
+    end = 0
+    for _, stop in segs.values():
+        end = stop if stop > end else end
+    return end
 
 
 def segments(order: tuple[str, ...], lengths: Mapping[str, int]) -> dict[str, tuple[int, int]]:

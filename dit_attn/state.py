@@ -11,8 +11,15 @@ Before every forward it fills the shared :class:`~dit_attn.layout.ForwardState`:
   (SD3, CogVideoX) and the pipeline does classifier-free guidance;
 * **text length** and a lazy **token grid** from the forward's arguments.
 
-It is *stateful* in diffusers' sense (it holds a ``StateManager``) only so that ``cache_context`` reaches it.
+It is *stateful* in diffusers' sense (it holds a ``StateManager``) so that ``cache_context`` reaches it.
 Controls' ``before_forward``/``after_forward`` run here, in attach order (after: reverse order).
+
+Under ``torch.compile`` of the transformer this hook runs inside the compiled graph (diffusers' hooks wrap
+``forward``), and every Python value it reads becomes a guard. The step facts (:class:`~dit_attn.layout.StepFacts`:
+step index, count, and each control's step phase) are therefore computed when the pipeline enters
+``cache_context``, which happens outside the transformer call; the compiled forward reads only the phases, so it
+is not recompiled at every step. Pipelines without ``cache_context`` (SD3) get the facts computed in the forward
+itself: exact, but a compiled transformer is then specialised on the step index.
 """
 
 from __future__ import annotations
@@ -27,7 +34,7 @@ from diffusers.hooks import HookRegistry, ModelHook
 from diffusers.hooks.hooks import BaseState, StateManager
 
 from .families import Family, family_of
-from .layout import COND, UNCOND, ForwardState, StateBox
+from .layout import COND, UNCOND, ForwardState, StateBox, StepFacts
 
 HOOK_NAME = "dit_attn_forward_state"
 
@@ -35,6 +42,28 @@ HOOK_NAME = "dit_attn_forward_state"
 class _NoState(BaseState):
     def reset(self, *args, **kwargs) -> None:
         pass
+
+
+class _ContextManager(StateManager):
+    """diffusers' ``StateManager`` that also tells the hook when the pipeline enters or leaves a ``cache_context``
+    (``set_context`` in newer diffusers, ``_set_context`` before): that happens outside the transformer call, so
+    outside the graph of a compiled transformer."""
+
+    def __init__(self, on_change):
+        super().__init__(_NoState)
+        self._on_change = on_change
+
+    def set_context(self, context) -> None:
+        super().set_context(context)
+        self._on_change()
+
+    def _set_context(self, name) -> None:  # diffusers releases that keep only the name
+        super()._set_context(name)
+        self._on_change()
+
+    def reset(self, *args, **kwargs) -> None:
+        super().reset(*args, **kwargs)
+        self._on_change()
 
 
 class ForwardStateHook(ModelHook):
@@ -45,10 +74,15 @@ class ForwardStateHook(ModelHook):
         self.family = family
         self.controls = controls
         self.box = StateBox(family.name)
-        self.context_manager = StateManager(_NoState)  # receives diffusers' cache_context
+        self.context_manager = _ContextManager(self._context_changed)  # receives diffusers' cache_context
         self._pipeline_ref = weakref.ref(pipeline) if pipeline is not None else None
         self._params: list[str] | None = None
         self._forwards_in_step: tuple[int | None, int] = (None, 0)
+        # Set when the pipeline enters a cache_context (outside a compiled transformer): its name and step facts.
+        self._context_name: str | None = None
+        self._context_facts: StepFacts | None = None
+        # (argument name, tensor, grid) read outside a compiled transformer (see remember_grid).
+        self._known_grids: list[tuple[str, torch.Tensor, tuple]] = []
 
     @property
     def pipeline(self):
@@ -95,18 +129,26 @@ class ForwardStateHook(ModelHook):
             if name in inputs:
                 inputs.setdefault(usual, inputs[name])
         hidden_states = inputs.get("hidden_states")
-        ctx = _cache_context(self.context_manager)
-        state.context = ctx.name if ctx is not None else None
         state.timestep = inputs.get("timestep")
+        # Read only what the cache_context entry left (the name and step facts), not the context itself: its
+        # step index would be a guard of a compiled forward.
+        state.context, facts = self._context_name, self._context_facts
+        if facts is None:  # no cache_context, or a step found only from the timestep (CogVideoX's DDIM)
+            facts = self._facts(_cache_context(self.context_manager), state.timestep)
+        state.step = facts
         state.text_len = self.family.text_length(inputs)
         if isinstance(hidden_states, torch.Tensor):
             batch = hidden_states.shape[0]
         else:  # a list of per-item latents (Z-Image)
             batch = len(hidden_states) if isinstance(hidden_states, (list, tuple)) else None
-        state.step_index, state.num_steps = self._step(ctx, state.timestep)
-        state.batch_roles = self._roles(state.context, batch, state.step_index)
-        family, kw = self.family, dict(inputs)
-        state.grid_fn = lambda: family.grid(module, kw, hidden_states)
+        state.batch_roles = self._roles(state.context, batch, facts)
+        family, kw, known = self.family, dict(inputs), self._known_grids
+        if torch.compiler.is_compiling():
+            # Reading a grid from a tensor's contents (FLUX's ``img_ids``) cannot be traced: take the grid read
+            # outside the graph for this very tensor, if there is one.
+            state.grid_fn = lambda: _known_grid(known, kw) or family.grid(module, kw, hidden_states)
+        else:
+            state.grid_fn = lambda: family.grid(module, kw, hidden_states)
         state.in_forward = True
         for control in self.controls:
             args, kwargs = control.before_forward(state, args, kwargs)
@@ -120,7 +162,36 @@ class ForwardStateHook(ModelHook):
         self.state.in_forward = False
         return output
 
+    def remember_grid(self, module, name: str, tensor: torch.Tensor) -> None:
+        """Read the token grid from forward argument ``name`` = ``tensor`` now, outside the transformer call, so that
+        a compiled forward given this very tensor finds it (grids read from tensor contents, such as FLUX's
+        ``img_ids``, cannot be traced). Called by :func:`dit_attn.attach` when the pipeline prepares its latents."""
+        grid = self.family.grid(module, {name: tensor}, None)
+        self._known_grids = [(name, tensor, grid)] if grid is not None else []
+
     # ------------------------------------------------------------------------------------------------------------
+    def _context_changed(self) -> None:
+        """The pipeline entered or left a ``cache_context``: compute this context's step facts now, outside the
+        transformer call (``None`` when the step needs the forward's timestep)."""
+        ctx = _cache_context(self.context_manager)
+        self._context_name = ctx.name if ctx is not None else None
+        self._context_facts = None
+        if ctx is not None and self._step_known_without_timestep(ctx):
+            self._context_facts = self._facts(ctx, None)
+
+    def _step_known_without_timestep(self, ctx) -> bool:
+        scheduler = getattr(self.pipeline, "scheduler", None)
+        return ctx.step_index is not None or scheduler is None or hasattr(scheduler, "_step_index")
+
+    def _facts(self, ctx, timestep) -> StepFacts:
+        """Step index, count and every control's step phase (controls without one are left out)."""
+        from .controls.base import Control
+
+        step, num_steps = self._step(ctx, timestep)
+        phases = {id(c): c.step_phase(step, num_steps) for c in self.controls
+                  if type(c).step_phase is not Control.step_phase}
+        return StepFacts(step, num_steps, phases)
+
     def _step(self, ctx, timestep) -> tuple[int | None, int | None]:
         pipe = self.pipeline
         scheduler = getattr(pipe, "scheduler", None)
@@ -150,7 +221,7 @@ class ForwardStateHook(ModelHook):
         ts = timesteps.detach().float().cpu()
         return int((ts - t).abs().argmin())
 
-    def _roles(self, context: str | None, batch: int | None, step: int | None) -> tuple[str, ...] | None:
+    def _roles(self, context: str | None, batch: int | None, facts: StepFacts) -> tuple[str, ...] | None:
         if batch is None:
             return None
         if context in ("cond", "pred_cond"):  # HunyuanVideo 1.5's guider names them pred_cond / pred_uncond
@@ -169,7 +240,8 @@ class ForwardStateHook(ModelHook):
         if self.family.cfg == "batched" and context in ("cond_uncond", None) and batch % 2 == 0:
             first, second = self.family.cfg_order
             return (first,) * (batch // 2) + (second,) * (batch // 2)
-        if self.family.cfg == "separate" and context is None and step is not None:
+        if self.family.cfg == "separate" and context is None and facts.step_index is not None:
+            step = facts.step_index
             # Pipelines that run cond and uncond as separate forwards without naming them (Chroma): the k-th
             # forward of a denoising step has the k-th role of the family's order.
             last_step, count = self._forwards_in_step
@@ -177,6 +249,14 @@ class ForwardStateHook(ModelHook):
             self._forwards_in_step = (step, count)
             return (self.family.cfg_order[count % 2],) * batch
         return (COND,) * batch
+
+
+def _known_grid(known: list, inputs: dict):
+    """The grid remembered for the very tensor this forward got (an identity test, which torch.compile traces)."""
+    for name, tensor, grid in known:
+        if inputs.get(name) is tensor:
+            return grid
+    return None
 
 
 def _cache_context(manager: StateManager):

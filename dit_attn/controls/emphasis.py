@@ -70,6 +70,9 @@ class Emphasis(Control):
     _by_embeds: dict = field(default_factory=dict, init=False, repr=False)
     _last: dict = field(default_factory=dict, init=False, repr=False)
     _last_active: dict = field(default_factory=dict, init=False, repr=False)  # role -> per row: any weight != 1
+    # The last two encodings recorded, (embeds, weights, per-row activity): one pipeline call's prompt and negative
+    # prompt. A compiled forward matches its text against these by content (see _weights_traced).
+    _recent: list = field(default_factory=list, init=False, repr=False, compare=False)
     _matched: TensorMemo = field(default_factory=TensorMemo, init=False, repr=False, compare=False)  # by text
     _encode_prompt: object = field(default=None, init=False, repr=False, compare=False)  # the unwrapped one
 
@@ -129,6 +132,7 @@ class Emphasis(Control):
         self._by_embeds.clear()
         self._last.clear()
         self._last_active.clear()
+        self._recent = []
         self._matched.clear()
 
     def prompt_as_encoded(self, text: str) -> str:
@@ -176,6 +180,7 @@ class Emphasis(Control):
                 self._by_embeds.pop(next(iter(self._by_embeds)))
             self._last[role] = w
             self._last_active[role] = active
+            self._recent = (self._recent + [(embeds, w, active)])[-2:]  # a new list: compiled code guards on it
             self._matched.clear()
 
     def _reweight_embeddings(self, pipe, embeds: torch.Tensor, w: torch.Tensor, bound) -> None:
@@ -208,6 +213,14 @@ class Emphasis(Control):
         self._last = {COND: cond} if uncond is None else {COND: cond, UNCOND: uncond}
         self._last_active = {role: tuple((torch.as_tensor(w) != 1).reshape(w.shape[0], -1).any(dim=1).tolist())
                              for role, w in self._last.items()}
+        self._recent = []
+
+    def step_phase(self, step_index: int | None, num_steps: int | None) -> torch.Tensor | None:
+        """The schedule's multiplier of ``log w`` at this step, as a 0-d float32 tensor (a compiled transformer
+        takes it as an input instead of recompiling for each step's number); ``None`` without a schedule."""
+        if self.schedule is None or step_index is None or not num_steps:
+            return None
+        return torch.tensor(float(self.schedule(step_index / num_steps)), dtype=torch.float32)
 
     # --- per forward: pick the weights of this forward's text ------------------------------------------------
     def before_forward(self, state: ForwardState, args, kwargs):
@@ -216,29 +229,65 @@ class Emphasis(Control):
             return args, kwargs
         text = kwargs.get("encoder_hidden_states")
         roles = state.batch_roles or ()
-        weights, active = None, False
-        if isinstance(text, torch.Tensor) and text.data_ptr() in self._by_embeds:
-            _, weights, flags = self._by_embeds[text.data_ptr()]
-            active = any(flags)
-        # matched once per text tensor: pipelines pass the same cat([neg, pos]) at every step, and matching by
-        # content reads from the GPU
-        elif isinstance(text, torch.Tensor) and (matched := self._matched.get(text, self._match_rows)):
-            weights, active = matched
-        elif self._last:
-            rows, seen = [], {}
-            for role in roles:
-                key = role if role in self._last else COND
-                source = self._last.get(key)
-                i = seen.get(role, 0)
-                seen[role] = i + 1
-                rows.append(source[i % source.shape[0]] if source is not None else None)
-                flags = self._last_active.get(key)
-                active = active or (flags[i % len(flags)] if flags else True)
-            if rows and all(r is not None for r in rows):
-                weights = torch.stack(rows)
+        if torch.compiler.is_compiling():
+            weights, active = self._weights_traced(text, roles)
+        else:
+            weights, active = self._weights_eager(text, roles)
         if weights is not None and active:
             state.extra[id(self)] = weights
         return args, kwargs
+
+    def _weights_eager(self, text, roles) -> tuple[torch.Tensor | None, bool]:
+        """This forward's weights: those recorded for this very text tensor, else matched by content, else by
+        batch role."""
+        if isinstance(text, torch.Tensor) and text.data_ptr() in self._by_embeds:
+            _, weights, flags = self._by_embeds[text.data_ptr()]
+            return weights, any(flags)
+        # matched once per text tensor: pipelines pass the same cat([neg, pos]) at every step, and matching by
+        # content reads from the GPU
+        if isinstance(text, torch.Tensor) and (matched := self._matched.get(text, self._match_rows)):
+            return matched
+        return self._weights_by_role(roles)
+
+    def _weights_by_role(self, roles) -> tuple[torch.Tensor | None, bool]:
+        """Weights from the last prompt recorded for each batch role (cond rows: the prompt's, uncond rows: the
+        negative prompt's)."""
+        if not self._last:
+            return None, False
+        rows, seen, active = [], {}, False
+        for role in roles:
+            key = role if role in self._last else COND
+            source = self._last.get(key)
+            i = seen.get(role, 0)
+            seen[role] = i + 1
+            rows.append(source[i % source.shape[0]] if source is not None else None)
+            flags = self._last_active.get(key)
+            active = active or (flags[i % len(flags)] if flags else True)
+        if rows and all(r is not None for r in rows):
+            return torch.stack(rows), active
+        return None, active
+
+    def _weights_traced(self, text, roles) -> tuple[torch.Tensor | None, bool]:
+        """This forward's weights in tensor operations only, for a compiled transformer (a tensor's address and
+        ``torch.equal`` cannot be traced): each text row takes the weights of the recently recorded row equal to
+        it (``torch.where`` on an element-wise comparison), else its batch role's. Whether emphasis acts at all
+        is read from the recorded activity (Python values that change only with the prompts), so a forward whose
+        own text has no emphasis gets a zero bias instead of the stock call (equal up to rounding)."""
+        weights, active = self._weights_by_role(roles)
+        recent = self._recent
+        for _, _, flags in recent:
+            active = active or any(flags)
+        if not active or not isinstance(text, torch.Tensor):
+            return weights, active
+        for embeds, w, _ in recent:
+            if embeds.shape[1:] != text.shape[1:] or embeds.device != text.device:
+                continue
+            if weights is None:
+                weights = torch.ones(text.shape[0], w.shape[1], dtype=w.dtype, device=w.device)
+            for j in range(embeds.shape[0]):
+                same = (embeds[j] == text).flatten(1).all(dim=1)  # [B]: text row r is recorded row j
+                weights = torch.where(same[:, None], w[j], weights)
+        return weights, active
 
     def _match_rows(self, text: torch.Tensor) -> tuple[torch.Tensor, bool] | None:
         """Weights for a text batch assembled from recorded encodings (SD3/CogVideoX's ``cat([neg, pos])``,
@@ -271,8 +320,9 @@ class Emphasis(Control):
             raise RuntimeError(f"Emphasis: {weights.shape[1]} token weights for {stop - start} text keys in "
                                f"{layout.module_name}")
         log_w = torch.log(weights)  # w = 0 → -inf: the key is removed
-        if self.schedule is not None and layout.progress is not None:
-            log_w = log_w * float(self.schedule(layout.progress))
+        multiplier = layout.state.phase(self) if self.schedule is not None else None
+        if multiplier is not None:
+            log_w = log_w * multiplier  # a 0-d CPU tensor: a scalar argument, no copy
         if weights.shape[0] != layout.batch_size:
             log_w = self._rows_for_roles(log_w, layout.batch_roles)
         bias = torch.zeros(layout.batch_size, 1, num_keys, device=device)

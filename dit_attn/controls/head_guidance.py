@@ -283,6 +283,10 @@ class SoftPAG(Control):
         eps = 1e-9  # 0.3 * 10 = 3.0000000000000004 must still mean 3
         return start * num_steps - eps <= step_index < stop * num_steps - eps
 
+    def step_phase(self, step_index: int | None, num_steps: int | None) -> bool:
+        """Whether the step is in the window: a bool that flips at most twice per generation."""
+        return self.step_active(step_index, num_steps)
+
     # --- attach / detach ------------------------------------------------------------------------------------
     pipeline_level = ("adds its guidance term after the pipeline's own classifier-free guidance (it wraps "
                       "scheduler.step)")
@@ -360,7 +364,7 @@ class SoftPAG(Control):
     # --- per forward ----------------------------------------------------------------------------------------
     def before_forward(self, state: ForwardState, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
         roles = state.batch_roles
-        if not self.enabled or roles is None or not self.step_active(state.step_index, state.num_steps):
+        if not self.enabled or roles is None or not state.phase(self):
             return args, kwargs
         if self._pipeline is not None:
             self._ensure_step_wrapper()
@@ -411,7 +415,7 @@ class SoftPAG(Control):
 
     # --- per attention call ---------------------------------------------------------------------------------
     def _heads_of(self, layout: Layout) -> list[int]:
-        key = (layout.module_name, layout.heads)
+        key = (layout.module_name, layout.heads, layout.head_offset)
         heads = self._head_cache.get(key)
         if heads is None:
             from ..families import FAMILIES
@@ -422,8 +426,8 @@ class SoftPAG(Control):
             if family is not None and site is not None:
                 main = next((a for bl, a, _ in family.sites if bl == site.block_list), None)
             attr = site.module_name.rsplit(".", 1)[1] if site is not None else None
-            heads = [] if site is None else self.heads.heads_for(
-                site.block_list, site.block_index, site.layer_index, attr, main, layout.heads)
+            heads = [] if site is None else layout.local_heads(self.heads.heads_for(
+                site.block_list, site.block_index, site.layer_index, attr, main, layout.model_heads))
             self._head_cache[key] = heads
         return heads
 

@@ -192,9 +192,14 @@ class RectifiedSparse(Control):
         if self.dense_layers > 0 and layout.layer_index is not None and layout.num_layers:
             if layout.layer_index / layout.num_layers < self.dense_layers:
                 return True
-        if self.dense_steps > 0 and layout.progress is not None and layout.progress < self.dense_steps:
-            return True
-        return False
+        return bool(layout.state.phase(self))
+
+    def step_phase(self, step_index: int | None, num_steps: int | None) -> bool:
+        """Whether the step is in the dense warm-up (``step_index / num_steps < dense_steps``). The forward hook
+        computes it once per forward, so a compiled transformer reads this bool, not the step: it recompiles once,
+        when the warm-up ends."""
+        return bool(self.dense_steps > 0 and step_index is not None and num_steps
+                    and step_index / num_steps < self.dense_steps)
 
     @staticmethod
     def grid_for(layout: Layout) -> tuple[int, int, int]:
