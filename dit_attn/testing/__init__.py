@@ -46,10 +46,11 @@ Example::
 from __future__ import annotations
 
 import contextlib
-import zlib
 from typing import Any, Iterator
 
 import torch
+
+from .factory import clip_text_encoder, flow_scheduler, seeded, t5_encoder, vae_kl, word_level_tokenizer
 
 __all__ = [
     "FAMILIES", "ALL_FAMILIES", "PROMPT", "NEGATIVE_PROMPT", "HEIGHT", "WIDTH", "NUM_FRAMES", "VOCAB",
@@ -179,80 +180,31 @@ def tiny_tokenizer(kind: str, model_max_length: int | None = None):
     * ``"llama"`` (Llama 3): prepends ``<|begin_of_text|>``; the chat-header tokens are single tokens; pads with
       ``<|end_of_text|>``.
     """
-    from tokenizers import Tokenizer, normalizers, pre_tokenizers, processors
-    from tokenizers.models import WordLevel
-    from transformers import PreTrainedTokenizerFast
-
     if kind not in _TOKENIZER_KINDS:
         raise ValueError(f"unknown tokenizer kind {kind!r}; expected one of {_TOKENIZER_KINDS}")
-    tok = Tokenizer(WordLevel(dict(VOCAB), unk_token="<unk>"))
-    tok.normalizer = normalizers.Lowercase()
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok.add_special_tokens(list(_SPECIALS))
     if kind == "t5":
-        tok.post_processor = processors.TemplateProcessing(
-            single="$A </s>", pair="$A </s> $B </s>", special_tokens=[("</s>", EOS_ID)])
-        specials = dict(eos_token="</s>", unk_token="<unk>", pad_token="<pad>")
+        template, names = ("$A </s>", "$A </s> $B </s>"), dict(eos_token="</s>", pad_token="<pad>")
     elif kind == "clip":
-        tok.post_processor = processors.TemplateProcessing(
-            single="<|startoftext|> $A <|endoftext|>", pair="<|startoftext|> $A <|endoftext|> $B <|endoftext|>",
-            special_tokens=[("<|startoftext|>", CLIP_BOS_ID), ("<|endoftext|>", CLIP_EOS_ID)])
-        specials = dict(bos_token="<|startoftext|>", eos_token="<|endoftext|>", unk_token="<unk>",
-                        pad_token="<|endoftext|>")
+        template = ("<|startoftext|> $A <|endoftext|>", "<|startoftext|> $A <|endoftext|> $B <|endoftext|>")
+        names = dict(bos_token="<|startoftext|>", eos_token="<|endoftext|>", pad_token="<|endoftext|>")
     else:
-        tok.post_processor = processors.TemplateProcessing(
-            single="<|begin_of_text|> $A", pair="<|begin_of_text|> $A $B",
-            special_tokens=[("<|begin_of_text|>", LLAMA_BOS_ID)])
-        specials = dict(bos_token="<|begin_of_text|>", eos_token="<|end_of_text|>", unk_token="<unk>",
-                        pad_token="<|end_of_text|>")
-    kwargs: dict[str, Any] = dict(tokenizer_object=tok, padding_side="right", truncation_side="right", **specials)
-    if model_max_length is not None:
-        kwargs["model_max_length"] = model_max_length
-    return PreTrainedTokenizerFast(**kwargs)
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Seeding
-# ----------------------------------------------------------------------------------------------------------------
-def _build(seed: int, name: str, fn):
-    """Run ``fn()`` under ``torch.manual_seed`` derived from (seed, component name), leaving the global RNG alone."""
-    sub_seed = (int(seed) * 1_000_003 + zlib.crc32(name.encode())) % (2**63 - 1)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(sub_seed)
-        module = fn()
-    if isinstance(module, torch.nn.Module):
-        module.eval()  # constructors leave modules in training mode; from_pretrained returns them in eval mode
-    return module
+        template = ("<|begin_of_text|> $A", "<|begin_of_text|> $A $B")
+        names = dict(bos_token="<|begin_of_text|>", eos_token="<|end_of_text|>", pad_token="<|end_of_text|>")
+    return word_level_tokenizer(VOCAB, _SPECIALS, template=template, model_max_length=model_max_length,
+                                unk_token="<unk>", **names)
 
 
 # ----------------------------------------------------------------------------------------------------------------
 # Text encoders
 # ----------------------------------------------------------------------------------------------------------------
 def _clip_text(seed, name, hidden, *, with_projection, projection_dim=None, max_positions=CLIP_MAX_LENGTH):
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
-
-    cfg = CLIPTextConfig(
-        vocab_size=VOCAB_SIZE, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=2,
-        num_attention_heads=2, max_position_embeddings=max_positions, projection_dim=projection_dim or hidden,
-        hidden_act="gelu", layer_norm_eps=1e-5, attention_dropout=0.0, dropout=0.0,
-        bos_token_id=CLIP_BOS_ID, eos_token_id=CLIP_EOS_ID, pad_token_id=CLIP_EOS_ID,
-    )
-    cls = CLIPTextModelWithProjection if with_projection else CLIPTextModel
-    return _build(seed, name, lambda: cls(cfg))
+    return clip_text_encoder(seed, name, vocab_size=VOCAB_SIZE, hidden=hidden, with_projection=with_projection,
+                             max_positions=max_positions, bos_id=CLIP_BOS_ID, eos_id=CLIP_EOS_ID,
+                             projection_dim=projection_dim)
 
 
 def _t5(seed, name, d_model, *, umt5=False):
-    from transformers import T5Config, T5EncoderModel, UMT5Config, UMT5EncoderModel
-
-    common = dict(
-        vocab_size=VOCAB_SIZE, d_model=d_model, d_kv=d_model // 4, d_ff=2 * d_model, num_layers=2, num_heads=4,
-        relative_attention_num_buckets=8, relative_attention_max_distance=32, dropout_rate=0.0,
-        feed_forward_proj="gated-gelu", pad_token_id=PAD_ID, eos_token_id=EOS_ID, decoder_start_token_id=PAD_ID,
-        is_encoder_decoder=True, tie_word_embeddings=False,
-    )
-    if umt5:
-        return _build(seed, name, lambda: UMT5EncoderModel(UMT5Config(**common)))
-    return _build(seed, name, lambda: T5EncoderModel(T5Config(**common)))
+    return t5_encoder(seed, name, vocab_size=VOCAB_SIZE, d_model=d_model, pad_id=PAD_ID, eos_id=EOS_ID, umt5=umt5)
 
 
 def _llama(seed, name, hidden):
@@ -264,7 +216,7 @@ def _llama(seed, name, hidden):
         rms_norm_eps=1e-5, attention_dropout=0.0, bos_token_id=LLAMA_BOS_ID, eos_token_id=LLAMA_EOS_ID,
         pad_token_id=LLAMA_EOS_ID, tie_word_embeddings=False,
     )
-    return _build(seed, name, lambda: LlamaModel(cfg))
+    return seeded(seed, name, lambda: LlamaModel(cfg))
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -274,20 +226,14 @@ LATENT_CHANNELS = 4
 
 
 def _vae_kl(seed, scaling_factor, shift_factor):
-    from diffusers import AutoencoderKL
-
-    return _build(seed, "vae", lambda: AutoencoderKL(
-        in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 3,
-        up_block_types=("UpDecoderBlock2D",) * 3, block_out_channels=(8, 8, 8), layers_per_block=1,
-        latent_channels=LATENT_CHANNELS, norm_num_groups=4, sample_size=HEIGHT, scaling_factor=scaling_factor,
-        shift_factor=shift_factor, use_quant_conv=False, use_post_quant_conv=False,
-    ))
+    return vae_kl(seed, block_channels=(8, 8, 8), norm_groups=4, latent_channels=LATENT_CHANNELS, sample_size=HEIGHT,
+                  scaling_factor=scaling_factor, shift_factor=shift_factor)
 
 
 def _vae_wan(seed):
     from diffusers import AutoencoderKLWan
 
-    return _build(seed, "vae", lambda: AutoencoderKLWan(
+    return seeded(seed, "vae", lambda: AutoencoderKLWan(
         base_dim=8, z_dim=LATENT_CHANNELS, dim_mult=[1, 1, 1], num_res_blocks=1, attn_scales=[],
         temperal_downsample=[True, True], latents_mean=[0.1, -0.2, 0.3, -0.1][:LATENT_CHANNELS],
         latents_std=[1.5, 2.0, 1.2, 2.5][:LATENT_CHANNELS], scale_factor_temporal=4, scale_factor_spatial=4,
@@ -297,7 +243,7 @@ def _vae_wan(seed):
 def _vae_hunyuan(seed):
     from diffusers import AutoencoderKLHunyuanVideo
 
-    return _build(seed, "vae", lambda: AutoencoderKLHunyuanVideo(
+    return seeded(seed, "vae", lambda: AutoencoderKLHunyuanVideo(
         in_channels=3, out_channels=3, latent_channels=LATENT_CHANNELS,
         down_block_types=("HunyuanVideoDownBlock3D",) * 3, up_block_types=("HunyuanVideoUpBlock3D",) * 3,
         block_out_channels=(8, 8, 8), layers_per_block=1, norm_num_groups=4, scaling_factor=0.476986,
@@ -308,7 +254,7 @@ def _vae_hunyuan(seed):
 def _vae_cogvideox(seed):
     from diffusers import AutoencoderKLCogVideoX
 
-    return _build(seed, "vae", lambda: AutoencoderKLCogVideoX(
+    return seeded(seed, "vae", lambda: AutoencoderKLCogVideoX(
         in_channels=3, out_channels=3, down_block_types=("CogVideoXDownBlock3D",) * 3,
         up_block_types=("CogVideoXUpBlock3D",) * 3, block_out_channels=(8, 8, 8),
         latent_channels=LATENT_CHANNELS, layers_per_block=1, norm_num_groups=4, temporal_compression_ratio=4,
@@ -400,18 +346,12 @@ def tiny_transformer(family: str, seed: int = 0, **config_overrides):
     cfg.update(config_overrides)
     name = _plugin(family).TRANSFORMER_CLASS if family in _PLUGIN_FAMILIES else _TRANSFORMER_CLASSES[family]
     cls = getattr(diffusers, name)
-    return _build(seed, "transformer", lambda: cls(**cfg))
+    return seeded(seed, "transformer", lambda: cls(**cfg))
 
 
 # ----------------------------------------------------------------------------------------------------------------
 # Pipelines
 # ----------------------------------------------------------------------------------------------------------------
-def _flow_scheduler(**kw):
-    from diffusers import FlowMatchEulerDiscreteScheduler
-
-    return FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, **kw)
-
-
 def _clip_image_processor(**kwargs):
     """``CLIPImageProcessor`` with the PIL backend (the same pixels with or without torchvision installed)."""
     import transformers
@@ -456,7 +396,7 @@ def _components(family: str, seed: int, transformer) -> tuple[type, dict[str, An
 
     if family == "sd3":
         return diffusers.StableDiffusion3Pipeline, dict(
-            transformer=transformer, scheduler=_flow_scheduler(shift=3.0),
+            transformer=transformer, scheduler=flow_scheduler(shift=3.0),
             vae=_vae_kl(seed, scaling_factor=1.5305, shift_factor=0.0609),
             text_encoder=_clip_text(seed, "text_encoder", _SD3_CLIP_HIDDEN[0], with_projection=True),
             tokenizer=tiny_tokenizer("clip", CLIP_MAX_LENGTH),
@@ -469,7 +409,7 @@ def _components(family: str, seed: int, transformer) -> tuple[type, dict[str, An
     if family == "flux":
         return diffusers.FluxPipeline, dict(
             transformer=transformer,
-            scheduler=_flow_scheduler(shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15,
+            scheduler=flow_scheduler(shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15,
                                       base_image_seq_len=256, max_image_seq_len=4096),
             vae=_vae_kl(seed, scaling_factor=0.3611, shift_factor=0.1159),
             text_encoder=_clip_text(seed, "text_encoder", _FLUX_CLIP_HIDDEN, with_projection=False),
@@ -481,7 +421,7 @@ def _components(family: str, seed: int, transformer) -> tuple[type, dict[str, An
     if family == "wan":
         patch_wan_i2v_ftfy()
         return diffusers.WanPipeline, dict(
-            transformer=transformer, scheduler=_flow_scheduler(shift=3.0), vae=_vae_wan(seed),
+            transformer=transformer, scheduler=flow_scheduler(shift=3.0), vae=_vae_wan(seed),
             text_encoder=_t5(seed, "text_encoder", _WAN_T5_HIDDEN, umt5=True),
             tokenizer=tiny_tokenizer("t5", T5_MAX_LENGTH),
         )
@@ -496,10 +436,10 @@ def _components(family: str, seed: int, transformer) -> tuple[type, dict[str, An
             layer_norm_eps=1e-5, attention_dropout=0.0, dropout=0.0,
         )
         return diffusers.WanImageToVideoPipeline, dict(
-            transformer=transformer, scheduler=_flow_scheduler(shift=3.0), vae=_vae_wan(seed),
+            transformer=transformer, scheduler=flow_scheduler(shift=3.0), vae=_vae_wan(seed),
             text_encoder=_t5(seed, "text_encoder", _WAN_T5_HIDDEN, umt5=True),
             tokenizer=tiny_tokenizer("t5", WAN_I2V_TEXT_LENGTH),
-            image_encoder=_build(seed, "image_encoder", lambda: CLIPVisionModel(vision_cfg)),
+            image_encoder=seeded(seed, "image_encoder", lambda: CLIPVisionModel(vision_cfg)),
             image_processor=_clip_image_processor(
                 do_resize=True, size={"shortest_edge": 32}, do_center_crop=True,
                 crop_size={"height": 32, "width": 32}, do_rescale=True, do_normalize=True,
@@ -509,7 +449,7 @@ def _components(family: str, seed: int, transformer) -> tuple[type, dict[str, An
         )
     if family == "hunyuan_video":
         return diffusers.HunyuanVideoPipeline, dict(
-            transformer=transformer, scheduler=_flow_scheduler(shift=7.0), vae=_vae_hunyuan(seed),
+            transformer=transformer, scheduler=flow_scheduler(shift=7.0), vae=_vae_hunyuan(seed),
             text_encoder=_llama(seed, "text_encoder", _HUNYUAN_LLAMA_HIDDEN),
             tokenizer=tiny_tokenizer("llama"),  # no model_max_length: the template is tokenized unpadded
             text_encoder_2=_clip_text(seed, "text_encoder_2", _HUNYUAN_CLIP_HIDDEN, with_projection=False,

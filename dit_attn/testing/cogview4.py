@@ -23,10 +23,8 @@ from typing import Any
 
 import torch
 
-from . import (
-    _SPECIALS, HEIGHT, LATENT_CHANNELS, NEGATIVE_PROMPT, PROMPT, VOCAB, VOCAB_SIZE, WIDTH, _build, _flow_scheduler,
-    _vae_kl,
-)
+from . import _SPECIALS, HEIGHT, LATENT_CHANNELS, NEGATIVE_PROMPT, PROMPT, VOCAB, VOCAB_SIZE, WIDTH, _vae_kl
+from .factory import flow_scheduler, seeded, word_level_tokenizer
 
 PIPELINE_CLASS = "CogView4Pipeline"
 TRANSFORMER_CLASS = "CogView4Transformer2DModel"
@@ -46,23 +44,10 @@ _GLM_HIDDEN = 32
 
 def glm_tokenizer():
     """A word-level stand-in for the GLM-4 tokenizer: ``[gMASK] <sop>`` prefix, left padding with ``<|endoftext|>``."""
-    from tokenizers import Tokenizer, normalizers, pre_tokenizers, processors
-    from tokenizers.models import WordLevel
-    from transformers import PreTrainedTokenizerFast
-
-    vocab = dict(VOCAB)
-    vocab[GMASK], vocab[SOP] = GMASK_ID, SOP_ID
-    tok = Tokenizer(WordLevel(vocab, unk_token="<unk>"))
-    tok.normalizer = normalizers.Lowercase()
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok.add_special_tokens(list(_SPECIALS) + [GMASK, SOP])
-    tok.post_processor = processors.TemplateProcessing(
-        single=f"{GMASK} {SOP} $A", pair=f"{GMASK} {SOP} $A $B",
-        special_tokens=[(GMASK, GMASK_ID), (SOP, SOP_ID)])
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tok, padding_side="left", truncation_side="right", eos_token="<|endoftext|>",
-        pad_token="<|endoftext|>", unk_token="<unk>", additional_special_tokens=[GMASK, SOP],
-    )
+    return word_level_tokenizer(
+        {**VOCAB, GMASK: GMASK_ID, SOP: SOP_ID}, list(_SPECIALS) + [GMASK, SOP],
+        template=(f"{GMASK} {SOP} $A", f"{GMASK} {SOP} $A $B"), padding_side="left", eos_token="<|endoftext|>",
+        pad_token="<|endoftext|>", unk_token="<unk>", additional_special_tokens=[GMASK, SOP])
 
 
 def transformer_config() -> dict[str, Any]:
@@ -82,7 +67,7 @@ def _glm(seed: int):
         rms_norm_eps=1e-5, attention_dropout=0.0, pad_token_id=GLM_PAD_ID, eos_token_id=GLM_PAD_ID,
         tie_word_embeddings=False,
     )
-    return _build(seed, "text_encoder", lambda: GlmModel(cfg))
+    return seeded(seed, "text_encoder", lambda: GlmModel(cfg))
 
 
 def components(seed: int) -> dict[str, Any]:
@@ -90,7 +75,7 @@ def components(seed: int) -> dict[str, Any]:
         tokenizer=glm_tokenizer(),
         text_encoder=_glm(seed),
         vae=_vae_kl(seed, scaling_factor=1.0, shift_factor=0.0),
-        scheduler=_flow_scheduler(
+        scheduler=flow_scheduler(
             shift=1.0, use_dynamic_shifting=True, base_shift=0.25, max_shift=0.75, base_image_seq_len=256,
             max_image_seq_len=4096, time_shift_type="linear",
         ),

@@ -28,9 +28,8 @@ from typing import Any
 
 import torch
 
-from dit_attn.testing import (
-    HEIGHT, PROMPT, VOCAB, VOCAB_SIZE, WIDTH, LATENT_CHANNELS, _build, _flow_scheduler,
-)
+from dit_attn.testing import _SPECIALS, HEIGHT, LATENT_CHANNELS, PROMPT, VOCAB, VOCAB_SIZE, WIDTH
+from dit_attn.testing.factory import flow_scheduler, seeded, word_level_tokenizer
 
 PIPELINE_CLASS = "Flux2KleinPipeline"
 TRANSFORMER_CLASS = "Flux2Transformer2DModel"
@@ -58,26 +57,10 @@ QWEN3_CHAT_TEMPLATE = (
 
 def qwen_tokenizer(model_max_length: int | None = None):
     """Word-level stand-in for ``Qwen2TokenizerFast``: no BOS/EOS added, pads with ``<|endoftext|>`` on the right."""
-    from tokenizers import Tokenizer, normalizers, pre_tokenizers
-    from tokenizers.models import WordLevel
-    from transformers import PreTrainedTokenizerFast
-
-    from dit_attn.testing import _SPECIALS
-
-    vocab = dict(VOCAB)
-    for i, t in enumerate(QWEN_SPECIALS):
-        vocab[t] = VOCAB_SIZE + i
-    tok = Tokenizer(WordLevel(vocab, unk_token="<unk>"))
-    tok.normalizer = normalizers.Lowercase()
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok.add_special_tokens(list(_SPECIALS) + list(QWEN_SPECIALS))
-    kwargs: dict[str, Any] = dict(
-        tokenizer_object=tok, padding_side="right", truncation_side="right", eos_token="<|im_end|>",
-        pad_token="<|endoftext|>", unk_token="<unk>", chat_template=QWEN3_CHAT_TEMPLATE,
-    )
-    if model_max_length is not None:
-        kwargs["model_max_length"] = model_max_length
-    return PreTrainedTokenizerFast(**kwargs)
+    vocab = {**VOCAB, **{t: VOCAB_SIZE + i for i, t in enumerate(QWEN_SPECIALS)}}
+    return word_level_tokenizer(vocab, list(_SPECIALS) + list(QWEN_SPECIALS), model_max_length=model_max_length,
+                                eos_token="<|im_end|>", pad_token="<|endoftext|>", unk_token="<unk>",
+                                chat_template=QWEN3_CHAT_TEMPLATE)
 
 
 def _qwen3(seed: int, name: str = "text_encoder"):
@@ -90,7 +73,7 @@ def _qwen3(seed: int, name: str = "text_encoder"):
         pad_token_id=VOCAB["<|endoftext|>"], eos_token_id=VOCAB_SIZE + QWEN_SPECIALS.index("<|im_end|>"),
         bos_token_id=None,
     )
-    return _build(seed, name, lambda: Qwen3ForCausalLM(cfg))
+    return seeded(seed, name, lambda: Qwen3ForCausalLM(cfg))
 
 
 def _vae_flux2(seed: int):
@@ -110,7 +93,7 @@ def _vae_flux2(seed: int):
             vae.bn.running_var.copy_(torch.linspace(0.5, 2.0, n))
         return vae
 
-    return _build(seed, "vae", make)
+    return seeded(seed, "vae", make)
 
 
 def transformer_config() -> dict[str, Any]:
@@ -124,7 +107,7 @@ def transformer_config() -> dict[str, Any]:
 
 def components(seed: int) -> dict[str, Any]:
     return dict(
-        scheduler=_flow_scheduler(shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15,
+        scheduler=flow_scheduler(shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15,
                                   base_image_seq_len=256, max_image_seq_len=4096),
         vae=_vae_flux2(seed),
         text_encoder=_qwen3(seed),

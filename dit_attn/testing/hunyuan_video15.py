@@ -40,10 +40,8 @@ from typing import Any
 
 import torch
 
-from . import (
-    _SPECIALS, HEIGHT, LATENT_CHANNELS, NEGATIVE_PROMPT, NUM_FRAMES, PROMPT, VOCAB, VOCAB_SIZE, WIDTH, _build,
-    _flow_scheduler,
-)
+from . import _SPECIALS, HEIGHT, LATENT_CHANNELS, NEGATIVE_PROMPT, NUM_FRAMES, PROMPT, VOCAB, VOCAB_SIZE, WIDTH
+from .factory import flow_scheduler, seeded, word_level_tokenizer
 
 PIPELINE_CLASS = "HunyuanVideo15Pipeline"
 TRANSFORMER_CLASS = "HunyuanVideo15Transformer3DModel"
@@ -93,21 +91,9 @@ def _chat_template(fill: int) -> str:
 
 def qwen_tokenizer():
     """Word-level stand-in for ``Qwen2Tokenizer`` with a chat template whose prefix is exactly ``crop_start`` long."""
-    from tokenizers import Tokenizer, normalizers, pre_tokenizers
-    from tokenizers.models import WordLevel
-    from transformers import PreTrainedTokenizerFast
-
-    vocab = dict(VOCAB)
-    for t in _QWEN_EXTRA:
-        vocab[t] = len(vocab)
-    tok = Tokenizer(WordLevel(vocab, unk_token="<unk>"))
-    tok.normalizer = normalizers.Lowercase()
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok.add_special_tokens(list(_SPECIALS + _QWEN_EXTRA))
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok, padding_side="right", truncation_side="right", eos_token=_IM_END,
-        pad_token=_QWEN_PAD, unk_token="<unk>",
-    )
+    vocab = {**VOCAB, **{t: len(VOCAB) + i for i, t in enumerate(_QWEN_EXTRA)}}
+    fast = word_level_tokenizer(vocab, _SPECIALS + _QWEN_EXTRA, eos_token=_IM_END, pad_token=_QWEN_PAD,
+                                unk_token="<unk>")
     system_message, crop_start = _pipeline_template_defaults()
     # Template prefix without filler: <|im_start|> system {message} <|im_end|> <|im_start|> user
     prefix = len(fast(system_message, add_special_tokens=False).input_ids) + 5
@@ -145,15 +131,15 @@ def components(seed: int) -> dict[str, Any]:
         is_encoder_decoder=True, tie_word_embeddings=False,
     )
     return dict(
-        text_encoder=_build(seed, "text_encoder", lambda: Qwen2_5_VLTextModel(qwen_cfg)),
+        text_encoder=seeded(seed, "text_encoder", lambda: Qwen2_5_VLTextModel(qwen_cfg)),
         tokenizer=tokenizer,
-        text_encoder_2=_build(seed, "text_encoder_2", lambda: T5EncoderModel(byt5_cfg)),
+        text_encoder_2=seeded(seed, "text_encoder_2", lambda: T5EncoderModel(byt5_cfg)),
         tokenizer_2=tokenizer_2,
-        vae=_build(seed, "vae", lambda: AutoencoderKLHunyuanVideo15(
+        vae=seeded(seed, "vae", lambda: AutoencoderKLHunyuanVideo15(
             in_channels=3, out_channels=3, latent_channels=LATENT_CHANNELS, block_out_channels=(8, 8, 8),
             layers_per_block=1, spatial_compression_ratio=4, temporal_compression_ratio=4, scaling_factor=1.03682,
         )),
-        scheduler=_flow_scheduler(shift=5.0),
+        scheduler=flow_scheduler(shift=5.0),
         guider=ClassifierFreeGuidance(guidance_scale=GUIDANCE_SCALE),
     )
 

@@ -18,7 +18,8 @@ from typing import Any
 
 import torch
 
-from . import NEGATIVE_PROMPT, NUM_FRAMES, PROMPT, T5_MAX_LENGTH, _build, _t5, tiny_tokenizer
+from . import NEGATIVE_PROMPT, NUM_FRAMES, PROMPT, T5_MAX_LENGTH, _t5, tiny_tokenizer
+from .factory import seeded
 
 PIPELINE_CLASS = "LTXPipeline"
 TRANSFORMER_CLASS = "LTXVideoTransformer3DModel"
@@ -51,7 +52,7 @@ def transformer_config() -> dict[str, Any]:
 def _vae(seed: int):
     from diffusers import AutoencoderKLLTXVideo
 
-    return _build(seed, "vae", lambda: AutoencoderKLLTXVideo(
+    return seeded(seed, "vae", lambda: AutoencoderKLLTXVideo(
         in_channels=3, out_channels=3, latent_channels=LATENT_CHANNELS,
         block_out_channels=(8, 8, 8), decoder_block_out_channels=(8, 8, 8),
         down_block_types=("LTXVideoDownBlock3D",) * 3,

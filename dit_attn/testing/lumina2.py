@@ -30,9 +30,8 @@ from typing import Any
 
 import torch
 
-from . import (
-    _SPECIALS, HEIGHT, LATENT_CHANNELS, NEGATIVE_PROMPT, PAD_ID, PROMPT, VOCAB, VOCAB_SIZE, WIDTH, _build,
-)
+from . import _SPECIALS, HEIGHT, LATENT_CHANNELS, NEGATIVE_PROMPT, PAD_ID, PROMPT, VOCAB, VOCAB_SIZE, WIDTH
+from .factory import seeded, word_level_tokenizer
 
 PIPELINE_CLASS = "Lumina2Pipeline"
 TRANSFORMER_CLASS = "Lumina2Transformer2DModel"
@@ -52,22 +51,9 @@ _GEMMA_HIDDEN = 32
 
 def gemma_tokenizer():
     """A word-level stand-in for the Gemma tokenizer: ``<bos>`` prefix, right padding with ``<pad>``."""
-    from tokenizers import Tokenizer, normalizers, pre_tokenizers, processors
-    from tokenizers.models import WordLevel
-    from transformers import PreTrainedTokenizerFast
-
-    vocab = dict(VOCAB)
-    vocab[BOS], vocab[EOS] = BOS_ID, EOS_ID
-    tok = Tokenizer(WordLevel(vocab, unk_token="<unk>"))
-    tok.normalizer = normalizers.Lowercase()
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok.add_special_tokens(list(_SPECIALS) + [BOS, EOS])
-    tok.post_processor = processors.TemplateProcessing(
-        single=f"{BOS} $A", pair=f"{BOS} $A $B", special_tokens=[(BOS, BOS_ID)])
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tok, padding_side="right", truncation_side="right", bos_token=BOS, eos_token=EOS,
-        pad_token="<pad>", unk_token="<unk>",
-    )
+    return word_level_tokenizer(
+        {**VOCAB, BOS: BOS_ID, EOS: EOS_ID}, list(_SPECIALS) + [BOS, EOS], template=(f"{BOS} $A", f"{BOS} $A $B"),
+        bos_token=BOS, eos_token=EOS, pad_token="<pad>", unk_token="<unk>")
 
 
 def transformer_config() -> dict[str, Any]:
@@ -89,13 +75,13 @@ def _gemma2(seed: int):
         sliding_window=16, attn_logit_softcapping=50.0, final_logit_softcapping=30.0, attention_dropout=0.0,
         pad_token_id=PAD_ID, bos_token_id=BOS_ID, eos_token_id=EOS_ID, tie_word_embeddings=True,
     )
-    return _build(seed, "text_encoder", lambda: Gemma2Model(cfg))
+    return seeded(seed, "text_encoder", lambda: Gemma2Model(cfg))
 
 
 def _vae(seed: int):
     from diffusers import AutoencoderKL
 
-    return _build(seed, "vae", lambda: AutoencoderKL(
+    return seeded(seed, "vae", lambda: AutoencoderKL(
         in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 4,
         up_block_types=("UpDecoderBlock2D",) * 4, block_out_channels=(8, 8, 8, 8), layers_per_block=1,
         latent_channels=LATENT_CHANNELS, norm_num_groups=4, sample_size=HEIGHT, scaling_factor=0.3611,

@@ -35,7 +35,8 @@ from typing import Any
 
 import torch
 
-from . import HEIGHT, NEGATIVE_PROMPT, PROMPT, VOCAB, WIDTH, _SPECIALS, _build, _flow_scheduler
+from . import HEIGHT, NEGATIVE_PROMPT, PROMPT, VOCAB, WIDTH, _SPECIALS
+from .factory import flow_scheduler, seeded, word_level_tokenizer
 
 PIPELINE_CLASS = "QwenImagePipeline"
 TRANSFORMER_CLASS = "QwenImageTransformer2DModel"
@@ -77,20 +78,8 @@ def transformer_config() -> dict[str, Any]:
 def tokenizer():
     """Word-level stand-in for Qwen2's tokenizer: no BOS/EOS added, ``"\\n"`` is a token, right padding with
     ``<|endoftext|>``."""
-    from tokenizers import AddedToken, Tokenizer, normalizers, pre_tokenizers
-    from tokenizers.models import WordLevel
-    from transformers import PreTrainedTokenizerFast
-
-    tok = Tokenizer(WordLevel(dict(_VOCAB), unk_token="<unk>"))
-    tok.normalizer = normalizers.Lowercase()
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok.add_special_tokens(list(_SPECIALS) + list(QWEN_SPECIALS))
-    # Added tokens are split off before pre-tokenization, so "\n" survives the Whitespace pre-tokenizer.
-    tok.add_tokens([AddedToken(NEWLINE, normalized=False)])
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tok, padding_side="right", truncation_side="right", eos_token="<|im_end|>",
-        pad_token=PAD_TOKEN, unk_token="<unk>",
-    )
+    return word_level_tokenizer(_VOCAB, list(_SPECIALS) + list(QWEN_SPECIALS), plain_tokens=[NEWLINE],
+                                eos_token="<|im_end|>", pad_token=PAD_TOKEN, unk_token="<unk>")
 
 
 def _rope_config() -> dict:
@@ -122,14 +111,14 @@ def _text_encoder(seed: int):
         vision_start_token_id=_VOCAB["<|vision_start|>"], vision_end_token_id=_VOCAB["<|vision_end|>"],
         tie_word_embeddings=False,
     )
-    return _build(seed, "text_encoder", lambda: Qwen2_5_VLForConditionalGeneration(cfg))
+    return seeded(seed, "text_encoder", lambda: Qwen2_5_VLForConditionalGeneration(cfg))
 
 
 def _vae(seed: int):
     from diffusers import AutoencoderKLQwenImage
 
     # 2 ** len(temperal_downsample) = 4x spatial compression (the pipeline's vae_scale_factor); images are 1 frame.
-    return _build(seed, "vae", lambda: AutoencoderKLQwenImage(
+    return seeded(seed, "vae", lambda: AutoencoderKLQwenImage(
         base_dim=8, z_dim=_LATENT_CHANNELS, dim_mult=[1, 1, 1], num_res_blocks=1, attn_scales=[],
         temperal_downsample=[False, True], latents_mean=[0.1, -0.2, 0.3, -0.1], latents_std=[1.5, 2.0, 1.2, 2.5],
     ))
@@ -139,7 +128,7 @@ def components(seed: int) -> dict[str, Any]:
     """Every ``QwenImagePipeline`` component but the transformer."""
     return dict(
         # Qwen/Qwen-Image's scheduler_config.json (the pipeline passes mu from the image token count).
-        scheduler=_flow_scheduler(
+        scheduler=flow_scheduler(
             shift=1.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=0.9, base_image_seq_len=256,
             max_image_seq_len=8192, time_shift_type="exponential",
         ),

@@ -21,9 +21,10 @@ from typing import Any
 import torch
 
 from . import (
-    _WAN_T5_HIDDEN, HEIGHT, LATENT_CHANNELS, NEGATIVE_PROMPT, NUM_FRAMES, PROMPT, T5_MAX_LENGTH, WIDTH,
-    _flow_scheduler, _t5, _vae_wan, tiny_tokenizer,
+    _WAN_T5_HIDDEN, HEIGHT, LATENT_CHANNELS, NEGATIVE_PROMPT, NUM_FRAMES, PROMPT, T5_MAX_LENGTH, WIDTH, _t5,
+    _vae_wan, tiny_tokenizer,
 )
+from .factory import flow_scheduler
 
 PIPELINE_CLASS = "WanVACEPipeline"
 TRANSFORMER_CLASS = "WanVACETransformer3DModel"
@@ -55,7 +56,7 @@ def transformer_config() -> dict[str, Any]:
 def components(seed: int) -> dict[str, Any]:
     patch_ftfy()
     return dict(
-        scheduler=_flow_scheduler(shift=3.0), vae=_vae_wan(seed),
+        scheduler=flow_scheduler(shift=3.0), vae=_vae_wan(seed),
         text_encoder=_t5(seed, "text_encoder", _WAN_T5_HIDDEN, umt5=True),
         tokenizer=tiny_tokenizer("t5", T5_MAX_LENGTH),
     )

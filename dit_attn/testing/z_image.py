@@ -27,7 +27,8 @@ from typing import Any
 
 import torch
 
-from . import HEIGHT, NEGATIVE_PROMPT, PROMPT, VOCAB, WIDTH, _SPECIALS, _build, _flow_scheduler, _vae_kl
+from . import HEIGHT, NEGATIVE_PROMPT, PROMPT, VOCAB, WIDTH, _SPECIALS, _vae_kl
+from .factory import flow_scheduler, seeded, word_level_tokenizer
 from .flux2 import QWEN3_CHAT_TEMPLATE
 
 PIPELINE_CLASS = "ZImagePipeline"
@@ -67,18 +68,8 @@ def transformer_config() -> dict[str, Any]:
 
 def tokenizer():
     """Word-level stand-in for Qwen3's tokenizer: no BOS/EOS added, right padding with ``<|endoftext|>``."""
-    from tokenizers import Tokenizer, normalizers, pre_tokenizers
-    from tokenizers.models import WordLevel
-    from transformers import PreTrainedTokenizerFast
-
-    tok = Tokenizer(WordLevel(dict(_VOCAB), unk_token="<unk>"))
-    tok.normalizer = normalizers.Lowercase()
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok.add_special_tokens(list(_SPECIALS) + list(CHAT_SPECIALS))
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tok, padding_side="right", truncation_side="right", eos_token="<|im_end|>",
-        pad_token=PAD_TOKEN, unk_token="<unk>", chat_template=CHAT_TEMPLATE,
-    )
+    return word_level_tokenizer(_VOCAB, list(_SPECIALS) + list(CHAT_SPECIALS), eos_token="<|im_end|>",
+                                pad_token=PAD_TOKEN, unk_token="<unk>", chat_template=CHAT_TEMPLATE)
 
 
 def _qwen3(seed: int):
@@ -90,13 +81,13 @@ def _qwen3(seed: int):
         max_position_embeddings=512, rms_norm_eps=1e-6, rope_theta=10000.0, attention_dropout=0.0,
         tie_word_embeddings=False, bos_token_id=None, eos_token_id=IM_END_ID, pad_token_id=_VOCAB[PAD_TOKEN],
     )
-    return _build(seed, "text_encoder", lambda: Qwen3Model(cfg))
+    return seeded(seed, "text_encoder", lambda: Qwen3Model(cfg))
 
 
 def components(seed: int) -> dict[str, Any]:
     """Every ``ZImagePipeline`` component but the transformer."""
     return dict(
-        scheduler=_flow_scheduler(shift=3.0),
+        scheduler=flow_scheduler(shift=3.0),
         vae=_vae_kl(seed, scaling_factor=_VAE_SCALING, shift_factor=_VAE_SHIFT),
         text_encoder=_qwen3(seed),
         tokenizer=tokenizer(),

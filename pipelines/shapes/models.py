@@ -29,10 +29,12 @@ Example::
 
 from __future__ import annotations
 
-import zlib
 from typing import Any
 
 import torch
+
+from dit_attn.testing.factory import clip_text_encoder, flow_scheduler, seeded, t5_encoder, word_level_tokenizer
+from dit_attn.testing.factory import vae_kl as tiny_vae_kl
 
 from .geometry import SHAPES, SUBJECTS
 from .world import BACKGROUNDS, COLOURS, DIRECTIONS, POSITIONS, SIZES
@@ -78,72 +80,34 @@ def shapes_tokenizer(kind: str, model_max_length: int):
     ``"clip"`` wraps in ``<|startoftext|> ... <|endoftext|>`` and pads with ``<|endoftext|>``; ``"t5"`` appends
     ``</s>`` and pads with ``<pad>``. Text is lower-cased and split on whitespace and punctuation.
     """
-    from tokenizers import Tokenizer, normalizers, pre_tokenizers, processors
-    from tokenizers.models import WordLevel
-    from transformers import PreTrainedTokenizerFast
-
-    tok = Tokenizer(WordLevel(dict(VOCAB), unk_token="<unk>"))
-    tok.normalizer = normalizers.Lowercase()
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok.add_special_tokens(list(_SPECIALS))
     if kind == "clip":
-        tok.post_processor = processors.TemplateProcessing(
-            single="<|startoftext|> $A <|endoftext|>", pair="<|startoftext|> $A <|endoftext|> $B <|endoftext|>",
-            special_tokens=[("<|startoftext|>", CLIP_BOS_ID), ("<|endoftext|>", CLIP_EOS_ID)])
-        specials = dict(bos_token="<|startoftext|>", eos_token="<|endoftext|>", unk_token="<unk>",
-                        pad_token="<|endoftext|>")
+        template = ("<|startoftext|> $A <|endoftext|>", "<|startoftext|> $A <|endoftext|> $B <|endoftext|>")
+        names = dict(bos_token="<|startoftext|>", eos_token="<|endoftext|>", pad_token="<|endoftext|>")
     elif kind == "t5":
-        tok.post_processor = processors.TemplateProcessing(
-            single="$A </s>", pair="$A </s> $B </s>", special_tokens=[("</s>", EOS_ID)])
-        specials = dict(eos_token="</s>", unk_token="<unk>", pad_token="<pad>")
+        template, names = ("$A </s>", "$A </s> $B </s>"), dict(eos_token="</s>", pad_token="<pad>")
     else:
         raise ValueError(f"tokenizer kind must be 'clip' or 't5', got {kind!r}")
-    return PreTrainedTokenizerFast(tokenizer_object=tok, padding_side="right", truncation_side="right",
-                                   model_max_length=model_max_length, **specials)
+    return word_level_tokenizer(VOCAB, _SPECIALS, template=template, model_max_length=model_max_length,
+                                unk_token="<unk>", **names)
 
 
 # ------------------------------------------------------------------------------------------------------------
 # Components
 # ------------------------------------------------------------------------------------------------------------
-def _seeded(seed: int, name: str, fn):
-    """Build ``fn()`` under a seed derived from (seed, name), leaving the caller's RNG alone."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed((int(seed) * 1_000_003 + zlib.crc32(name.encode())) % (2**63 - 1))
-        return fn()
-
-
 def _clip(seed: int, name: str, hidden: int, with_projection: bool):
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
-
-    cfg = CLIPTextConfig(vocab_size=VOCAB_SIZE, hidden_size=hidden, intermediate_size=2 * hidden,
-                         num_hidden_layers=2, num_attention_heads=2, max_position_embeddings=CLIP_MAX_LENGTH,
-                         projection_dim=hidden, hidden_act="gelu", bos_token_id=CLIP_BOS_ID,
-                         eos_token_id=CLIP_EOS_ID, pad_token_id=CLIP_EOS_ID)
-    cls = CLIPTextModelWithProjection if with_projection else CLIPTextModel
-    return _seeded(seed, name, lambda: cls(cfg))
+    return clip_text_encoder(seed, name, vocab_size=VOCAB_SIZE, hidden=hidden, with_projection=with_projection,
+                             max_positions=CLIP_MAX_LENGTH, bos_id=CLIP_BOS_ID, eos_id=CLIP_EOS_ID)
 
 
 def _t5(seed: int, name: str, d_model: int, umt5: bool = False):
-    from transformers import T5Config, T5EncoderModel, UMT5Config, UMT5EncoderModel
-
-    common = dict(vocab_size=VOCAB_SIZE, d_model=d_model, d_kv=d_model // 4, d_ff=2 * d_model, num_layers=2,
-                  num_heads=4, relative_attention_num_buckets=16, relative_attention_max_distance=32,
-                  dropout_rate=0.0, feed_forward_proj="gated-gelu", pad_token_id=PAD_ID, eos_token_id=EOS_ID,
-                  decoder_start_token_id=PAD_ID, is_encoder_decoder=True, tie_word_embeddings=False)
-    if umt5:
-        return _seeded(seed, name, lambda: UMT5EncoderModel(UMT5Config(**common)))
-    return _seeded(seed, name, lambda: T5EncoderModel(T5Config(**common)))
+    return t5_encoder(seed, name, vocab_size=VOCAB_SIZE, d_model=d_model, pad_id=PAD_ID, eos_id=EOS_ID, umt5=umt5,
+                      relative_buckets=16)
 
 
 def vae_kl(seed: int = 0):
     """The image VAE: ``AutoencoderKL``, 3 levels (4x downsampling), 4 latent channels, no mid-block attention."""
-    from diffusers import AutoencoderKL
-
-    return _seeded(seed, "vae", lambda: AutoencoderKL(
-        in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 3,
-        up_block_types=("UpDecoderBlock2D",) * 3, block_out_channels=(32, 64, 64), layers_per_block=1,
-        latent_channels=LATENT_CHANNELS, norm_num_groups=16, sample_size=RESOLUTION, scaling_factor=1.0,
-        shift_factor=0.0, mid_block_add_attention=False, use_quant_conv=False, use_post_quant_conv=False))
+    return tiny_vae_kl(seed, block_channels=(32, 64, 64), norm_groups=16, latent_channels=LATENT_CHANNELS,
+                       sample_size=RESOLUTION, scaling_factor=1.0, shift_factor=0.0, mid_block_attention=False)
 
 
 def vae_wan(seed: int = 0):
@@ -151,7 +115,7 @@ def vae_wan(seed: int = 0):
     initialised *frame-wise* (:func:`make_framewise`) so that it can be trained on still images first."""
     from diffusers import AutoencoderKLWan
 
-    return _seeded(seed, "vae", lambda: make_framewise(AutoencoderKLWan(
+    return seeded(seed, "vae", lambda: make_framewise(AutoencoderKLWan(
         base_dim=16, z_dim=LATENT_CHANNELS, dim_mult=[1, 2, 2], num_res_blocks=1, attn_scales=[],
         temperal_downsample=[True, True], latents_mean=[0.0] * LATENT_CHANNELS,
         latents_std=[1.0] * LATENT_CHANNELS, scale_factor_temporal=4, scale_factor_spatial=4)))
@@ -268,11 +232,9 @@ def transformer_config(kind: str) -> dict[str, Any]:
     raise ValueError(f"unknown ShapesWorld kind {kind!r}; expected one of {KINDS}")
 
 
-def _flow_scheduler(**kw):
-    from diffusers import FlowMatchEulerDiscreteScheduler
-
+def _scheduler():
     # Shift 1 (no shift): at 64 tokens the image is small; training samples t logit-normally around 0.5.
-    return FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=1.0, **kw)
+    return flow_scheduler(shift=1.0)
 
 
 def build_pipeline(kind: str, seed: int = 0, vae=None):
@@ -284,25 +246,25 @@ def build_pipeline(kind: str, seed: int = 0, vae=None):
 
     cfg = transformer_config(kind)
     if kind == "t2i":
-        transformer = _seeded(seed, "transformer", lambda: diffusers.SD3Transformer2DModel(**cfg))
+        transformer = seeded(seed, "transformer", lambda: diffusers.SD3Transformer2DModel(**cfg))
         pipe = diffusers.StableDiffusion3Pipeline(
-            transformer=transformer, scheduler=_flow_scheduler(), vae=vae if vae is not None else vae_kl(seed),
+            transformer=transformer, scheduler=_scheduler(), vae=vae if vae is not None else vae_kl(seed),
             text_encoder=_clip(seed, "text_encoder", 32, True), tokenizer=shapes_tokenizer("clip", CLIP_MAX_LENGTH),
             text_encoder_2=_clip(seed, "text_encoder_2", 32, True),
             tokenizer_2=shapes_tokenizer("clip", CLIP_MAX_LENGTH),
             text_encoder_3=_t5(seed, "text_encoder_3", 64), tokenizer_3=shapes_tokenizer("t5", T5_MAX_LENGTH),
             image_encoder=None, feature_extractor=None)
     elif kind == "flux":
-        transformer = _seeded(seed, "transformer", lambda: diffusers.FluxTransformer2DModel(**cfg))
+        transformer = seeded(seed, "transformer", lambda: diffusers.FluxTransformer2DModel(**cfg))
         pipe = diffusers.FluxPipeline(
-            transformer=transformer, scheduler=_flow_scheduler(), vae=vae if vae is not None else vae_kl(seed),
+            transformer=transformer, scheduler=_scheduler(), vae=vae if vae is not None else vae_kl(seed),
             text_encoder=_clip(seed, "text_encoder", 32, False), tokenizer=shapes_tokenizer("clip", CLIP_MAX_LENGTH),
             text_encoder_2=_t5(seed, "text_encoder_2", 64), tokenizer_2=shapes_tokenizer("t5", T5_MAX_LENGTH),
             image_encoder=None, feature_extractor=None)
     elif kind == "t2v":
-        transformer = _seeded(seed, "transformer", lambda: diffusers.WanTransformer3DModel(**cfg))
+        transformer = seeded(seed, "transformer", lambda: diffusers.WanTransformer3DModel(**cfg))
         pipe = diffusers.WanPipeline(
-            transformer=transformer, scheduler=_flow_scheduler(), vae=vae if vae is not None else vae_wan(seed),
+            transformer=transformer, scheduler=_scheduler(), vae=vae if vae is not None else vae_wan(seed),
             text_encoder=_t5(seed, "text_encoder", 64, umt5=True), tokenizer=shapes_tokenizer("t5", T5_MAX_LENGTH))
     else:
         raise ValueError(f"unknown ShapesWorld kind {kind!r}; expected one of {KINDS}")
