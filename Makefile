@@ -31,7 +31,7 @@ demo: $(VENV)/.installed
 	$(BIN)/python -m dit_attn.demo
 
 bench: $(VENV)/.installed
-	$(BIN)/python -m dit_attn.bench_overhead
+	$(BIN)/python -m dit_attn.bench.overhead
 
 # For a GPU machine without a package index (it has torch, triton, transformers, peft, ... for CPython 3.12 but not
 # diffusers): download those wheels here into .whl/ and copy .whl/ with the checkout; bench/gpu_session.sh installs

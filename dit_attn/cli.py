@@ -19,13 +19,11 @@ Controls come from ``--control NAME[:field=value,...]`` flags (repeatable) or a 
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import os
 import sys
 
-
-_FEATURE_CLIS = ("dit_attn.head_search", "dit_attn.conditions.train")
+from dit_attn.pipelines.loading import quiet_loading
 
 
 def _parse_value(text: str):
@@ -90,7 +88,15 @@ def _generate(args) -> int:
         print(f"note: {args.model} has random weights (for tests): the output is noise; the bundled trained "
               "models are shapes:t2i, shapes:t2v and shapes:flux", file=sys.stderr)
     item = Item("generate", 0, args.seed, params, "command line")
-    kind, media = Generator(device=args.device)(item)
+    rank, device = 0, args.device
+    if args.cp is not None:  # one generation split over the launch's processes; process 0 writes the file
+        from dit_attn.pipelines.context_parallel import start
+
+        rank, cp_device = start(args.cp)
+        device = device or cp_device
+    kind, media = Generator(device=device, context_parallel=args.cp)(item)
+    if rank != 0:
+        return 0
     out = args.out or ("output.mp4" if kind == "video" else "output.png")
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     if kind == "video":
@@ -107,7 +113,13 @@ def _batch(args) -> int:
 
     process_index, num_processes, device = 0, 1, args.device
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world > 1:  # started by `accelerate launch` (or torchrun)
+    rank = 0
+    if args.cp is not None:  # every process takes part in every generation; process 0 writes
+        from dit_attn.pipelines.context_parallel import start
+
+        rank, cp_device = start(args.cp)
+        device = device or cp_device
+    elif world > 1:  # started by `accelerate launch` (or torchrun): data parallel over the jobs
         from accelerate import PartialState
 
         state = PartialState()
@@ -119,13 +131,15 @@ def _batch(args) -> int:
             device = str(state.device)
     try:
         summary = run_batch(args.jobs, args.out, base_seed=args.base_seed, process_index=process_index,
-                            num_processes=num_processes, generate=Generator(device=device),
-                            progress=not args.quiet, limits=args.limits,
+                            num_processes=num_processes, generate=Generator(device=device, context_parallel=args.cp),
+                            progress=not args.quiet and rank == 0, limits=args.limits, write=rank == 0,
                             wait=(args.wait_timeout if args.wait_timeout is not None else float("inf"))
                             if args.wait else 0)
     except JobFileError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    if rank != 0:
+        return 0  # process 0 reports the run
     print(f"[process {process_index + 1}/{num_processes}] {summary}")
     for old, new, why in summary.kept_aside:
         print(f"  kept {old} aside as {new} ({why})")
@@ -135,7 +149,7 @@ def _batch(args) -> int:
 
 
 def _bench(args) -> int:
-    from dit_attn.bench_report import run_report
+    from dit_attn.bench.report import run_report
 
     run_report(args.out, quick=args.quick, only=args.only.split(",") if args.only else None)
     return 0
@@ -157,6 +171,19 @@ def _parse_limits(text: str) -> dict:
 
     try:
         return parse_limits(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+_CP_HELP = ("split each generation over N processes with diffusers' context parallelism: ulysses:N (every "
+            "control exact) or ring:N (controls refused); launch with torchrun --nproc-per-node N")
+
+
+def _parse_cp(text: str):
+    from dit_attn.pipelines.context_parallel import ContextParallel
+
+    try:
+        return ContextParallel.parse(text)
     except ValueError as e:
         raise argparse.ArgumentTypeError(str(e)) from None
 
@@ -192,6 +219,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="NAME[:field=value,...], repeatable (e.g. entropy:train_tokens=64)")
     gen.add_argument("--config", help="YAML/JSON file with {controls: {name: {field: value}}}")
     gen.add_argument("--device", default=None)
+    gen.add_argument("--cp", type=_parse_cp, default=None, metavar="KIND:N", help=_CP_HELP)
     gen.add_argument("--out", default=None, help="output file (.png for images, .mp4 for videos)")
     gen.add_argument("--limits", type=_parse_limits, default=None, help=_LIMITS_HELP)
     gen.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks on errors")
@@ -204,6 +232,7 @@ def build_parser() -> argparse.ArgumentParser:
     batch.add_argument("--out", default="outputs/batch")
     batch.add_argument("--base-seed", type=int, default=0)
     batch.add_argument("--device", default=None)
+    batch.add_argument("--cp", type=_parse_cp, default=None, metavar="KIND:N", help=_CP_HELP)
     batch.add_argument("--quiet", action="store_true")
     batch.add_argument("--limits", type=_parse_limits, default=None, help=_LIMITS_HELP)
     batch.add_argument("--wait", action="store_true",
@@ -225,17 +254,17 @@ def build_parser() -> argparse.ArgumentParser:
                                       "plots) naming the machine. Example: dit-attn bench --out bench/report --quick")
     bench.add_argument("--out", default="bench/report")
     bench.add_argument("--quick", action="store_true", help="fewer repeats and shapes (a smoke run)")
-    bench.add_argument("--only", default=None, help="comma list of sections (see python -m dit_attn.bench_report -h)")
+    bench.add_argument("--only", default=None, help="comma list of sections (see python -m dit_attn.bench.report -h)")
     bench.set_defaults(func=_bench)
 
-    # Subcommands owned by the features' own modules (`heads search`, `train-conditions`): each module has an
-    # ``add_cli(subparsers)`` that adds its parser with ``func`` set. A feature not in this build adds nothing.
-    for module in _FEATURE_CLIS:
-        try:
-            add_cli = importlib.import_module(module).add_cli
-        except (ImportError, AttributeError):
-            continue
-        add_cli(sub)
+    # Subcommands owned by the features' own modules (`heads search`, `train-conditions`): each module's
+    # ``add_cli(subparsers)`` adds its parser with ``func`` set. They are part of every install, so an import error
+    # here is a broken module and stops the command line rather than silently dropping a subcommand.
+    from dit_attn.pipelines import head_search
+    from dit_attn.pipelines.conditions import train
+
+    head_search.add_cli(sub)
+    train.add_cli(sub)
     return parser
 
 
@@ -245,7 +274,7 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     debug = getattr(args, "debug", False) or os.environ.get("DIT_ATTN_DEBUG", "") not in ("", "0")
     try:
-        _quiet_loading()
+        quiet_loading()
         return args.func(args)
     except KeyboardInterrupt:
         if debug:
@@ -257,23 +286,6 @@ def main(argv=None) -> int:
             raise
         print(f"error: {_error_line(e)}", file=sys.stderr)
         return 2
-
-
-def _quiet_loading() -> None:
-    """No per-component loading bars and no third-party deprecation notices we cannot act on (diffusers' and
-    transformers' own) in our commands: a command's stderr is then its messages, and an error is one line. Our
-    own warnings (``dit_attn``) stay. Only the CLI and the app do this; the library leaves warnings alone."""
-    import warnings
-
-    import diffusers
-    import transformers
-
-    diffusers.utils.logging.disable_progress_bar()
-    transformers.utils.logging.disable_progress_bar()
-    transformers.utils.logging.set_verbosity_error()
-    for module in ("diffusers", "transformers", "torch"):
-        warnings.filterwarnings("ignore", category=FutureWarning, module=module)
-        warnings.filterwarnings("ignore", category=DeprecationWarning, module=module)
 
 
 def _error_line(e: BaseException) -> str:

@@ -73,7 +73,7 @@ def _describe(image) -> str:
 
 def build_panels(steps: int = 20) -> list[Panel]:
     """Generate every panel (about a minute on one CPU thread at 20 steps)."""
-    from dit_attn.conditions.fidelity import condition_image, heldout_scenes
+    from dit_attn.pipelines.conditions.fidelity import condition_image, heldout_scenes
     from dit_attn.pipelines import load_shapes
     from dit_attn.pipelines.shapes.generate import shapes_call_kwargs
     from dit_attn.pipelines.shapes.scoring import edge_f1, score_video

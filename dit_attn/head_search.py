@@ -52,41 +52,6 @@ class SearchResult:
     files: dict[str, str] = field(default_factory=dict)
 
 
-def shapes_objective() -> Callable:
-    """The built-in objective: ShapesWorld's evaluator (mean object accuracy of each image against its prompt).
-
-    Raises ``ValueError`` when ``dit_attn.pipelines.shapes`` (``evaluate.score_image`` and ``eval_prompts``) is not
-    available in this build; pass ``objective=`` then.
-    """
-    try:
-        from dit_attn.pipelines.shapes import evaluate
-        eval_prompts = getattr(evaluate, "eval_prompts", None)
-        if eval_prompts is None:
-            from dit_attn.pipelines.shapes.world import eval_prompts
-        score_image = evaluate.score_image
-    except (ImportError, AttributeError) as e:
-        raise ValueError(f"the built-in ShapesWorld objective is not available ({e}); pass objective=a callable "
-                         "(images, prompts) -> scores") from None
-    scenes = {p: s for p, s in eval_prompts("t2i", n=256)}
-
-    def objective(images, prompts):
-        missing = [p for p in prompts if p not in scenes]
-        if missing:
-            raise ValueError(f"the ShapesWorld objective scores only its eval prompts; unknown: {missing[:3]}")
-        return [float(score_image(im, scenes[p]).object_accuracy) for im, p in zip(images, prompts)]
-
-    def check_prompts(prompts):
-        missing = [p for p in prompts if p not in scenes]
-        if missing:
-            raise ValueError(f"the built-in ShapesWorld objective scores only its eval prompts (e.g. "
-                             f"{next(iter(scenes))!r}); not among them: {missing[:3]}. Leave --prompts out to use "
-                             "them, or pass objective= (Python) to score other prompts")
-
-    objective.default_prompts = [p for p, _ in eval_prompts("t2i", n=8)]
-    objective.check_prompts = check_prompts
-    return objective
-
-
 def check_prompts(prompts, objective=None) -> list[str]:
     """``prompts`` as a list of non-empty strings, checked against ``objective.check_prompts`` when it has one.
 
@@ -133,7 +98,7 @@ def read_prompts(path) -> list[str]:
     return prompts
 
 
-def _check_distinct(round_scores: dict[str, float], r: int, n_prompts: int, n_seeds: int, builtin: bool) -> None:
+def _check_distinct(round_scores: dict[str, float], r: int, n_prompts: int, n_seeds: int, hint: str | None) -> None:
     """Refuse a round whose candidates all scored the same: the greedy pick would be arbitrary (head order)."""
     if len(round_scores) < 2:
         return
@@ -152,10 +117,7 @@ def _check_distinct(round_scores: dict[str, float], r: int, n_prompts: int, n_se
         f"degenerate head-search objective: all {len(values)} candidate heads {what} in round {r + 1} "
         f"({n_prompts} prompt(s) x {n_seeds} seed(s)), so the objective cannot tell heads apart on this model and "
         "these prompts; selecting heads from it would be arbitrary, so nothing was selected. "
-        + ("The built-in objective is the ShapesWorld evaluator: an untrained model (tiny:*) draws nothing it "
-           "recognises (every score 0.0); use a trained ShapesWorld model (shapes:t2i), more steps or seeds, or "
-           "another objective. " if builtin else
-           "Try other prompts, more steps or seeds, a trained model, or another objective. ")
+        + (hint + " " if hint else "Try other prompts, more steps or seeds, a trained model, or another objective. ")
         + "The scores so far are kept in the checkpoint files.")
 
 
@@ -200,7 +162,10 @@ def search_heads(pipe, candidates=None, objective: Callable | None = None, promp
     Args:
         candidates: heads to consider (default: every head of every block's main attention).
         objective: ``objective(images: list[PIL.Image], prompts: list[str]) -> list[float]`` (higher is better);
-            default :func:`shapes_objective`.
+            required. An objective may carry ``default_prompts`` (used when ``prompts`` is None),
+            ``check_prompts(prompts)`` (run before any generation) and ``degenerate_hint`` (added to the error when
+            every head scores alike), as the ShapesWorld evaluator's does
+            (:func:`dit_attn.pipelines.head_search.shapes_objective`).
         prompts, seeds: every prompt is generated with every seed (generator ``manual_seed(seed)``).
         rounds, top_k: R greedy rounds, each adding the k best heads.
         strength, scale, scope: the SoftPAG used while searching (paper: u = 1, then apply lower u).
@@ -237,10 +202,10 @@ def search_heads(pipe, candidates=None, objective: Callable | None = None, promp
     from .controls.head_guidance import SoftPAG
 
     if objective is None:
-        objective = shapes_objective()
-        prompts = prompts or objective.default_prompts
-    builtin = hasattr(objective, "default_prompts")
-    prompts = check_prompts(prompts, objective)
+        raise ValueError("search_heads needs objective=(images, prompts) -> scores, e.g. the ShapesWorld evaluator "
+                         "dit_attn.pipelines.head_search.shapes_objective()")
+    prompts = check_prompts(prompts if prompts is not None else getattr(objective, "default_prompts", None),
+                            objective)
     if rounds < 1 or top_k < 1:
         raise ValueError(f"rounds and top_k must be >= 1; got rounds={rounds}, top_k={top_k}")
     for reserved in ("prompt", "generator", "output_type"):
@@ -301,7 +266,7 @@ def search_heads(pipe, candidates=None, objective: Callable | None = None, promp
             state.wait_for_everyone()
             scores.update(_load_scores(out, config))
         round_scores = {_head_key(h): scores[prefix + _head_key(h)] for h in remaining}
-        _check_distinct(round_scores, r, len(prompts), len(seeds), builtin)
+        _check_distinct(round_scores, r, len(prompts), len(seeds), getattr(objective, "degenerate_hint", None))
         # Best first; ties broken by head order so that every process picks the same heads.
         order = sorted(remaining, key=lambda h: (-_finite(round_scores[_head_key(h)]), pool.index(h)))
         best = order[:top_k]
@@ -416,73 +381,3 @@ def plot_heatmap(transformer, round_scores: dict[str, float], path, title: str =
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
-
-
-# --- command line -------------------------------------------------------------------------------------------
-def _parse_seeds(text: str) -> list[int]:
-    try:
-        seeds = [int(s) for s in text.split(",") if s.strip()]
-    except ValueError:
-        seeds = []
-    if not seeds:
-        raise ValueError(f"--seeds must be a comma list of integers (e.g. 0,1); got {text!r}")
-    return seeds
-
-
-def _run_cli(args) -> int:
-    # Everything that can be checked without the model is checked first: loading one can take minutes.
-    if args.rounds < 1 or args.top_k < 1 or args.steps < 1:
-        raise ValueError(f"--rounds, --top-k and --steps must be >= 1; got {args.rounds}, {args.top_k}, {args.steps}")
-    seeds = _parse_seeds(args.seeds)
-    if args.candidates:
-        HeadSet.parse(args.candidates)
-    objective = shapes_objective()
-    prompts = read_prompts(args.prompts) if args.prompts else objective.default_prompts
-    check_prompts(prompts, objective)
-
-    from dit_attn.pipelines.loading import call_kwargs, load_pipeline
-
-    pipe = load_pipeline(args.model)
-    pipe.set_progress_bar_config(disable=True)
-    # The model's own settings (size, text length, negative prompt: tiny:* and shapes:* know theirs), then ours.
-    params = {"model": args.model, "prompt": prompts[0], "steps": args.steps, "guidance": args.guidance}
-    call = {k: v for k, v in call_kwargs(pipe, params, torch.Generator()).items()
-            if k not in ("prompt", "generator", "output_type")}
-    result = search_heads(pipe, candidates=args.candidates, objective=objective, prompts=prompts, seeds=seeds,
-                          rounds=args.rounds, top_k=args.top_k, strength=args.strength, scale=args.scale,
-                          out_dir=args.out, **call)
-    print(f"selected heads: {result.heads.to_spec()}")
-    for r, (round_scores, added) in enumerate(zip(result.rounds, result.selected)):
-        values = sorted(round_scores.values())
-        print(f"  round {r + 1}: {len(values)} heads scored {values[0]:.3f} to {values[-1]:.3f}; added "
-              + ", ".join(f"{h} ({round_scores[h]:.3f})" for h in added))
-    for name, path in result.files.items():
-        print(f"  {name}: {path}")
-    return 0
-
-
-def add_cli(subparsers) -> None:
-    """Add ``heads search`` to the ``dit-attn`` command line."""
-    heads = subparsers.add_parser("heads", help="head sets: search (HeadHunter)")
-    sub = heads.add_subparsers(dest="heads_command", required=True)
-    p = sub.add_parser("search", help="greedy per-head SoftPAG search (resumable; data parallel with accelerate)",
-                       description="Example: dit-attn heads search --model shapes:t2i --rounds 2 --top-k 3 --out heads/ "
-                                   "(about 1.5 min on 2 CPU cores); accelerate launch -m dit_attn.cli heads search ... "
-                                   "splits the heads over processes. The objective is the ShapesWorld evaluator, so "
-                                   "the model must draw ShapesWorld scenes: on an untrained tiny:* model every head "
-                                   "scores 0 and the search is refused as degenerate")
-    p.add_argument("--model", default="shapes:t2i",
-                   help="shapes:<kind>, tiny:<family>, a local folder or a hub id (default: shapes:t2i)")
-    p.add_argument("--prompts", default=None,
-                   help="text file, one prompt per line ('#' comments skipped), or a .json list; every prompt must "
-                        "be a ShapesWorld eval prompt (default: 8 of them); checked before the model loads")
-    p.add_argument("--seeds", default="0,1", help="comma list of seeds")
-    p.add_argument("--rounds", type=int, default=1)
-    p.add_argument("--top-k", type=int, default=3)
-    p.add_argument("--strength", type=float, default=1.0, help="SoftPAG u while searching (paper: 1.0)")
-    p.add_argument("--scale", type=float, default=3.0)
-    p.add_argument("--steps", type=int, default=4)
-    p.add_argument("--guidance", type=float, default=None, help="the pipeline's guidance_scale (paper: CFG off)")
-    p.add_argument("--candidates", default=None, help="head spec restricting the candidates (default: all)")
-    p.add_argument("--out", default="heads")
-    p.set_defaults(func=_run_cli)

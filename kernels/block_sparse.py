@@ -211,7 +211,7 @@ _bsa_fwd_autotuned = triton.autotune(
 
 # Configs used without autotuning (DIT_ATTN_AUTOTUNE=0), keyed by (head dim, dtype), for 128x128 selection
 # blocks. These are educated defaults for Hopper-class GPUs (the FlashAttention-2 Triton tutorial's choices),
-# NOT measured in this repository yet: replace them with the winners of `python -m dit_attn.kernels.bench`.
+# NOT measured in this repository yet: replace them with the winners of `python -m dit_attn.bench.kernels`.
 DEFAULT_CONFIGS = {
     (16, torch.float16): dict(BLOCK_M=128, BLOCK_N=64, num_warps=4, num_stages=3),
     (32, torch.float16): dict(BLOCK_M=128, BLOCK_N=64, num_warps=8, num_stages=3),  # 4 warps spill on sm_80

@@ -1,4 +1,4 @@
-"""Roofline estimates (predicted, never measured) for the shapes of ``python -m dit_attn.kernels.bench``.
+"""Roofline estimates (predicted, never measured) for the shapes of ``python -m dit_attn.bench.kernels``.
 
 A kernel that moves ``bytes`` through HBM and does ``flops`` on the tensor cores cannot finish faster than
 ``max(flops / peak_flops, bytes / peak_bandwidth)``. :func:`roofline_ms` computes that bound from the published
@@ -33,7 +33,7 @@ from __future__ import annotations
 import math
 from typing import Dict, List, NamedTuple, Optional
 
-__all__ = ["GPUS", "Cost", "Roofline", "attention_cost", "block_stats_cost", "roofline_ms", "bench_predictions"]
+__all__ = ["REAL_SHAPES", "GPUS", "Cost", "Roofline", "attention_cost", "block_stats_cost", "roofline_ms", "bench_predictions"]
 
 # Published peaks (NVIDIA datasheets; the tensor-core numbers there are quoted "with sparsity", the dense rate is
 # half). bf16 and fp16 share the tensor-core rate. fp32_tflops: non-tensor-core FP32 (the kernel's fp32 path
@@ -107,7 +107,17 @@ def roofline_ms(cost: Cost, gpu: dict) -> Roofline:
     return Roofline(max(compute, memory), compute, memory, "compute" if compute >= memory else "memory")
 
 
-# The variants timed by bench.bench_shape: name -> (density, key_bias, epilogue).
+# The real DiT attention shapes the GPU benchmark (python -m dit_attn.bench.kernels) times and this module predicts:
+# name -> (heads, head dim, tokens); tokens include text where the model attends jointly.
+REAL_SHAPES = {
+    "flux": dict(H=24, D=128, L=4096 + 512, label="FLUX.1 1024^2 (24x128, 4.6k)"),
+    "cogvideox5b": dict(H=48, D=64, L=17550 + 226, label="CogVideoX-5B 480p (48x64, 17.8k)"),
+    "wan1.3b": dict(H=12, D=128, L=32760, label="Wan2.1-1.3B 480p (12x128, 32.8k)"),
+    "wan14b": dict(H=40, D=128, L=75600, label="Wan2.1-14B 720p (40x128, 75.6k)"),
+    "hunyuan": dict(H=24, D=128, L=118800 + 256, label="HunyuanVideo 720p (24x128, 119k)"),
+}
+
+# The variants timed by dit_attn.bench.kernels.bench_shape: name -> (density, key_bias, epilogue).
 BENCH_VARIANTS = {
     "ours_dense": (1.0, False, False),
     "ours_dense+key_bias": (1.0, True, False),
@@ -124,12 +134,12 @@ def bench_predictions(shapes: Optional[dict] = None, *, batch: int = 1, dtype: s
                       measured: Optional[List[dict]] = None) -> List[dict]:
     """One row per (benchmark shape, variant): FLOPs, bytes, FLOP/byte and the predicted ms per GPU.
 
-    ``shapes`` defaults to ``bench.REAL_SHAPES`` (what the benchmark times on a GPU, batch 1, bf16, 128-token
+    ``shapes`` defaults to :data:`REAL_SHAPES` (what the benchmark times on a GPU, batch 1, bf16, 128-token
     blocks); ``measured`` is the ``results`` list of a ``bench_results.json``, whose ``ms`` fills the
     ``measured_ms`` column (``None``: owed, no GPU run yet).
     """
     if shapes is None:
-        from .bench import REAL_SHAPES as shapes
+        shapes = REAL_SHAPES
     got = {(r.get("shape"), r.get("variant")): r.get("ms") for r in (measured or []) if "ms" in r}
     rows = []
     for name, spec in shapes.items():

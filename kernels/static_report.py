@@ -19,7 +19,7 @@ kernel's metadata, checked against the target's per-block opt-in limit), tensor-
 / ``wgmma.mma_async`` in the PTX, ``HMMA`` / ``HGMMA`` in the SASS) and ptxas's info lines. Output:
 ``<out>/static_report.md`` and ``<out>/static_report.json``, plus a roofline table (predicted times on H100 and
 H200 for the benchmark's shapes, :mod:`dit_attn.kernels.roofline`) beside the measured times, which are owed
-until ``python -m dit_attn.kernels.bench`` has run on a GPU (pass its JSON with ``--bench-json``).
+until ``python -m dit_attn.bench.kernels`` has run on a GPU (pass its JSON with ``--bench-json``).
 
 Problems (exit status 1): a compile error, a spill, or shared memory above the limit for a ``shipped`` config.
 For ``autotune``-only configs they are listed as notes: the autotuner skips configs that fail to compile or

@@ -325,10 +325,8 @@ def looks_like_path(model: str) -> bool:
 
 
 def _check_prompt_syntax(prompt: str, where: str) -> None:
-    try:
-        from dit_attn.prompt import PromptSyntaxError, parse_emphasis
-    except ImportError:  # the emphasis parser is not part of this build yet
-        return
+    from dit_attn.prompt import PromptSyntaxError, parse_emphasis
+
     try:
         parse_emphasis(prompt)
     except PromptSyntaxError as e:
@@ -830,9 +828,12 @@ def save_video(frames, path: str, fps: int) -> list[str]:
     written.append(os.path.basename(gif))
     try:
         import imageio_ffmpeg  # noqa: F401
-        from diffusers.utils import export_to_video
-    except ImportError:
+    except ImportError:  # MP4 needs the optional video extra; the GIF above is always written
+        logger.warning("imageio-ffmpeg is not installed (pip install 'dit_attn[video]'): wrote %s only, no MP4",
+                       os.path.basename(gif))
         return written
+    from diffusers.utils import export_to_video
+
     atomic_write(path, lambda tmp: export_to_video(pil, tmp, fps=fps))
     written.insert(0, os.path.basename(path))
     return written
@@ -864,8 +865,9 @@ class Generator:
     so an overflowed generation is an error, never a black "ok" image. A model that fails to load fails every
     item that needs it with the same one-line :class:`ModelLoadError`, without retrying."""
 
-    def __init__(self, device: str | None = None):
+    def __init__(self, device: str | None = None, context_parallel=None):
         self.device = device
+        self.context_parallel = context_parallel  # a pipelines.context_parallel.ContextParallel, or None
         self._pipes: dict[str, Any] = {}
         self._failed: dict[str, ModelLoadError] = {}
 
@@ -902,6 +904,13 @@ class Generator:
             quiet()
         if self.device:
             pipe.to(self.device)
+        if self.context_parallel is not None:  # before dit_attn attaches (in __call__)
+            from .context_parallel import enable
+
+            try:
+                enable(pipe, self.context_parallel)
+            except ValueError as e:
+                raise ModelLoadError(one_line(e)) from e
         pipe.set_progress_bar_config(disable=True)
         return pipe
 
@@ -1007,18 +1016,51 @@ def _make_room(out_dir: str, item: Item, previous: dict | None, summary: Summary
         _set_aside(out_dir, [name], found or "untracked", item.id, "a file not recorded in the manifest", summary)
 
 
+def _todo(items: list[Item], done: dict, summary: Summary) -> list[tuple[Item, dict | None]]:
+    """The items not yet done with the same content (each with its previous manifest entry, if any)."""
+    todo = []
+    for it in items:
+        entry = done.get(it.id)
+        if entry is not None and _entry_hash(entry) in (it.hash, None):
+            summary.skipped += 1
+        else:
+            todo.append((it, entry))
+    return todo
+
+
+def _help_generate(items: list[Item], out_dir: str, generate) -> Summary:
+    """A context-parallel helper process: run the generations process 0 runs (it reads the manifest before
+    any of them, and process 0 cannot finish one without it), writing nothing."""
+    summary = Summary()
+    done = read_manifest(out_dir) if os.path.isdir(out_dir) else {}
+    start = time.perf_counter()
+    for item, _ in _todo(items, done, summary):
+        try:
+            generate(item)
+            summary.done += 1
+        except Exception as e:  # process 0 records the failure; the same inputs fail the same way here
+            summary.failed += 1
+            summary.failures.append((item.id, f"{type(e).__name__}: {one_line(e)}"))
+    summary.seconds = time.perf_counter() - start
+    return summary
+
+
 def run_batch(jobs_path: str, out_dir: str, *, base_seed: int = 0, process_index: int = 0, num_processes: int = 1,
               generate: Callable[[Item], tuple[str, Any]] | None = None, progress: bool = True,
-              limits: dict | str | None = None, wait: float = 0, lock_group: str | None = None) -> Summary:
+              limits: dict | str | None = None, wait: float = 0, lock_group: str | None = None,
+              write: bool = True) -> Summary:
     """Run (or resume) the jobs of ``jobs_path`` into ``out_dir``; this process's share only.
 
     ``limits``: overrides of :data:`LIMITS`; ``wait``: seconds to wait for another run holding ``out_dir``;
     ``lock_group``: shared by the processes of one launch (default: :func:`launch_group` when
-    ``num_processes > 1``)."""
+    ``num_processes > 1``); ``write=False``: a helper process of a context-parallel launch, which takes part in
+    every generation process 0 runs and writes nothing (no lock, files or manifest)."""
     from tqdm.auto import tqdm
 
     limits = resolve_limits(limits)
     items = expand(load_jobs(jobs_path, limits), base_seed, limits)
+    if not write:
+        return _help_generate(items, out_dir, generate or Generator())
     if os.path.exists(out_dir) and not os.path.isdir(out_dir):
         raise JobFileError(f"--out {out_dir!r} is a file, not a folder")
     os.makedirs(out_dir, exist_ok=True)
@@ -1032,15 +1074,8 @@ def run_batch(jobs_path: str, out_dir: str, *, base_seed: int = 0, process_index
                 if name.startswith(".tmp-") and os.path.getmtime(path) < (lock.started or 0):
                     with contextlib.suppress(FileNotFoundError):
                         os.remove(path)
-        done = read_manifest(out_dir, summary.warnings)
         mine = [it for i, it in enumerate(items) if i % num_processes == process_index]
-        todo = []
-        for it in mine:
-            entry = done.get(it.id)
-            if entry is not None and _entry_hash(entry) in (it.hash, None):
-                summary.skipped += 1
-            else:
-                todo.append((it, entry))
+        todo = _todo(mine, read_manifest(out_dir, summary.warnings), summary)
         generate = generate or Generator()
         start = time.perf_counter()
         for item, previous in tqdm(todo, desc=f"dit-attn batch [{process_index + 1}/{num_processes}]",

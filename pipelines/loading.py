@@ -15,24 +15,10 @@ from typing import Any
 
 import torch
 
+from .compat import dtype_kwargs  # noqa: F401 - loaders import it from here too
+
 TINY_PREFIX = "tiny:"
 SHAPES_PREFIX = "shapes:"
-
-
-def dtype_kwargs(dtype: torch.dtype | None) -> dict[str, Any]:
-    """``from_pretrained`` keyword for a dtype: ``dtype`` where diffusers deprecates ``torch_dtype`` (0.36 on),
-    ``torch_dtype`` on older releases; nothing for ``None``.
-
-    >>> import torch
-    >>> list(dtype_kwargs(torch.float32).values()), dtype_kwargs(None)
-    ([torch.float32], {})
-    """
-    if dtype is None:
-        return {}
-    from diffusers.utils import deprecation_utils
-
-    new = hasattr(deprecation_utils, "_TORCH_DTYPE_DEPRECATION_MESSAGE")
-    return {"dtype": dtype} if new else {"torch_dtype": dtype}
 
 
 def load_pipeline(model: str, torch_dtype: torch.dtype | None = None):
@@ -121,3 +107,20 @@ def call_kwargs(pipe, params: dict, generator: torch.Generator) -> dict:
         # the ShapesWorld FLUX has no distilled guidance embedding: guidance is true classifier-free guidance
         kwargs.update(true_cfg_scale=params["guidance"], guidance_scale=1.0)
     return {k: v for k, v in kwargs.items() if k in accepted}
+
+
+def quiet_loading() -> None:
+    """No per-component loading bars and no third-party deprecation notices we cannot act on (diffusers' and
+    transformers' own) in our commands: a command's stderr is then its messages, and an error is one line. Our
+    own warnings (``dit_attn``) stay. Only the CLI and the app call this; the library leaves warnings alone."""
+    import warnings
+
+    import diffusers
+    import transformers
+
+    diffusers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()
+    for module in ("diffusers", "transformers", "torch"):
+        warnings.filterwarnings("ignore", category=FutureWarning, module=module)
+        warnings.filterwarnings("ignore", category=DeprecationWarning, module=module)

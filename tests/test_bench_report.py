@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from dit_attn import cli
-from dit_attn.bench_report import SECTIONS, run_report
+from dit_attn.bench.report import SECTIONS, run_report
 from dit_attn.testing import FAMILIES, cpu_threads
 
 
@@ -33,7 +33,7 @@ def test_unknown_section_is_refused(tmp_path):
 
 
 def test_emphasis_benchmark_smoke_on_cpu(tmp_path, capsys):
-    from dit_attn import bench_emphasis
+    from dit_attn.bench import emphasis as bench_emphasis
 
     rows = bench_emphasis.main(["--shapes", "small", "--json", str(tmp_path / "e.json")])
     assert "NOT GPU NUMBERS" in capsys.readouterr().out or torch.cuda.is_available()

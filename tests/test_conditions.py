@@ -654,7 +654,7 @@ def test_errors(pipe):
 
 
 def test_bench_measures_every_mode_in_process():
-    from dit_attn.conditions import bench
+    from dit_attn.bench import conditions as bench
 
     args = bench._parser().parse_args(["--heads", "2", "--head-dim", "8", "--text", "4", "--image", "16",
                                        "--cond-tokens", "4", "--repeats", "1"])

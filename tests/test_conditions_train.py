@@ -14,7 +14,7 @@ import torch
 pytest.importorskip("peft")  # a declared dependency of the `train` and `test` extras
 
 from dit_attn.conditions import attention as A  # noqa: E402
-from dit_attn.conditions import train as T  # noqa: E402
+from dit_attn.pipelines.conditions import train as T  # noqa: E402
 from dit_attn.testing import cpu_threads, tiny_pipeline  # noqa: E402
 
 

@@ -30,9 +30,9 @@ MODULES = {
     "dit_attn.pipelines.shapes.train": 3,
     "dit_attn.controls": 3,
     "dit_attn.controls.conditions": 10,
-    "dit_attn.conditions.train": 23,
+    "dit_attn.pipelines.conditions.train": 23,
     "dit_attn.tensor_memo": 7,
-    "dit_attn.sparse.quality": 5,
+    "dit_attn.bench.sparse_quality": 5,
 }
 TRITON_MODULES = {
     "dit_attn.kernels": 14,
@@ -45,7 +45,7 @@ ITEMS = [
     "dit_attn.HeadSet", "dit_attn.search_heads", "dit_attn.execute", "dit_attn.AttentionCall", "dit_attn.Attachment",
     "dit_attn.DitAttnProcessor", "dit_attn.available_controls", "dit_attn.controls_from_config",
     "dit_attn.SpatialCondition", "dit_attn.SubjectCondition",
-    "dit_attn.conditions.train.save_checkpoint",
+    "dit_attn.pipelines.conditions.train.save_checkpoint",
     "dit_attn.kernels.block_stats_triton", "dit_attn.kernels.block_sparse_attention_triton",
     "dit_attn.kernels.lut_to_block_mask", "dit_attn.kernels.block_counts", "dit_attn.kernels.merge_attention_reference",
     "dit_attn.kernels.block_sparse.block_sparse_attention_triton",

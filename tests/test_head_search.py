@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 import dit_attn
-from dit_attn.head_search import _run_cli, add_cli, candidate_heads, read_prompts, shapes_objective
+from dit_attn.head_search import candidate_heads, read_prompts
+from dit_attn.pipelines.head_search import _run_cli, add_cli, shapes_objective
 from dit_attn.testing import cpu_threads, tiny_pipeline
 
 CALL = dict(num_inference_steps=1, height=48, width=64, guidance_scale=1.0, max_sequence_length=32)
@@ -98,7 +99,8 @@ def test_degenerate_objective_refused(tmp_path):
     # its images hold nothing the evaluator recognises, so every head scores 0 and nothing can be selected.
     objective = shapes_objective()
     with pytest.raises(ValueError, match=r"all 2 candidate heads scored exactly 0 .*untrained model \(tiny:\*\)"):
-        dit_attn.search_heads(pipe, candidates="transformer_blocks.0:*", prompts=objective.default_prompts[:1],
+        dit_attn.search_heads(pipe, candidates="transformer_blocks.0:*", objective=objective,
+                              prompts=objective.default_prompts[:1],
                               seeds=[0], out_dir=tmp_path / "tiny", progress=False, **CALL)
     assert not (tmp_path / "tiny" / "heads.json").exists()
 

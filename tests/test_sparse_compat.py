@@ -6,7 +6,7 @@ import torch
 
 import dit_attn
 from dit_attn.sparse import make_layout, select_blocks, sparse_attention
-from dit_attn.sparse.density import forced_fractions
+from dit_attn.bench.sparse_density import forced_fractions
 from dit_attn.sparse.gilbert import gilbert_order
 from dit_attn.sparse.reference import gilbert_index, rectified_sparse_reference
 from dit_attn.sparse.reorder import leading_blocks, token_plan

@@ -7,7 +7,8 @@ import torch
 import dit_attn
 from dit_attn.kernels import lut_to_block_mask
 from dit_attn.sparse import make_layout, select_blocks, sparse_attention
-from dit_attn.sparse.density import density_report, density_table, forced_fractions, shape_density
+from dit_attn.bench.sparse_density import forced_fractions, shape_density
+from dit_attn.sparse.density import density_report, density_table
 from dit_attn.sparse.reorder import token_plan
 from dit_attn.sparse.selection import DENSITY_PARTS, density_breakdown
 from dit_attn.testing import cpu_threads, tiny_call_kwargs, tiny_pipeline

@@ -1,8 +1,8 @@
-"""dit_attn.sparse.quality: averaging over several (prompt, seed) samples."""
+"""dit_attn.bench.sparse_quality: averaging over several (prompt, seed) samples."""
 
 import pytest
 
-from dit_attn.sparse import quality
+from dit_attn.bench import sparse_quality as quality
 
 
 def test_samples_average_the_single_sample_runs_with_successive_seeds():

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from dit_attn import bench_report
-from dit_attn.sparse import quality
+from dit_attn.bench import report as bench_report
+from dit_attn.bench import sparse_quality as quality
 from dit_attn.sparse.selection import DENSITY_PARTS
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "rectified_sparse.md"
@@ -93,7 +93,7 @@ def test_quality_evaluate_keeps_standard_errors_and_density_parts():
 
 
 def test_missed_targets_are_marked(tmp_path, monkeypatch):
-    from dit_attn import bench_overhead
+    from dit_attn.bench import overhead as bench_overhead
 
     def fake(argv):
         path = argv[argv.index("--json") + 1]
@@ -109,7 +109,7 @@ def test_missed_targets_are_marked(tmp_path, monkeypatch):
 
 
 def test_speed_section_marks_targets_and_says_when_not_measured(tmp_path, monkeypatch):
-    from dit_attn.sparse import bench as sparse_bench
+    from dit_attn.bench import sparse_speed as sparse_bench
 
     def row(sp, speed, frac, target=None):
         r = {"sparsity": sp, "density": 0.3, "requested_density": 1 - sp, "attention_speedup": speed,
@@ -129,7 +129,7 @@ def test_speed_section_marks_targets_and_says_when_not_measured(tmp_path, monkey
 
 
 def test_density_section_on_cpu(tmp_path, monkeypatch):
-    from dit_attn.sparse import density
+    from dit_attn.bench import sparse_density as density
 
     calls = []
 
@@ -147,7 +147,7 @@ def test_density_section_on_cpu(tmp_path, monkeypatch):
 
 
 def test_docs_first_frame_table_equals_the_forced_sets():
-    from dit_attn.sparse.density import forced_fractions
+    from dit_attn.bench.sparse_density import forced_fractions
 
     text = DOCS.read_text()
     for name, grid in (("480p", (21, 30, 52)), ("720p", (21, 45, 80))):

@@ -54,10 +54,8 @@ def enlarged(image):
 
 def default_models() -> list[str]:
     """The bundled ShapesWorld models that are installed (first), then the tiny offline ones."""
-    try:
-        from dit_attn.pipelines import shapes_models
-    except ImportError:
-        return list(TINY_MODELS)
+    from dit_attn.pipelines import shapes_models
+
     return [f"shapes:{kind}" for kind in shapes_models()] + list(TINY_MODELS)
 
 
@@ -467,10 +465,8 @@ def build_app(models: list[str] | None = None):
 
 
 def _preset_names() -> list[str]:
-    try:
-        from dit_attn.heads import PRESETS
-    except ImportError:
-        return []
+    from dit_attn.heads import PRESETS
+
     return sorted(PRESETS)
 
 
@@ -484,8 +480,8 @@ def _preset_spec(name: str) -> str:
 
 def launch(host: str = "127.0.0.1", port: int | None = None, models: list[str] | None = None, **kwargs):
     """Build and launch the app, bound to ``host`` (localhost unless told otherwise)."""
-    from dit_attn.cli import _quiet_loading
+    from dit_attn.pipelines.loading import quiet_loading
 
-    _quiet_loading()  # third-party deprecation notices and loading bars: not the user's to act on
+    quiet_loading()  # third-party deprecation notices and loading bars: not the user's to act on
     demo = build_app(models)
     return demo.launch(server_name=host, server_port=port, **kwargs)

@@ -8,10 +8,10 @@ denoising attention; the write pass is excluded, as in the paper's efficiency nu
 
 CPU: each configuration runs in its own subprocess (single thread) and its memory is the growth of the peak
 resident set while the attention runs (``ru_maxrss``, after the inputs exist). CUDA: ``max_memory_allocated``
-above the inputs. Times are medians of ``--repeats`` runs after a warm-up.
+above the inputs. Times are medians of ``--repeats`` runs after a warm-up (:func:`dit_attn.bench.timing.time_ms`).
 
-    python -m dit_attn.conditions.bench --out bench_conditions.json                # small CPU shapes
-    python -m dit_attn.conditions.bench --device cuda --dtype bfloat16 --heads 24 --head-dim 128 \\
+    python -m dit_attn.bench.conditions --out bench_conditions.json                # small CPU shapes
+    python -m dit_attn.bench.conditions --device cuda --dtype bfloat16 --heads 24 --head-dim 128 \\
         --text 512 --image 1024 --cond-tokens 1024 --out gpu_1024.json               # FLUX shapes (paper)
 """
 
@@ -21,12 +21,12 @@ import argparse
 import json
 import os
 import resource
-import statistics
 import subprocess
 import sys
-import time
 
 import torch
+
+from .timing import time_ms
 
 BENCH_MODES = ("concat", "cached-full", "pka", "pka-subject")
 
@@ -41,8 +41,8 @@ def _inputs(mode, c, args, device, dtype):
     if mode == "concat":
         L = M + N + c * n
         return {"q": r(1, L, H, D), "k": r(1, L, H, D), "v": r(1, L, H, D)}
-    from .attention import SpatialKV, SubjectKV
-    from .tokens import aligned_index
+    from dit_attn.conditions.attention import SpatialKV, SubjectKV
+    from dit_attn.conditions.tokens import aligned_index
 
     side = int(round(N ** 0.5))
     cside = int(round(n ** 0.5))
@@ -61,7 +61,7 @@ def _inputs(mode, c, args, device, dtype):
 def _run(mode, x, args):
     from torch.nn.functional import scaled_dot_product_attention as sdpa
 
-    from .attention import condition_attention
+    from dit_attn.conditions.attention import condition_attention
 
     if mode == "concat":
         return sdpa(x["q"].transpose(1, 2), x["k"].transpose(1, 2), x["v"].transpose(1, 2))
@@ -101,17 +101,8 @@ def measure_one(mode: str, c: int, args) -> dict:
             peak = torch.cuda.max_memory_allocated() - base
         else:
             peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base
-        times = []
-        for _ in range(args.repeats):
-            if cuda:
-                torch.cuda.synchronize()
-            t0 = time.perf_counter()
-            out = _run(mode, x, args)
-            if cuda:
-                torch.cuda.synchronize()
-            times.append(time.perf_counter() - t0)
-            del out
-    return {"mode": mode, "conditions": c, "ms": 1e3 * statistics.median(times), "peak_bytes": int(peak),
+        ms = time_ms(lambda: _run(mode, x, args), device, repeats=args.repeats, warmup=0)  # warmed up above
+    return {"mode": mode, "conditions": c, "ms": ms, "peak_bytes": int(peak),
             "input_bytes": _bytes(x)}
 
 
@@ -162,7 +153,7 @@ def main(argv=None) -> int:
     for c in args.counts:
         for mode in args.modes:
             if args.device == "cpu":  # a fresh process per configuration: ru_maxrss is a process-wide peak
-                cmd = [sys.executable, "-m", "dit_attn.conditions.bench", "--one", mode, str(c)] + \
+                cmd = [sys.executable, "-m", "dit_attn.bench.conditions", "--one", mode, str(c)] + \
                     _strip_out(list(argv if argv is not None else sys.argv[1:]))
                 env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
                 line = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env).stdout.strip()

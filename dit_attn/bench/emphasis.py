@@ -6,7 +6,7 @@ the image/video query rows only. On CUDA it runs our block-sparse kernel with a 
 for the image rows and the plain dispatcher for the text rows; the baseline is the plain call through diffusers'
 dispatcher (SDPA). Target on GPU: ≤ 1.05x.
 
-    python -m dit_attn.bench_emphasis [--shapes flux,wan] [--json out.json]
+    python -m dit_attn.bench.emphasis [--shapes flux,wan] [--json out.json]
 
 On CPU only the ``small`` shape makes sense (reference path and SDPA math): those numbers are not GPU numbers.
 """
@@ -16,13 +16,13 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import statistics
-import time
 
 import torch
 
-from .call import AttentionCall, execute
-from .layout import Layout
+from dit_attn.call import AttentionCall, execute
+from dit_attn.layout import Layout
+
+from .timing import time_ms
 
 # name -> (heads, head dim, image/video queries, text keys, joint?) — joint: keys = [text, image] (FLUX);
 # cross: keys = text only (Wan attn2).
@@ -51,33 +51,19 @@ def _calls(spec: dict, device, dtype, batch: int):
     return plain, emphasis
 
 
-def _time_ms(fn, device, repeats: int) -> float:
-    if device.type == "cuda":
-        import triton.testing
-
-        return float(triton.testing.do_bench(fn, warmup=25, rep=100, return_mode="median"))
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(times)
-
-
 def measure(names, device, dtype, batch: int = 1, repeats: int = 5) -> list[dict]:
     rows = []
     for name in names:
         plain, emphasis = _calls(SHAPES[name], device, dtype, batch)
-        plain_ms = _time_ms(lambda: execute(plain), device, repeats)
-        emph_ms = _time_ms(lambda: execute(emphasis), device, repeats)
+        plain_ms = time_ms(lambda: execute(plain), device, repeats=repeats)
+        emph_ms = time_ms(lambda: execute(emphasis), device, repeats=repeats)
         rows.append({"shape": name, "label": SHAPES[name]["label"], "plain_ms": plain_ms, "emphasis_ms": emph_ms,
                      "ratio": emph_ms / plain_ms})
     return rows
 
 
 def main(argv=None) -> list[dict]:
-    parser = argparse.ArgumentParser(prog="python -m dit_attn.bench_emphasis", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m dit_attn.bench.emphasis", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shapes", default=None, help="comma list of: " + ", ".join(SHAPES) +
                         " (default: flux,wan on GPU, small on CPU)")

@@ -1,4 +1,4 @@
-"""Cost of SoftPAG guidance vs CFG only, measured in one run: ``python -m dit_attn.bench_guidance``.
+"""Cost of SoftPAG guidance vs CFG only, measured in one run: ``python -m dit_attn.bench.guidance``.
 
 For each pipeline: wall time per denoising step (whole pipeline call / steps, so text encoding and decoding are included;
 median of ``--repeats`` calls, configurations interleaved) and, on CUDA, peak allocated memory,
@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 
 import torch
 
 import dit_attn
 from dit_attn.testing import FAMILIES, tiny_call_kwargs, tiny_pipeline
+
+from .timing import seconds
 
 HEADS = {"wan": "blocks.1:*", "hunyuan_video": "transformer_blocks.0:*"}
 
@@ -27,11 +28,7 @@ def _once(pipe, kwargs, device, control):
         torch.cuda.reset_peak_memory_stats()
     attachment = dit_attn.attach(pipe, control) if control is not None else None
     try:
-        t0 = time.perf_counter()
-        pipe(**kwargs)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        elapsed = time.perf_counter() - t0
+        elapsed = seconds(lambda: pipe(**kwargs), device)
     finally:
         if attachment is not None:
             attachment.detach()
@@ -75,7 +72,7 @@ def table(rows: list[dict]) -> str:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog="python -m dit_attn.bench.guidance", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--families", default=",".join(FAMILIES))
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=5)

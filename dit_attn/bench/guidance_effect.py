@@ -8,10 +8,11 @@ Four configurations on the same held-out prompts and seeds:
    guiding harder should not be credited to the heads);
 4. layer-level PAG: all heads of the layer holding most searched heads, ``u = 1``, same ``w``.
 
-    python -m dit_attn.bench_guidance_effect [--model shapes:t2i] [--n 24] [--seeds 2] [--doc docs/head_guidance.md]
+    python -m dit_attn.bench.guidance_effect [--model shapes:t2i] [--n 24] [--seeds 2] [--write-docs]
 
 The search here is a labelled shortcut of the paper's (1 round, a few prompts, few steps, low resolution).
-Results: JSON + the markdown block between ``<!-- results -->`` markers of ``--doc``.
+Results: JSON, and with ``--write-docs`` (a maintainer's step) the markdown block between ``<!-- results -->``
+markers of ``docs/head_guidance.md`` (``--doc`` names another page).
 """
 
 from __future__ import annotations
@@ -27,13 +28,14 @@ import torch
 from tqdm.auto import tqdm
 
 import dit_attn
-from dit_attn.bench_reweighting import default_model, update_doc
+from dit_attn.head_search import candidate_heads, search_heads
+from dit_attn.pipelines.loading import call_kwargs, load_pipeline
+from dit_attn.pipelines.shapes import eval_prompts, score_image
+
+from .timing import add_docs_arguments, default_model, machine_line, write_docs
 
 
 def _generate_scores(pipe, model, prompts, seeds, controls, guidance):
-    from dit_attn.pipelines.loading import call_kwargs
-    from dit_attn.pipelines.shapes import score_image
-
     acc, correct = [], []
     for caption, scene in prompts:
         for seed in range(seeds):
@@ -49,17 +51,11 @@ def _generate_scores(pipe, model, prompts, seeds, controls, guidance):
 
 def run(model: str, n: int, seeds: int, guidance: float, scale: float, strength: float, top_k: int,
         search_prompts: int, out: Path) -> dict:
-    from dit_attn.head_search import candidate_heads, search_heads
-    from dit_attn.pipelines.loading import call_kwargs, load_pipeline
-    from dit_attn.pipelines.shapes import eval_prompts
-
     torch.set_num_threads(max(1, torch.get_num_threads()))
     pipe = load_pipeline(model)
     pipe.set_progress_bar_config(disable=True)
     start = time.perf_counter()
     # Search on training captions (never on the held-out ones we report).
-    from dit_attn.pipelines.shapes import score_image
-
     scenes = dict(eval_prompts("t2i", split="train", n=search_prompts))
     train = list(scenes)
 
@@ -90,7 +86,7 @@ def run(model: str, n: int, seeds: int, guidance: float, scale: float, strength:
     data = {"model": model, "heads": heads.to_spec(), "candidates": len(candidate_heads(pipe.transformer)),
             "search_prompts": len(train), "prompts": len(held_out), "seeds": seeds, "rows": rows,
             "seconds": time.perf_counter() - start,
-            "machine": f"{torch.get_num_threads()} CPU threads, torch {torch.__version__}"}
+            "machine": machine_line()}
     out.mkdir(parents=True, exist_ok=True)
     (out / "guidance_effect.json").write_text(json.dumps(data, indent=2))
     return data
@@ -106,7 +102,7 @@ def markdown(data: dict) -> str:
 
 
 def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(prog="python -m dit_attn.bench_guidance_effect", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m dit_attn.bench.guidance_effect", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=None, help="default: shapes:t2i when bundled, else tiny:sd3")
     parser.add_argument("--n", type=int, default=24, help="held-out prompts")
@@ -117,14 +113,13 @@ def main(argv=None) -> dict:
     parser.add_argument("--top-k", type=int, default=3)
     parser.add_argument("--search-prompts", type=int, default=4)
     parser.add_argument("--out", default="docs/results/head_guidance")
-    parser.add_argument("--doc", default=None)
+    add_docs_arguments(parser, "docs/head_guidance.md")
     args = parser.parse_args(argv)
     data = run(args.model or default_model(), args.n, args.seeds, args.guidance, args.scale, args.strength,
                args.top_k, args.search_prompts, Path(args.out))
     text = markdown(data)
     print(text)
-    if args.doc:
-        update_doc(Path(args.doc), text)
+    write_docs(args, text)
     return data
 
 

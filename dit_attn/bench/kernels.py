@@ -2,9 +2,9 @@
 
 Usage::
 
-    python -m dit_attn.kernels.bench                      # GPU: real DiT shapes, bf16
-    python -m dit_attn.kernels.bench --shapes flux,wan1.3b
-    python -m dit_attn.kernels.bench --shapes small       # tiny shapes; runs on CPU (reference) for a smoke test
+    python -m dit_attn.bench.kernels                      # GPU: real DiT shapes, bf16
+    python -m dit_attn.bench.kernels --shapes flux,wan1.3b
+    python -m dit_attn.bench.kernels --shapes small       # tiny shapes; runs on CPU (reference) for a smoke test
 
 For every shape it times: our dense path (full LUT), densities 0.5 / 0.25 / 0.1 (random LUTs with that
 fraction of key blocks per query block), the cost of ``key_bias`` and of the rectification epilogue on the
@@ -23,23 +23,16 @@ import argparse
 import json
 import os
 import platform
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
 
-from . import block_sparse_attention, block_stats
+from dit_attn.kernels import block_sparse_attention, block_stats
+from dit_attn.kernels.roofline import REAL_SHAPES
 
-# name -> (heads, head dim, tokens); tokens include text where the model attends jointly.
-REAL_SHAPES = {
-    "flux": dict(H=24, D=128, L=4096 + 512, label="FLUX.1 1024^2 (24x128, 4.6k)"),
-    "cogvideox5b": dict(H=48, D=64, L=17550 + 226, label="CogVideoX-5B 480p (48x64, 17.8k)"),
-    "wan1.3b": dict(H=12, D=128, L=32760, label="Wan2.1-1.3B 480p (12x128, 32.8k)"),
-    "wan14b": dict(H=40, D=128, L=75600, label="Wan2.1-14B 720p (40x128, 75.6k)"),
-    "hunyuan": dict(H=24, D=128, L=118800 + 256, label="HunyuanVideo 720p (24x128, 119k)"),
-}
+from .timing import time_ms
+
 SMALL_SHAPES = {
     "small-d64": dict(H=2, D=64, L=300, label="tiny (2x64, 300)"),
     "small-d128": dict(H=2, D=128, L=520, label="tiny (2x128, 520)"),
@@ -48,20 +41,10 @@ DENSITIES = (0.5, 0.25, 0.1)
 
 
 def _time_ms(fn, device: torch.device, warmup: int, rep: int) -> float:
-    """Median milliseconds per call."""
-    if device.type == "cuda":
-        import triton.testing
-
-        return float(triton.testing.do_bench(fn, warmup=warmup, rep=rep, return_mode="median"))
-    for _ in range(max(1, warmup // 25)):
-        fn()
-    times = []
-    n = max(1, min(5, rep // 100 + 1))
-    for _ in range(n):
-        t0 = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(times)
+    """Median milliseconds per call: ``warmup`` / ``rep`` are do_bench's milliseconds on a GPU; on CPU they set a
+    few calls (the reference path is slow and its numbers are only a smoke test)."""
+    return time_ms(fn, device, repeats=max(1, min(5, rep // 100 + 1)), warmup=max(1, warmup // 25),
+                   cuda_warmup_ms=warmup, cuda_rep_ms=rep)
 
 
 def _random_lut(B, H, nqb, nkb, density, device, gen):
@@ -162,10 +145,8 @@ def bench_shape(name, spec, args, device, dtype, gen):
 
 def _autotune_report():
     """Best configs chosen by the autotuner (GPU only), to refresh block_sparse.DEFAULT_CONFIGS."""
-    try:
-        from .block_sparse import _bsa_fwd_autotuned
-    except Exception:
-        return {}
+    from dit_attn.kernels.block_sparse import _bsa_fwd_autotuned
+
     return {str(k): str(v) for k, v in getattr(_bsa_fwd_autotuned, "cache", {}).items()}
 
 
@@ -175,8 +156,8 @@ def _plot(rows, path):
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
-    except ImportError:
-        print("matplotlib is not installed: skipping the plot (JSON written)")
+    except ImportError:  # plots are optional: the JSON carries every number
+        print("matplotlib is not installed (pip install 'dit_attn[bench]'): skipping the plot (JSON written)")
         return None
     shapes = list(dict.fromkeys(r["shape"] for r in rows if "tflops" in r))
     variants = list(dict.fromkeys(r["variant"] for r in rows if "tflops" in r))
@@ -197,7 +178,7 @@ def _plot(rows, path):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(prog="python -m dit_attn.kernels.bench", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m dit_attn.bench.kernels", description=__doc__.split("\n\n")[0])
     p.add_argument("--shapes", default=None,
                    help="'real' (default on GPU), 'small' (default on CPU) or a comma list of: "
                         + ", ".join(list(REAL_SHAPES) + list(SMALL_SHAPES)))
@@ -261,7 +242,7 @@ def main(argv=None):
         import triton
 
         meta["triton"] = triton.__version__
-    except ImportError:
+    except ImportError:  # the optional triton extra: the reference path ran, and the JSON says so
         meta["triton"] = None
     if not cpu_mode:
         meta["autotune_best_configs"] = _autotune_report()

@@ -3,26 +3,20 @@
 Measured in one run, interleaving stock and attached repetitions so that machine noise hits both alike.
 Target: ratio <= 1.05.
 
-    python -m dit_attn.bench_overhead [--repeats 5] [--steps 4] [--json out.json]
+    python -m dit_attn.bench.overhead [--repeats 5] [--steps 4] [--json out.json]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import platform
-import time
 
 import torch
 
 import dit_attn
 from dit_attn.testing import FAMILIES, tiny_call_kwargs, tiny_pipeline
 
-
-def _time(fn) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
+from .timing import machine_line, seconds
 
 
 def measure(family: str, repeats: int, steps: int) -> dict:
@@ -31,15 +25,15 @@ def measure(family: str, repeats: int, steps: int) -> dict:
     run()  # warm-up
     stock, attached = [], []
     for _ in range(repeats):
-        stock.append(_time(run))
+        stock.append(seconds(run))
         with dit_attn.attach(pipe):
-            attached.append(_time(run))
+            attached.append(seconds(run))
     stock_t, attached_t = min(stock), min(attached)
     return {"family": family, "stock_s": stock_t, "attached_s": attached_t, "ratio": attached_t / stock_t}
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog="python -m dit_attn.bench.overhead", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--families", nargs="*", default=list(FAMILIES))
@@ -47,7 +41,7 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     torch.set_num_threads(max(1, torch.get_num_threads()))
     rows = [measure(f, args.repeats, args.steps) for f in args.families]
-    machine = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}"
+    machine = machine_line()
     print(f"dit_attn processor overhead (tiny pipelines, CPU fp32, {args.steps} steps, best of {args.repeats}); {machine}")
     print(f"{'family':<15}{'stock s':>10}{'attached s':>12}{'ratio':>8}")
     for r in rows:

@@ -6,17 +6,17 @@ we report, per emphasis mode and weight, the rate at which that object's colour 
 other object's, which emphasis should not destroy). Same prompts and seeds for every cell, so differences are the
 control's. Modes: ``attention`` (``log w`` in the logits, ours), ``embedding-a1111`` and ``embedding-comfy``.
 
-    python -m dit_attn.bench_reweighting [--model shapes:t2i] [--n 24] [--seeds 2] [--weights 0.3,1,3]
-        [--out docs/results/reweighting] [--doc docs/reweighting.md]
+    python -m dit_attn.bench.reweighting [--model shapes:t2i] [--n 24] [--seeds 2] [--weights 0.3,1,3]
+        [--out docs/results/reweighting] [--write-docs]
 
-``--doc`` rewrites the results block of that markdown file (between ``<!-- results -->`` markers).
+``--write-docs`` (a maintainer's step) rewrites the results block of ``docs/reweighting.md`` (between
+``<!-- results -->`` markers; ``--doc`` names another page).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import re
 import time
 from pathlib import Path
 
@@ -25,6 +25,10 @@ import torch
 from tqdm.auto import tqdm
 
 import dit_attn
+from dit_attn.pipelines.loading import call_kwargs, load_pipeline
+from dit_attn.pipelines.shapes import eval_prompts, score_image
+
+from .timing import add_docs_arguments, default_model, machine_line, write_docs
 
 MODES = ("attention", "embedding-a1111", "embedding-comfy")
 
@@ -42,28 +46,12 @@ def weighted_prompt(caption: str, scene, weight: float) -> str:
 
 
 def two_object_prompts(n: int):
-    from dit_attn.pipelines.shapes import eval_prompts
-
     pool = eval_prompts("t2i", split="train", n=max(8 * n, 64))
     chosen = [(c, s) for c, s in pool if len(s.objects) == 2 and not any(o.is_subject for o in s.objects)]
     return chosen[:n]
 
 
-def default_model() -> str:
-    try:
-        from dit_attn.pipelines import shapes_models
-
-        if "t2i" in shapes_models():
-            return "shapes:t2i"
-    except ImportError:
-        pass
-    return "tiny:sd3"
-
-
 def run(model: str, n: int, seeds: int, weights: list[float], out: Path) -> dict:
-    from dit_attn.pipelines.loading import call_kwargs, load_pipeline
-    from dit_attn.pipelines.shapes import score_image
-
     torch.set_num_threads(max(1, torch.get_num_threads()))
     pipe = load_pipeline(model)
     pipe.set_progress_bar_config(disable=True)
@@ -92,7 +80,7 @@ def run(model: str, n: int, seeds: int, weights: list[float], out: Path) -> dict
                                           "other_colour": float(np.mean(other)), "n": len(target)}
     data = {"model": model, "prompts": len(prompts), "seeds": seeds, "weights": weights, "cells": cells,
             "seconds": time.perf_counter() - start,
-            "machine": f"{torch.get_num_threads()} CPU threads, torch {torch.__version__}",
+            "machine": machine_line(),
             "example_prompt": weighted_prompt(*prompts[0], weights[-1])}
     out.mkdir(parents=True, exist_ok=True)
     (out / "reweighting.json").write_text(json.dumps(data, indent=2))
@@ -134,25 +122,15 @@ def markdown(data: dict) -> str:
             f"`{data['example_prompt']}`.\n\n" + "\n".join(lines))
 
 
-def update_doc(doc: Path, text: str) -> None:
-    body = doc.read_text() if doc.exists() else "<!-- results -->\n<!-- /results -->\n"
-    block = f"<!-- results -->\n{text}\n<!-- /results -->"
-    if "<!-- results -->" in body:
-        body = re.sub(r"<!-- results -->.*?<!-- /results -->", lambda _: block, body, flags=re.S)
-    else:
-        body += "\n" + block + "\n"
-    doc.write_text(body)
-
-
 def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(prog="python -m dit_attn.bench_reweighting", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m dit_attn.bench.reweighting", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=None, help="default: shapes:t2i when bundled, else tiny:sd3")
     parser.add_argument("--n", type=int, default=24, help="two-object prompts")
     parser.add_argument("--seeds", type=int, default=2)
     parser.add_argument("--weights", default="0.3,1,3")
     parser.add_argument("--out", default="docs/results/reweighting")
-    parser.add_argument("--doc", default=None, help="markdown file whose results block is rewritten")
+    add_docs_arguments(parser, "docs/reweighting.md")
     args = parser.parse_args(argv)
     weights = [float(w) for w in args.weights.split(",")]
     if any(w < 0 for w in weights):
@@ -160,8 +138,7 @@ def main(argv=None) -> dict:
     data = run(args.model or default_model(), args.n, args.seeds, weights, Path(args.out))
     text = markdown(data)
     print(text)
-    if args.doc:
-        update_doc(Path(args.doc), text)
+    write_docs(args, text)
     return data
 
 

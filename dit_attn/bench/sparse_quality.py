@@ -1,6 +1,6 @@
 """Quality of rectified sparse attention vs dense: per-layer error on captured q/k/v and final-output PSNR/SSIM.
 
-``python -m dit_attn.sparse.quality --model tiny:wan --out DIR``
+``python -m dit_attn.bench.sparse_quality --model tiny:wan --out DIR``
 
 1. Runs the pipeline densely with a capture control that keeps every attention call's q, k, v, mask and layout.
 2. For each captured call RectifiedSparse applies to, and each (variant, sparsity): relative error
@@ -21,9 +21,9 @@ bench`` runs the same protocol (its ``--quick`` run on the first ``quick_samples
 numbers restricted to the same samples next to its own (:func:`restrict_samples`).
 
 Models: ``tiny:<family>`` (``dit_attn.testing`` tiny random-weight pipelines: sd3, flux, wan, hunyuan_video,
-cogvideox), ``shapes:t2v`` / ``shapes:t2i`` (the ShapesWorld models, when ``dit_attn.pipelines.load_shapes``
-exists), or a local diffusers pipeline directory (``DiffusionPipeline.from_pretrained``, never downloads). The
-default is ShapesWorld t2v when available, else ``tiny:wan``. Tiny and ShapesWorld models have 64-192 tokens:
+cogvideox), ``shapes:t2v`` / ``shapes:t2i`` (the bundled ShapesWorld models), or a local diffusers pipeline
+directory (``DiffusionPipeline.from_pretrained``, never downloads). The default is ShapesWorld t2v when installed,
+else ``tiny:wan``. Tiny and ShapesWorld models have 64-192 tokens:
 use small blocks (the default there is 8 / 16) and ``--no-neighbors``, or every block is a neighbour and nothing
 is sparse.
 """
@@ -44,9 +44,11 @@ import dit_attn
 from dit_attn.call import AttentionCall, execute
 from dit_attn.controls.base import Control
 
-from . import sparse_attention
-from .density import density_report
-from .selection import DENSITY_PARTS, VARIANTS
+from dit_attn.sparse import sparse_attention
+from dit_attn.sparse.density import density_report
+from dit_attn.sparse.selection import DENSITY_PARTS, VARIANTS
+
+from .timing import default_model
 
 # The run behind the trained-model quality claim in docs/rectified_sparse.md (samples i use seed i and held-out
 # caption i, so the first n samples of that run are exactly an n-sample run).
@@ -110,7 +112,7 @@ def _load(model: str, steps: int):
         return tiny_pipeline(fam), lambda i, seed: tiny_call_kwargs(fam, steps=steps, seed=seed + i), 8
     if model.startswith("shapes:"):
         from dit_attn.pipelines import load_shapes, shapes_call_kwargs
-        from dit_attn.pipelines.shapes.world import eval_prompts
+        from dit_attn.pipelines.shapes import eval_prompts
 
         kind = model.split(":", 1)[1]
         base = shapes_call_kwargs(kind, steps=steps)
@@ -129,16 +131,8 @@ def _load(model: str, steps: int):
 
 
 def _default_model() -> str:
-    try:
-        from dit_attn.pipelines import shapes_models
-
-        installed = shapes_models()
-    except ImportError:
-        installed = ()
-    for kind in ("t2v", "t2i"):
-        if kind in installed:
-            return f"shapes:{kind}"
-    return "tiny:wan"
+    """ShapesWorld t2v when installed, else t2i, else ``tiny:wan``."""
+    return default_model(("t2v", "t2i"), fallback="tiny:wan")
 
 
 def _frames(result) -> np.ndarray:
@@ -306,7 +300,7 @@ def plot(results: dict, out_dir: Path) -> list[Path]:
 
 
 def main(argv=None) -> dict:
-    ap = argparse.ArgumentParser(prog="python -m dit_attn.sparse.quality", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m dit_attn.bench.sparse_quality", description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default=None, help="tiny:<family>, shapes:t2v|t2i, or a local pipeline directory")
     ap.add_argument("--out", required=True, help="output directory (quality.json, per_layer.png, final.png)")
     ap.add_argument("--sparsities", default="0.5,0.75,0.9")

@@ -1,8 +1,8 @@
 """GPU benchmark of rectified sparse attention (numbers are measured only on a CUDA machine).
 
-``python -m dit_attn.sparse.bench [--shapes hunyuan_720p,wan_480p] [--sparsities 0.5,0.75,0.8,0.9] [--out F.json]``
+``python -m dit_attn.bench.sparse_speed [--shapes hunyuan_720p,wan_480p] [--sparsities 0.5,0.75,0.8,0.9] [--out F.json]``
 
-Per shape it times, with CUDA events after warm-up:
+Per shape it times (:func:`dit_attn.bench.timing.time_ms`: median of Triton's ``do_bench``):
 
 * dense attention: ``torch.nn.functional.scaled_dot_product_attention`` with the cuDNN backend where available
   and FLASH (FA2-class) otherwise; the baseline actually used is written into the JSON;
@@ -28,6 +28,10 @@ import math
 
 import torch
 
+from dit_attn.sparse import make_layout
+
+from .timing import time_ms
+
 SHAPES = {  # name: (grid (T, H, W) after patching, text tokens, heads, head dim)
     "hunyuan_720p": ((33, 45, 80), 256, 24, 128),
     "hunyuan_544p": ((33, 34, 60), 256, 24, 128),
@@ -42,19 +46,6 @@ SHAPES = {  # name: (grid (T, H, W) after patching, text tokens, heads, head dim
 ATTENTION_TARGET = {"shape": "hunyuan_720p", "sparsity": 0.8, "speedup": 3.5}
 E2E_CEILING_TARGET = 0.9
 ATTN_SHARE = {"hunyuan": 0.85, "wan": 0.75, "cogvideox": 0.75, "flux": 0.7}
-
-
-def _time(fn, iters=10, warmup=3) -> float:
-    for _ in range(warmup):
-        fn()
-    torch.cuda.synchronize()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(iters):
-        fn()
-    end.record()
-    torch.cuda.synchronize()
-    return start.elapsed_time(end) / iters  # ms
 
 
 def shape_inputs(grid, n_text, heads, d, dtype, seed=0, device="cuda", local=True):
@@ -75,7 +66,6 @@ def shape_inputs(grid, n_text, heads, d, dtype, seed=0, device="cuda", local=Tru
 
 def shape_layout(name, heads=None, batch=1):
     """The :class:`~dit_attn.layout.Layout` of a :data:`SHAPES` entry (FLUX and CogVideoX put text first)."""
-    from dit_attn.sparse import make_layout
 
     grid, n_text, h, d = SHAPES[name]
     nv = grid[0] * grid[1] * grid[2]
@@ -116,7 +106,7 @@ def bench_shape(name, sparsities, dense_frac, attn_share, dtype=torch.bfloat16):
     n = q.shape[1]
     layout = shape_layout(name)
     dense, baseline = _dense_fn(q, k, v)
-    t_dense = _time(dense)
+    t_dense = time_ms(dense, "cuda")
     flops = 4 * n * n * heads * d
     f = attn_share if attn_share is not None else ATTN_SHARE[name.split("_")[0]]
     rows = []
@@ -126,8 +116,8 @@ def bench_shape(name, sparsities, dense_frac, attn_share, dtype=torch.bfloat16):
         report = density_report(tracked)[0]  # read once, outside the timed region
         rho = report["achieved"]
         control = dit_attn.RectifiedSparse(sparsity=sp)  # timed without the density bookkeeping
-        t_select = _time(lambda: control.prepare(AttentionCall(q, k, v, layout)))
-        t_kernel = _time(lambda: execute(prepared))
+        t_select = time_ms(lambda: control.prepare(AttentionCall(q, k, v, layout)), "cuda")
+        t_kernel = time_ms(lambda: execute(prepared), "cuda")
         t_sparse = t_select + t_kernel
         ratio = (1 - dense_frac) * (t_sparse / t_dense) + dense_frac
         e2e = 1 / ((1 - f) + f * ratio)
@@ -149,7 +139,7 @@ def bench_shape(name, sparsities, dense_frac, attn_share, dtype=torch.bfloat16):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(prog="python -m dit_attn.sparse.bench", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m dit_attn.bench.sparse_speed", description=__doc__.split("\n\n")[0])
     ap.add_argument("--shapes", default="hunyuan_720p,wan_480p", help=f"comma list of {', '.join(SHAPES)}")
     ap.add_argument("--sparsities", default="0.5,0.75,0.8,0.9")
     ap.add_argument("--dense-frac", type=float, default=0.0, help="fraction w of attention calls kept dense")
@@ -157,7 +147,7 @@ def main(argv=None):
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
     if not torch.cuda.is_available():
-        raise SystemExit("dit_attn.sparse.bench needs a CUDA GPU (numbers are never simulated on CPU)")
+        raise SystemExit("dit_attn.bench.sparse_speed needs a CUDA GPU (numbers are never simulated on CPU)")
     shapes = [s for s in args.shapes.split(",") if s]
     unknown = [s for s in shapes if s not in SHAPES]
     if unknown:

@@ -5,8 +5,9 @@
 * :mod:`~dit_attn.conditions.keywords`: keyword → text-token positions via tokenizer offsets;
 * :mod:`~dit_attn.conditions.tokens`: VAE encoding and packing, position ids, PAA alignment;
 * :mod:`~dit_attn.conditions.cache`: the per-layer condition K/V cache;
-* :mod:`~dit_attn.conditions.adapters`: which LoRA adapters are active in write and denoising passes;
-* :mod:`~dit_attn.conditions.train`: LoRA condition-adapter training (CSAS), ``add_cli`` for
-  ``dit-attn train-conditions``;
-* :mod:`~dit_attn.conditions.bench`: attention-module time and memory vs number of conditions.
+* :mod:`~dit_attn.conditions.adapters`: which LoRA adapters are active in write and denoising passes.
+
+Training condition adapters (``dit-attn train-conditions``) and measuring their fidelity on ShapesWorld live a
+layer up, with the data they need: :mod:`dit_attn.pipelines.conditions`; the time and memory benchmark is
+:mod:`dit_attn.bench.conditions`.
 """

@@ -16,10 +16,8 @@ import os
 
 
 def _tuner_layers(model):
-    try:
-        from peft.tuners.tuners_utils import BaseTunerLayer
-    except ImportError:
-        return []
+    from peft.tuners.tuners_utils import BaseTunerLayer  # peft is a dependency: condition adapters are LoRA layers
+
     return [m for m in model.modules() if isinstance(m, BaseTunerLayer)]
 
 
@@ -129,7 +127,7 @@ def adapter_config_path(weights_path: str) -> str:
 
 def load_condition_adapter(transformer, weights_path: str, adapter_name: str | None = None,
                            config: dict | None = None) -> str:
-    """Load a condition adapter saved by :func:`dit_attn.conditions.train.train` onto ``transformer``.
+    """Load a condition adapter saved by :func:`dit_attn.pipelines.conditions.train.train` onto ``transformer``.
 
     ``weights_path``: the adapter's ``.safetensors`` (peft state dict); its LoRA settings (``rank``, ``alpha``,
     ``target_modules``) come from ``config`` or the ``.json`` beside it. ``adapter_name`` defaults to the file

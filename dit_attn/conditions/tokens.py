@@ -101,11 +101,9 @@ def aligned_index(image_grid, cond_grid, device=None) -> torch.Tensor:
 
 def _to_pixels(image, height: int, width: int, what: str) -> torch.Tensor:
     """A PIL image, or a tensor in [-1, 1] (``[3, H, W]`` or ``[B, 3, H, W]``), as ``[B, 3, height, width]``."""
-    try:
-        from PIL import Image
-    except ImportError:  # pragma: no cover - pillow is a dependency
-        Image = None
-    if Image is not None and isinstance(image, Image.Image):
+    from PIL import Image
+
+    if isinstance(image, Image.Image):
         import numpy as np
 
         arr = np.asarray(image.convert("RGB"), dtype=np.float32) / 127.5 - 1.0

@@ -9,7 +9,8 @@ from __future__ import annotations
 import dataclasses
 import importlib
 
-# name in configs -> (module, class). Modules are imported lazily so a missing optional control never breaks others.
+# name in configs -> (module, class). Imported on first use, so that reading a config stays cheap; every control is
+# part of every install, so a control that fails to import is a broken module and the error is raised as it is.
 REGISTRY = {
     "entropy": ("dit_attn.controls.entropy", "EntropyScale"),
     "emphasis": ("dit_attn.controls.emphasis", "Emphasis"),
@@ -19,20 +20,14 @@ REGISTRY = {
 
 
 def available_controls() -> dict[str, type]:
-    """The control classes that are importable, by config name (the names job files and the UI use).
+    """The control classes, by config name (the names job files and the UI use).
 
     Example::
 
         >>> sorted(available_controls())
         ['emphasis', 'entropy', 'softpag', 'sparse']
     """
-    found = {}
-    for name, (module, cls) in REGISTRY.items():
-        try:
-            found[name] = getattr(importlib.import_module(module), cls)
-        except (ImportError, AttributeError):
-            continue
-    return found
+    return {name: getattr(importlib.import_module(module), cls) for name, (module, cls) in REGISTRY.items()}
 
 
 def controls_from_config(config: dict | None) -> list:

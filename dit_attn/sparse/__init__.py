@@ -5,8 +5,8 @@
 * :mod:`dit_attn.sparse.selection`: pooled estimate, critical blocks, LUT (tensor code, compile-safe);
 * :mod:`dit_attn.sparse.rectify`: GAPR test, R and C;
 * :mod:`dit_attn.sparse.reference`: a float64 loop-by-loop reference of the whole algorithm;
-* ``python -m dit_attn.sparse.quality``: per-layer error and final PSNR/SSIM of each variant vs dense;
-* ``python -m dit_attn.sparse.bench``: GPU speed benchmark (dense SDPA vs sparse, Amdahl ceiling).
+* ``python -m dit_attn.bench.sparse_quality``: per-layer error and final PSNR/SSIM of each variant vs dense;
+* ``python -m dit_attn.bench.sparse_speed``: GPU speed benchmark (dense SDPA vs sparse, Amdahl ceiling).
 
 The user-facing control is :class:`dit_attn.RectifiedSparse`; :func:`sparse_attention` runs it on bare tensors.
 """

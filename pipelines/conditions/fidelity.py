@@ -1,6 +1,6 @@
 """Condition fidelity of trained adapters on ShapesWorld, per attention mode, and adapter convergence curves.
 
-``python -m dit_attn.conditions.fidelity`` generates with the bundled ShapesWorld ``flux`` model on held-out
+``python -m dit_attn.pipelines.conditions.fidelity`` generates with the bundled ShapesWorld ``flux`` model on held-out
 condition scenes and scores every image with the exact evaluator (:func:`dit_attn.pipelines.shapes.score_conditions`):
 
 * **spatial** (edge maps through the ``edges`` adapter): edge F1 (1-pixel tolerance; ``--tolerance``) and
@@ -25,7 +25,7 @@ F1 of a few pka generations.
 
 Example (about a minute on one CPU thread)::
 
-    >>> from dit_attn.conditions.fidelity import fidelity
+    >>> from dit_attn.pipelines.conditions.fidelity import fidelity
     >>> from dit_attn.pipelines import load_shapes
     >>> scores = fidelity(load_shapes("flux"), condition="edge", modes=("none", "pka"), n=4)
     >>> sorted(scores["pka"])[:2]
@@ -157,7 +157,7 @@ def score(images: Sequence[np.ndarray], scenes: Sequence, tolerance: int = 1,
     accuracy of ``images``. ``drawings`` (hand drawings of the scenes, :func:`edge_drawings`): edge F1 and mask IoU
     against the drawn silhouettes (their one-pixel outline and fill: what following the drawing means) instead of
     the scenes' own."""
-    from dit_attn.pipelines.shapes.evaluate import aggregate, score_conditions, score_image
+    from dit_attn.pipelines.shapes.scoring import aggregate, score_conditions, score_image
 
     drawn = drawings if drawings is not None else [None] * len(images)
     cond = aggregate([score_conditions(img, s, tolerance=tolerance,
@@ -188,7 +188,7 @@ def swapped_references(scenes: Sequence) -> list[str]:
 
 def drawn_subject(image: np.ndarray) -> Optional[str]:
     """The subject whose sprite matches best anywhere in ``image``, or None when none reaches the evaluator's
-    :data:`~dit_attn.pipelines.shapes.evaluate.SUBJECT_THRESHOLD`.
+    :data:`~dit_attn.pipelines.shapes.scoring.SUBJECT_THRESHOLD`.
 
     Example (a ground-truth render of a subject scene, and a blank image)::
 
@@ -197,7 +197,7 @@ def drawn_subject(image: np.ndarray) -> Optional[str]:
         >>> drawn_subject(render_image(scene)) == scene.subject, drawn_subject(np.zeros((64, 64, 3), np.uint8))
         (True, None)
     """
-    from dit_attn.pipelines.shapes.evaluate import SUBJECT_THRESHOLD, find_subject
+    from dit_attn.pipelines.shapes.scoring import SUBJECT_THRESHOLD, find_subject
     from dit_attn.pipelines.shapes.geometry import SUBJECTS
 
     m = find_subject(image, SUBJECTS[0])  # scores every subject; the argument only decides what `present` means
@@ -271,7 +271,7 @@ def fidelity(pipe, condition: str = "edge", modes: Sequence[str] = MODES, n: int
     silhouettes; ``tolerance``: of the edge F1, in pixels."""
     from tqdm.auto import tqdm
 
-    from .adapters import load_condition_adapter
+    from dit_attn.conditions.adapters import load_condition_adapter
 
     bad = [m for m in modes if m not in MODES]
     if bad:
@@ -341,7 +341,7 @@ def convergence_curves(runs: Sequence[str], pipe_loader, n_loss: int = 32, n_gen
     """``{run: [{"step", "val_loss", "edge_f1", ...}]}`` for every checkpoint of each adapter training run."""
     from tqdm.auto import tqdm
 
-    from .adapters import load_condition_adapter
+    from dit_attn.conditions.adapters import load_condition_adapter
     from .train import TrainConfig
 
     curves = {}
@@ -390,7 +390,7 @@ def plot_curves(curves: dict[str, list[dict]], path: str, labels: Optional[dict[
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m dit_attn.conditions.fidelity", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m dit_attn.pipelines.conditions.fidelity", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--condition", choices=sorted(ADAPTERS), nargs="+", default=["edge", "subject"])
     p.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
@@ -428,7 +428,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                                           local_files_only=True)
             pipe.set_progress_bar_config(disable=True)
             if adapters:
-                from .adapters import load_condition_adapters
+                from dit_attn.conditions.adapters import load_condition_adapters
 
                 load_condition_adapters(pipe.transformer, os.path.join(a.model, "adapters"))
             return pipe

@@ -21,7 +21,7 @@ or a folder with ``metadata.jsonl`` lines ``{"image": ..., "condition": ..., "ca
 Example (tiny offline pipeline; real runs use ``dit-attn train-conditions``)::
 
     >>> import tempfile
-    >>> from dit_attn.conditions.train import TrainConfig, train
+    >>> from dit_attn.pipelines.conditions.train import TrainConfig, train
     >>> from dit_attn.testing import tiny_pipeline
     >>> out = tempfile.mkdtemp()
     >>> result = train(TrainConfig(output_dir=out, steps=2, batch_size=1, size=32), pipe=tiny_pipeline("flux"))
@@ -39,7 +39,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from ..checkpoint import load_optimizer_tensors, optimizer_tensors
+from dit_attn.checkpoint import load_optimizer_tensors, optimizer_tensors
 from dit_attn.pipelines.loading import dtype_kwargs
 
 SAMPLINGS = ("csas", "logit_normal")
@@ -259,7 +259,7 @@ def add_condition_adapter(transformer, config: TrainConfig) -> list[torch.nn.Par
     """Add a peft LoRA adapter named ``config.adapter_name``; freeze everything else. Returns the trainable params."""
     from peft import LoraConfig
 
-    from .adapters import mark_latent_adapter
+    from dit_attn.conditions.adapters import mark_latent_adapter
 
     transformer.requires_grad_(False)
     if config.adapter_name not in (getattr(transformer, "peft_config", None) or {}):
@@ -335,7 +335,7 @@ class ConditionTrainer:
 
     @torch.no_grad()
     def _latent_tokens(self, pixels):
-        from .tokens import ConditionTokens
+        from dit_attn.conditions.tokens import ConditionTokens
 
         vae = self.pipe.vae
         lat = vae.encode(pixels.to(vae.device, vae.dtype)).latent_dist.mode()
@@ -352,8 +352,8 @@ class ConditionTrainer:
     def loss(self, batch, generator: torch.Generator, model=None, t: torch.Tensor | None = None) -> torch.Tensor:
         """The flow-matching loss of one batch; ``generator`` fixes the noise and the noise levels (``t``: given
         noise levels ``[B]`` instead of sampled ones, e.g. for a validation loss at fixed levels)."""
-        from .keywords import keyword_weights
-        from .tokens import ConditionTokens, spatial_ids, subject_ids
+        from dit_attn.conditions.keywords import keyword_weights
+        from dit_attn.conditions.tokens import ConditionTokens, spatial_ids, subject_ids
 
         cfg, model = self.config, model if model is not None else self.transformer
         x0 = batch["image_latents"] if "image_latents" in batch else self._latent_tokens(batch["image"])
@@ -453,7 +453,7 @@ def load_or_build_latent_cache(trainer: ConditionTrainer, dataset, config: Train
 
 
 def _cached_batch(cache: dict, ids: list[int], device, dtype) -> dict:
-    from .tokens import ConditionTokens
+    from dit_attn.conditions.tokens import ConditionTokens
 
     index = torch.tensor(ids)
     return {"image_latents": ConditionTokens(cache["image"][index].to(device, dtype), tuple(cache["grids"]["image"])),
@@ -500,7 +500,7 @@ def save_checkpoint(accelerator, model, optimizer, config: TrainConfig, folder: 
 
         >>> import os, tempfile, torch
         >>> from accelerate import Accelerator
-        >>> from dit_attn.conditions.train import TrainConfig, add_condition_adapter, load_checkpoint, save_checkpoint
+        >>> from dit_attn.pipelines.conditions.train import TrainConfig, add_condition_adapter, load_checkpoint, save_checkpoint
         >>> from dit_attn.testing import tiny_transformer
         >>> model, config = tiny_transformer("flux"), TrainConfig(output_dir="unused", rank=4)
         >>> params = add_condition_adapter(model, config)
@@ -687,13 +687,9 @@ def _load_pipeline(name: str):
 
         return tiny_pipeline("flux")
     if name == "shapes-flux":
-        from dit_attn import pipelines
+        from dit_attn.pipelines import load_shapes
 
-        loader = getattr(pipelines, "load_shapes", None)
-        if loader is None:
-            raise ValueError("the ShapesWorld flux model is not available yet (dit_attn.pipelines.load_shapes); "
-                             "pass --pipeline PATH to a FLUX-architecture diffusers folder")
-        return loader("flux", adapters=False)  # train a new adapter on the base model alone
+        return load_shapes("flux", adapters=False)  # train a new adapter on the base model alone
     from diffusers import DiffusionPipeline
 
     # float32: weights stored in half precision would otherwise train in half precision (slow and lossy on CPU).

@@ -19,7 +19,7 @@ from typing import Optional
 import torch
 
 from .models import KINDS, PIPELINE_CLASSES
-from dit_attn.pipelines.loading import dtype_kwargs
+from dit_attn.pipelines.compat import dtype_kwargs
 
 MODELS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "models")
 _TRAIN_COMMAND = ("python -m dit_attn.pipelines.shapes.train --kind {kind} "

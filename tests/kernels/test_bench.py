@@ -4,7 +4,7 @@ import json
 
 import torch
 
-from dit_attn.kernels import bench
+from dit_attn.bench import kernels as bench
 
 
 def test_bench_small_cpu(tmp_path, monkeypatch, capsys):

@@ -38,7 +38,7 @@ def test_roofline_doctest():
 
 
 def test_roofline_bench_rows():
-    from dit_attn.kernels.bench import REAL_SHAPES
+    from dit_attn.kernels.roofline import REAL_SHAPES
 
     rows = roofline.bench_predictions(measured=[dict(shape="flux", variant="ours_dense", ms=1.5)])
     assert {r["shape"] for r in rows} == set(REAL_SHAPES)

@@ -100,7 +100,7 @@ def test_image_follows_the_drawing():
 
 
 def test_fidelity_scores_hand_drawings_against_the_drawn_silhouettes():
-    from dit_attn.conditions import fidelity as FID
+    from dit_attn.pipelines.conditions import fidelity as FID
 
     scenes = FID.heldout_scenes("edge", 4)
     drawings = FID.edge_drawings(scenes, "hand")

@@ -9,7 +9,7 @@ import torch
 
 pytest.importorskip("peft")  # a core dependency; the import is the adapter loader's
 
-from dit_attn.conditions import fidelity as FID  # noqa: E402
+from dit_attn.pipelines.conditions import fidelity as FID  # noqa: E402
 from dit_attn.conditions.adapters import adapter_names  # noqa: E402
 from dit_attn.pipelines.shapes import bundled  # noqa: E402
 from dit_attn.pipelines.shapes.generate import shapes_call_kwargs  # noqa: E402
@@ -71,7 +71,7 @@ def test_subject_adapter_runs_in_every_mode(flux):
 
 
 def test_convergence_curves_score_every_checkpoint(tmp_path):
-    from dit_attn.conditions.train import TrainConfig, train
+    from dit_attn.pipelines.conditions.train import TrainConfig, train
 
     out = str(tmp_path / "run")
     pipe = bundled.load_shapes("flux", adapters=False)
