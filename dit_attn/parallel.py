@@ -1,4 +1,4 @@
-"""Controls under diffusers' context parallelism: Ulysses exact, ring refused by name.
+"""Controls under diffusers' context parallelism (Ulysses and ring), exact or refused by name.
 
 With ``transformer.enable_parallelism(config=ContextParallelConfig(ulysses_degree=N))`` diffusers splits the
 token sequence of the transformer's inputs over N processes, and every attention call does an all-to-all that
@@ -15,8 +15,12 @@ does not split, like Wan's text, arrive whole on every process and are taken onc
 single-process order, with the global index of each local head (:attr:`~dit_attn.layout.Layout.head_offset`),
 so every control computes exactly what it computes on one process.
 
-Ring attention never holds the whole key sequence on one process (keys arrive in chunks, merged through their
-log-sum-exps), so controls are refused there with an error that names ring and points to Ulysses.
+Ring attention keeps each process's queries and brings the keys and values to it; diffusers' ring gathers every
+process's keys and values up front and merges per-chunk results through their log-sum-exps. For controls that
+act per key (a key bias, a logit scale: Emphasis, EntropyScale), dit_attn gathers the keys and values the same way
+(the same memory), puts them in single-process order and attends once with the controls: exact. Controls that
+need the queries and keys in one order (SoftPAG's per-query targets, rectified sparse blocks, condition caches)
+are refused there by name, with a pointer to Ulysses.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .controls.base import PassThrough, Recorder
 from .layout import segments
 
 #: Segments that come from the encoder side of a model (``encoder_hidden_states``); the others come from the
@@ -33,8 +38,9 @@ ENCODER_SEGMENTS = ("text", "image_context")
 
 
 @dataclass(frozen=True)
-class Ulysses:
-    """This process's place in a Ulysses group: ``rank`` of ``world``, and which inputs diffusers splits."""
+class Shard:
+    """This process's place in a context-parallel group: ``rank`` of ``world``, and which inputs diffusers
+    splits."""
 
     rank: int
     world: int
@@ -49,30 +55,38 @@ class Ulysses:
 
 
 def mode(parallel_config) -> str | None:
-    """``"ulysses"``, ``"ring"`` (ring or ring + Ulysses) or ``None`` for no context parallelism."""
+    """``"ulysses"``, ``"ring"``, ``"unified"`` (both) or ``None`` for no context parallelism."""
     cp = getattr(parallel_config, "context_parallel_config", None)
     if cp is None:
         return None
     if (cp.ring_degree or 1) > 1:
-        return "ring"
+        return "unified" if (cp.ulysses_degree or 1) > 1 else "ring"
     if (cp.ulysses_degree or 1) > 1:
         return "ulysses"
     return None
 
 
-def ulysses_of(transformer: torch.nn.Module, parallel_config, controls: list = ()) -> Ulysses:
-    """The :class:`Ulysses` facts of ``transformer`` under ``parallel_config`` (Ulysses degree > 1); refuses
-    ``controls`` that change attention under uneven splits."""
+def text_is_split(transformer: torch.nn.Module, parallel_config, controls: list = ()) -> bool:
+    """Whether ``transformer``'s ``_cp_plan`` splits its text over processes; refuses ``controls`` that change
+    attention under uneven splits (``ulysses_anything`` / ``ring_anything``)."""
     cp = parallel_config.context_parallel_config
-    changing = sorted({type(c).__name__ for c in controls if not c.ring_parallel})
-    if getattr(cp, "ulysses_anything", False) and changing:
+    changing = sorted({type(c).__name__ for c in controls if not isinstance(c, (PassThrough, Recorder))})
+    uneven = [name for name in ("ulysses_anything", "ring_anything") if getattr(cp, name, False)]
+    if uneven and changing:
         raise NotImplementedError(
-            f"{', '.join(changing)}: dit_attn controls support diffusers' Ulysses context parallelism with even "
-            "splits; ContextParallelConfig(ulysses_anything=True) (uneven heads or tokens) is not supported yet: "
-            "use a sequence length and head count divisible by ulysses_degree")
+            f"{', '.join(changing)}: dit_attn controls support diffusers' context parallelism with even splits; "
+            f"ContextParallelConfig({uneven[0]}=True) (uneven heads or tokens) is not supported yet: use a "
+            "sequence length and head count divisible by the degree")
     plan = getattr(transformer, "_cp_plan", None) or {}
-    text_split = any(isinstance(inputs, dict) and "encoder_hidden_states" in inputs for inputs in plan.values())
-    return Ulysses(rank=int(cp._ulysses_local_rank), world=int(cp.ulysses_degree), text_split=text_split)
+    return any(isinstance(inputs, dict) and "encoder_hidden_states" in inputs for inputs in plan.values())
+
+
+def shard_of(parallel_config, text_split: bool) -> Shard:
+    """This process's :class:`Shard` in the Ulysses or the ring group of ``parallel_config``."""
+    cp = parallel_config.context_parallel_config
+    if mode(parallel_config) == "ring":
+        return Shard(rank=int(cp._ring_local_rank), world=int(cp.ring_degree), text_split=text_split)
+    return Shard(rank=int(cp._ulysses_local_rank), world=int(cp.ulysses_degree), text_split=text_split)
 
 
 @dataclass(frozen=True)
@@ -90,7 +104,7 @@ class ShardPlan:
     scatter: torch.Tensor | None
 
 
-def shard_plan(local_segments: dict, shard: Ulysses, device) -> ShardPlan:
+def shard_plan(local_segments: dict, shard: Shard, device) -> ShardPlan:
     """The :class:`ShardPlan` for one side (queries or keys) whose local segments are ``local_segments``."""
     order = sorted(local_segments, key=lambda name: local_segments[name][0])
     local = {name: local_segments[name][1] - local_segments[name][0] for name in order}
@@ -109,6 +123,10 @@ def shard_plan(local_segments: dict, shard: Ulysses, device) -> ShardPlan:
         gather[scatter[position]] = position
     as_index = lambda values: torch.tensor(values, dtype=torch.long, device=device)  # noqa: E731
     return ShardPlan(global_segments, as_index(gather), as_index(scatter))
+
+
+#: The plan of a sequence that is already in single-process order (a ring process's own queries).
+IN_ORDER = ShardPlan({}, None, None)
 
 
 def to_single_order(x: torch.Tensor, plan: ShardPlan, dim: int = 1) -> torch.Tensor:
@@ -154,8 +172,25 @@ def ulysses_attention(query, key, value, attn_mask, scale, parallel_config, atte
         forward_op=forward_op, backward_op=backward_op, _parallel_config=parallel_config)
 
 
+def gather_keys(x: torch.Tensor, parallel_config, dim: int = 1) -> torch.Tensor:
+    """Every process's ``x`` of the ring group, concatenated along ``dim`` in rank order (as diffusers' ring
+    gathers its key/value buffer)."""
+    import torch.distributed._functional_collectives as funcol
+
+    group = parallel_config.context_parallel_config._ring_mesh.get_group()
+    gathered = funcol.all_gather_tensor(x.movedim(dim, 0).contiguous(), gather_dim=0, group=group)
+    return funcol.wait_tensor(gathered).movedim(0, dim)
+
+
 def refuse_ring(names: list[str], where: str) -> None:
     raise NotImplementedError(
-        f"{', '.join(names)} cannot run under diffusers' ring attention ({where}): ring attention never holds the "
-        "whole key sequence on one process. Use Ulysses context parallelism "
-        "(ContextParallelConfig(ulysses_degree=N)), where every dit_attn control is exact, or attach no control")
+        f"{', '.join(names)} cannot run under diffusers' ring attention ({where}): no process holds the queries "
+        "and keys of the whole sequence in one order there (dit_attn runs per-key controls such as Emphasis and "
+        "EntropyScale under ring). Use Ulysses context parallelism (ContextParallelConfig(ulysses_degree=N)), "
+        "where every dit_attn control but MultiCondition is exact")
+
+
+def refuse_unified(names: list[str], where: str) -> None:
+    raise NotImplementedError(
+        f"{', '.join(names)} cannot run under diffusers' unified (ring + Ulysses) attention ({where}) yet; use "
+        "ContextParallelConfig(ulysses_degree=N) alone")

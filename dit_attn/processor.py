@@ -106,7 +106,7 @@ class DitAttnProcessor:
         self._warned_unrouted = False
         # Set by build_processors when the transformer already had context parallelism (the forward hook then
         # runs outside diffusers' input split and sees the whole sequence); see dit_attn.parallel.
-        self._ulysses_text_split: bool | None = None
+        self._cp_text_split: bool | None = None
         call = type(stock).__call__
         self._routed = _routed_call(type(stock))
         self._params = routing.parameter_names(call)[1:]  # after ``self``
@@ -183,8 +183,8 @@ class DitAttnProcessor:
         kind = self.site.kind if self.site is not None else None
         state = self.state_box.current
         text_len = None
-        if parallel.mode(parallel_config) == "ulysses" and self._ulysses_text_split and state.text_len:
-            text_len = state.text_len // parallel_config.context_parallel_config.ulysses_degree  # this process's share
+        if parallel.mode(parallel_config) is not None and self._cp_text_split and state.text_len:
+            text_len = parallel.shard_of(parallel_config, True).part(state.text_len)  # this process's share
         described = self.family.describe(kind, frame[1], frame[2], ordinal, q.shape[1], k.shape[1], state,
                                          text_len=text_len)
         layout = Layout(
@@ -216,54 +216,62 @@ class DitAttnProcessor:
         return out
 
     def _attend_parallel(self, call: AttentionCall, stock, cp_mode: str) -> torch.Tensor:
-        """Under diffusers' context parallelism: controls act inside the Ulysses all-to-all, where this process
-        holds the whole sequence for its heads, in single-process token order (:mod:`dit_attn.parallel`)."""
+        """Under diffusers' context parallelism the controls see the whole sequence in single-process token order
+        (:mod:`dit_attn.parallel`): Ulysses inside its all-to-all (this process's heads), ring with the keys and
+        values of every process gathered (this process's queries)."""
         where = self.site.module_name if self.site else "this module"
-        if cp_mode == "ring":
-            active = [c for c in self.controls if c.applies_to(call.layout)]
-            refused = sorted({type(c).__name__ for c in active if not c.ring_parallel})
-            if refused:
-                parallel.refuse_ring(refused, where)
-            return self._controlled(call, active, stock, (call.query, call.key, call.value))
-        if self._ulysses_text_split is None:
+        if self._cp_text_split is None:
             if not any(c.applies_to(call.layout) for c in self.controls):
                 return stock()
             raise RuntimeError(
                 f"{where}: context parallelism was enabled after dit_attn was attached, so dit_attn sees one "
                 "process's part of the inputs; call transformer.enable_parallelism(...) first, then attach")
-        cp = call.parallel_config.context_parallel_config
-        shard = parallel.Ulysses(rank=int(cp._ulysses_local_rank), world=int(cp.ulysses_degree),
-                                 text_split=self._ulysses_text_split)
-        queries = parallel.shard_plan(call.layout.query_segments, shard, call.query.device)
+        shard = parallel.shard_of(call.parallel_config, self._cp_text_split)
         keys = parallel.shard_plan(call.layout.key_segments, shard, call.query.device)
-        heads = call.query.shape[2] // shard.world
-        layout = replace(call.layout, query_segments=queries.global_segments, key_segments=keys.global_segments,
-                         heads=heads, head_offset=shard.rank * heads, total_heads=call.query.shape[2])
+        if cp_mode == "ulysses":
+            queries = parallel.shard_plan(call.layout.query_segments, shard, call.query.device)
+            heads = call.query.shape[2] // shard.world
+            layout = replace(call.layout, query_segments=queries.global_segments, key_segments=keys.global_segments,
+                             heads=heads, head_offset=shard.rank * heads, total_heads=call.query.shape[2])
+        else:  # ring: this process's queries against every key
+            layout = replace(call.layout, key_segments=keys.global_segments)
         active = [c for c in self.controls if c.applies_to(layout)]
         if not active:
             return stock()
-        refused = sorted({type(c).__name__ for c in active if not c.context_parallel})
-        if refused:
+        refused = sorted({type(c).__name__ for c in active
+                          if not (c.context_parallel if cp_mode == "ulysses" else c.ring_parallel)})
+        if refused and cp_mode == "ulysses":
             raise NotImplementedError(
                 f"{', '.join(refused)} cannot run under diffusers' context parallelism yet ({where}); generate on "
                 "one process, or leave it out")
+        if cp_mode == "unified":
+            parallel.refuse_unified(sorted({type(c).__name__ for c in active}), where)
+        if refused:
+            parallel.refuse_ring(refused, where)
 
-        def attend(q, k, v, mask):  # gathered order, this process's heads
+        def attend(q, k, v, mask, q_plan):
+            """Controls and attention on single-process-order keys (and queries, for Ulysses)."""
             def stock_here():
                 out = dispatch_attention_fn(q, k, v, attn_mask=mask, dropout_p=0.0, is_causal=False,
                                             scale=call.scale, backend=call.backend)
-                return parallel.to_single_order(out, queries)
+                return parallel.to_single_order(out, q_plan)
 
             single = AttentionCall(
-                parallel.to_single_order(q, queries), parallel.to_single_order(k, keys),
+                parallel.to_single_order(q, q_plan), parallel.to_single_order(k, keys),
                 parallel.to_single_order(v, keys), layout,
-                attn_mask=parallel.mask_to_single_order(mask, queries, keys, q.shape[1], k.shape[1]),
+                attn_mask=parallel.mask_to_single_order(mask, q_plan, keys, q.shape[1], k.shape[1]),
                 scale=call.scale, backend=call.backend)
             out = self._controlled(single, active, stock_here, (single.query, single.key, single.value))
-            return parallel.to_gathered_order(out, queries)
+            return parallel.to_gathered_order(out, q_plan)
 
-        return parallel.ulysses_attention(call.query, call.key, call.value, call.attn_mask, call.scale,
-                                          call.parallel_config, attend)
+        if cp_mode == "ulysses":
+            return parallel.ulysses_attention(call.query, call.key, call.value, call.attn_mask, call.scale,
+                                              call.parallel_config, lambda q, k, v, m: attend(q, k, v, m, queries))
+        mask = call.attn_mask
+        if mask is not None and mask.shape[-1] == call.key.shape[1] and mask.shape[-1] > 1:
+            mask = parallel.gather_keys(mask, call.parallel_config, dim=-1)
+        k, v = (parallel.gather_keys(t, call.parallel_config) for t in (call.key, call.value))
+        return attend(call.query, k, v, mask, parallel.IN_ORDER)
 
     def _takes_over(self, active: list) -> bool:
         """Whether :meth:`_run` must run even for an unchanged call (a subclass that attends differently)."""
@@ -360,32 +368,36 @@ def build_processors(transformer: torch.nn.Module, controls: list, state: StateB
         site = LayerSite(s.module_name, s.block_list, s.block_index, offsets[s.block_list] + s.block_index, total,
                          s.tokens)
         processor = DitAttnProcessor(family, current, controls, site, state)
-        processor._ulysses_text_split = text_split
+        processor._cp_text_split = text_split
         processors[f"{s.module_name}.processor"] = processor
     return processors
 
 
 def _prepare_context_parallel(transformer: torch.nn.Module, controls: list) -> bool | None:
-    """For a transformer with diffusers' context parallelism enabled: refuse controls ring attention cannot run
-    (at attach time, not mid-generation), and make dit_attn's forward hook the outermost one, so it sees the
-    whole inputs before diffusers splits them. Returns whether the model splits its text over processes
-    (``None`` without Ulysses parallelism)."""
+    """For a transformer with diffusers' context parallelism enabled: refuse controls the kind of parallelism
+    cannot run (at attach time, not mid-generation), and make dit_attn's forward hook the outermost one, so it
+    sees the whole inputs before diffusers splits them. Returns whether the model splits its text over processes
+    (``None`` without context parallelism)."""
     from .state import HOOK_NAME
 
     config = getattr(transformer, "_parallel_config", None)
     cp_mode = parallel.mode(config)
-    if cp_mode == "ring":
-        refused = sorted({type(c).__name__ for c in controls if not c.ring_parallel})
-        if refused:
-            parallel.refuse_ring(refused, type(transformer).__name__)
-    if cp_mode != "ulysses":
+    if cp_mode is None:
         return None
+    where = type(transformer).__name__
+    if cp_mode != "ulysses":
+        refused = sorted({type(c).__name__ for c in controls if not c.ring_parallel})
+        if cp_mode == "unified":
+            refused = sorted({type(c).__name__ for c in controls
+                              if not isinstance(c, (parallel.PassThrough, parallel.Recorder))})
+        if refused:
+            (parallel.refuse_ring if cp_mode == "ring" else parallel.refuse_unified)(refused, where)
     registry = getattr(transformer, "_diffusers_hook", None)
     if registry is not None and registry.get_hook(HOOK_NAME) is not None and registry._hook_order[-1] != HOOK_NAME:
         hook = registry.get_hook(HOOK_NAME)
         registry.remove_hook(HOOK_NAME, recurse=False)
         registry.register_hook(hook, HOOK_NAME)
-    return parallel.ulysses_of(transformer, config, controls).text_split
+    return parallel.text_is_split(transformer, config, controls)
 
 
 def make_processors(target, *controls) -> dict:

@@ -87,6 +87,7 @@ CONTROLS = {
     "sparse": lambda inputs: [dit_attn.RectifiedSparse(sparsity=0.5, block_size=8)],
     "emphasis": _emphasis,
     "softpag": lambda inputs: [dit_attn.SoftPAG("0:0,3;1:1,2", strength=0.7, scale=2.0)],
+    "keywise": lambda inputs: [*_emphasis(inputs), dit_attn.EntropyScale(train_tokens=16)],
     "all": lambda inputs: [*_emphasis(inputs), dit_attn.EntropyScale(train_tokens=16),
                            dit_attn.RectifiedSparse(sparsity=0.5, block_size=8)],
 }
@@ -97,20 +98,20 @@ def _forward(model, inputs, controls):
         return model(**inputs, return_dict=False)[0]
 
 
-def run_case(family: str, control: str) -> dict:
-    """``error``: parallel vs single process; ``effect``: the controls' change on one process (so a control
-    that silently did nothing cannot pass)."""
+def run_case(family: str, control: str, kind: str = "ulysses") -> dict:
+    """``error``: parallel (``kind``: Ulysses or ring, degree = the process count) vs single process; ``effect``:
+    the controls' change on one process (so a control that silently did nothing cannot pass)."""
     torch.manual_seed(SEED)
     model, inputs = MODELS[family]()
     model.eval()
     plain = _forward(model, inputs, [])
     expected = _forward(model, inputs, CONTROLS[control](inputs))
-    model.enable_parallelism(config=ContextParallelConfig(ulysses_degree=dist.get_world_size()))
+    model.enable_parallelism(config=ContextParallelConfig(**{f"{kind}_degree": dist.get_world_size()}))
     got = _forward(model, inputs, CONTROLS[control](inputs))
     return {"error": float((got - expected).abs().max()), "effect": float((expected - plain).abs().max())}
 
 
-def run_pipeline(family: str, control: str) -> dict:
+def run_pipeline(family: str, control: str, kind: str = "ulysses") -> dict:
     """A whole tiny pipeline (CFG, several steps): step index, batch roles and the pipeline-level parts of
     Emphasis and SoftPAG under parallelism."""
     from dit_attn.testing import tiny_call_kwargs, tiny_pipeline
@@ -123,10 +124,13 @@ def run_pipeline(family: str, control: str) -> dict:
             return torch.as_tensor(pipe(**kwargs())[0])
 
     plain = generate([])
-    controls = lambda: [dit_attn.Emphasis(), dit_attn.SoftPAG("0:0;1:1", strength=0.8, scale=2.0),  # noqa: E731
-                        dit_attn.RectifiedSparse(sparsity=0.5, block_size=8)]
+    if kind == "ring":  # the per-key controls, the ones ring attention runs
+        controls = lambda: [dit_attn.Emphasis(), dit_attn.EntropyScale(train_tokens=16)]  # noqa: E731
+    else:
+        controls = lambda: [dit_attn.Emphasis(), dit_attn.SoftPAG("0:0;1:1", strength=0.8, scale=2.0),  # noqa: E731
+                            dit_attn.RectifiedSparse(sparsity=0.5, block_size=8)]
     expected = generate(controls())
-    pipe.transformer.enable_parallelism(config=ContextParallelConfig(ulysses_degree=dist.get_world_size()))
+    pipe.transformer.enable_parallelism(config=ContextParallelConfig(**{f"{kind}_degree": dist.get_world_size()}))
     recorder = dit_attn.Recorder()
     got = generate(controls() + [recorder])
     layout = recorder.layouts[0]  # proof that the parallel run did split the heads
@@ -138,9 +142,9 @@ def main(out_path: str, cases: list[str]) -> None:
     dist.init_process_group("gloo")
     results = {}
     for case in cases:
-        family, control = case.split(":")
+        family, control, *kind = case.split(":")
         try:
-            results[case] = (run_pipeline if control == "pipeline" else run_case)(family, control)
+            results[case] = (run_pipeline if control == "pipeline" else run_case)(family, control, *kind)
         except Exception as error:  # reported per case, so one failure does not hide the others
             results[case] = f"{type(error).__name__}: {error}\n{traceback.format_exc(limit=4)}"
     if dist.get_rank() == 0:

@@ -3,7 +3,9 @@
 Two processes (``torchrun``, gloo, CPU) run ``tests/context_parallel_worker.py``: every control on tiny FLUX
 (joint + single-stream), Wan (self + cross attention, text not split) and Qwen-Image (text split inside the
 model) transformers, and two whole tiny pipelines with Emphasis + SoftPAG + RectifiedSparse under CFG, each with
-Ulysses degree 2 against one process. The rest checks the token bookkeeping and the refusals on one process.
+Ulysses degree 2 against one process; the per-key controls (Emphasis, EntropyScale) with ring degree 2 the same
+way, and the others refused under ring by name. The rest checks the token bookkeeping and the refusals on one
+process.
 """
 
 from __future__ import annotations
@@ -34,7 +36,12 @@ pytestmark = pytest.mark.skipif(
 WORKER = Path(__file__).with_name("context_parallel_worker.py")
 CONTROLS = ("entropy", "sparse0", "sparse", "emphasis", "softpag", "all")
 CASES = ([f"{family}:{control}" for family in ("flux", "wan", "qwenimage") for control in CONTROLS]
-         + ["flux:none", "flux:pipeline", "wan:pipeline"])
+         # (under ring, calls no control changes run diffusers' own ring attention, which needs a backend that
+         # returns the log-sum-exp: none on CPU; Emphasis leaves Wan's self-attention alone, so it is not run alone)
+         + [f"{family}:{control}:ring" for family in ("flux", "wan", "qwenimage")
+            for control in ("entropy", "emphasis", "keywise") if (family, control) != ("wan", "emphasis")]
+         + ["flux:none", "flux:pipeline", "wan:pipeline", "flux:pipeline:ring"])
+RING_REFUSED = ("flux:sparse:ring", "flux:softpag:ring")
 
 
 def _free_port() -> int:
@@ -49,6 +56,7 @@ def two_process_results(tmp_path_factory):
     env = dict(os.environ, OMP_NUM_THREADS="1")
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr",
                "127.0.0.1", "--master-port", str(_free_port()), str(WORKER), str(out), ",".join(CASES)]
+    command[-1] = ",".join(CASES + list(RING_REFUSED))
     run = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0 and out.exists(), run.stderr[-4000:]
     return json.loads(out.read_text())
@@ -65,10 +73,19 @@ def test_ulysses_degree_2_equals_one_process(two_process_results, case):
         assert result["effect"] > (1e-7 if case.endswith("sparse0") else 1e-3), result
     if case.endswith(":pipeline"):
         assert result["heads"] == [1, 2], result  # the parallel run held 1 of the 2 heads per process
+    if case.endswith(":pipeline:ring"):
+        assert result["heads"] == [2, 2], result  # ring keeps every head
+
+
+@pytest.mark.parametrize("case", RING_REFUSED)
+def test_ring_refuses_controls_that_need_queries_and_keys_in_one_order(two_process_results, case):
+    result = two_process_results[case]
+    assert isinstance(result, str) and result.startswith("NotImplementedError") and "ring attention" in result
+    assert "ulysses_degree" in result
 
 
 def _ulysses(rank, world=2, text_split=True):
-    return parallel.Ulysses(rank=rank, world=world, text_split=text_split)
+    return parallel.Shard(rank=rank, world=world, text_split=text_split)
 
 
 def test_shard_plan_puts_flux_joint_tokens_back_in_one_process_order():
@@ -104,32 +121,27 @@ def _flux_inputs():
                 guidance=torch.tensor([3.5]), img_ids=torch.zeros(48, 3), txt_ids=torch.zeros(8, 3))
 
 
-def test_ring_attention_is_refused_at_attach_time_naming_ring_and_ulysses():
+def test_ring_attention_refuses_order_dependent_controls_at_attach_time():
     model = tiny_transformer("flux")
     model._parallel_config = _cp_config(ring=2)
-    with pytest.raises(NotImplementedError, match=r"EntropyScale cannot run under diffusers' ring attention.*"
+    with pytest.raises(NotImplementedError, match=r"SoftPAG cannot run under diffusers' ring attention.*"
                                                   r"ulysses_degree"):
+        dit_attn.attach(model, dit_attn.SoftPAG("0:0"))
+    for fine in (dit_attn.PassThrough(), dit_attn.EntropyScale(train_tokens=64), dit_attn.Emphasis()):
+        with dit_attn.attach(model, fine):  # per-key controls run on the gathered keys
+            pass
+    model._parallel_config = _cp_config(ring=2, ulysses=2)
+    with pytest.raises(NotImplementedError, match="unified"):
         dit_attn.attach(model, dit_attn.EntropyScale(train_tokens=64))
-    with dit_attn.attach(model, dit_attn.PassThrough()):  # a control that changes nothing is exact anywhere
-        pass
 
 
-def test_ring_attention_enabled_after_attaching_is_refused_at_the_call():
+@pytest.mark.parametrize("config", [dict(ulysses=2), dict(ring=2)])
+def test_parallelism_enabled_after_attaching_says_to_enable_it_first(config):
     model = tiny_transformer("flux")
     with dit_attn.attach(model, dit_attn.EntropyScale(train_tokens=64)):
         for proc in dit_attn.families.processors_of(model).values():
             if isinstance(proc, dit_attn.DitAttnProcessor):
-                proc._parallel_config = _cp_config(ring=2)  # what enable_parallelism sets
-        with pytest.raises(NotImplementedError, match="ring attention"):
-            model(**_flux_inputs())
-
-
-def test_ulysses_enabled_after_attaching_says_to_enable_it_first():
-    model = tiny_transformer("flux")
-    with dit_attn.attach(model, dit_attn.EntropyScale(train_tokens=64)):
-        for proc in dit_attn.families.processors_of(model).values():
-            if isinstance(proc, dit_attn.DitAttnProcessor):
-                proc._parallel_config = _cp_config(ulysses=2)
+                proc._parallel_config = _cp_config(**config)  # what enable_parallelism sets
         with pytest.raises(RuntimeError, match=r"enable_parallelism\(\.\.\.\) first, then attach"):
             model(**_flux_inputs())
 

@@ -110,6 +110,8 @@ class Recorder(Control):
     ``keep_tensors=True`` also keeps detached copies of q, k, v (for quality tools and tests).
     """
 
+    ring_parallel = True  # changes nothing (under ring it records this process's queries against all keys)
+
     def __init__(self, keep_tensors: bool = False):
         self.keep_tensors = keep_tensors
         self.layouts: list[Layout] = []

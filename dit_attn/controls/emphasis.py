@@ -86,6 +86,7 @@ class Emphasis(Control):
             if bad:
                 raise ValueError(f"Emphasis.layers takes layer indices (int) or block-list names (str); got {bad}")
 
+    ring_parallel = True  # a per-key bias: exact on gathered keys under ring attention
     pipeline_level = ("strips the emphasis syntax before the text encoders and keeps each token's weight (it wraps "
                       "the pipeline's encode_prompt)")
 

@@ -48,6 +48,8 @@ class EntropyScale(Control):
         ...     image = pipe(**tiny_call_kwargs("flux")).images[0]
     """
 
+    ring_parallel = True  # a logit scale from the key count: exact on gathered keys under ring attention
+
     train_tokens: int | None = None
 
     def __post_init__(self):
