@@ -25,6 +25,7 @@ are refused there by name, with a pointer to Ulysses.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -105,24 +106,30 @@ class ShardPlan:
 
 
 def shard_plan(local_segments: dict, shard: Shard, device) -> ShardPlan:
-    """The :class:`ShardPlan` for one side (queries or keys) whose local segments are ``local_segments``."""
-    order = sorted(local_segments, key=lambda name: local_segments[name][0])
-    local = {name: local_segments[name][1] - local_segments[name][0] for name in order}
+    """The :class:`ShardPlan` for one side (queries or keys) whose local segments are ``local_segments`` (built
+    once per layout and device: every layer of a forward shares it)."""
+    ordered = tuple(sorted(local_segments.items(), key=lambda item: item[1][0]))
+    return _shard_plan(ordered, shard, str(torch.device(device)))
+
+
+@functools.lru_cache(maxsize=64)
+def _shard_plan(ordered: tuple, shard: Shard, device: str) -> ShardPlan:
+    order = [name for name, _ in ordered]
+    local = {name: stop - start for name, (start, stop) in ordered}
     split = {name: shard.is_split(name) for name in order}
     lengths = {name: n * shard.world if split[name] else n for name, n in local.items()}
     global_segments = segments(tuple(order), lengths)
-    scatter = []
-    for rank in range(shard.world):
-        for name in order:
-            start = global_segments[name][0] + (rank * local[name] if split[name] else 0)
-            scatter.extend(range(start, start + local[name]))
-    if scatter == list(range(len(scatter))):
-        return ShardPlan(global_segments, None, None)
-    gather = [0] * sum(lengths.values())
-    for position in reversed(range(len(scatter))):  # reversed: a token sent by every process is taken from rank 0
-        gather[scatter[position]] = position
-    as_index = lambda values: torch.tensor(values, dtype=torch.long, device=device)  # noqa: E731
-    return ShardPlan(global_segments, as_index(gather), as_index(scatter))
+    starts = [global_segments[name][0] + (rank * local[name] if split[name] else 0)
+              for rank in range(shard.world) for name in order]
+    sizes = [local[name] for _ in range(shard.world) for name in order]
+    if all(start == sum(sizes[:i]) for i, start in enumerate(starts)):
+        return ShardPlan(global_segments, None, None)  # already in order
+    scatter = torch.cat([torch.arange(start, start + size) for start, size in zip(starts, sizes)])
+    # A token every process sends (an unsplit input) is taken from process 0: scatter_reduce keeps the smallest
+    # gathered position of each single-process position.
+    gather = torch.full((sum(lengths.values()),), len(scatter), dtype=torch.long)
+    gather = gather.scatter_reduce(0, scatter, torch.arange(len(scatter)), reduce="amin")
+    return ShardPlan(global_segments, gather.to(device), scatter.to(device))
 
 
 #: The plan of a sequence that is already in single-process order (a ring process's own queries).
