@@ -18,10 +18,19 @@ from .state import HOOK_NAME, ensure_forward_hook, remove_forward_hook
 _TRANSFORMER_ATTRS = ("transformer", "transformer_2")  # Wan 2.2 has a second (low-noise) expert
 
 
+def _compiled_from(module: torch.nn.Module) -> torch.nn.Module:
+    """The module a ``torch.compile(module)`` wrapper (``OptimizedModule``) compiles, else ``module`` itself: the
+    processors and the forward hook go on that module, and its compiled code is traced again at the next call
+    (Dynamo guards on the module's processors and forward)."""
+    inner = getattr(module, "_orig_mod", None)
+    return inner if isinstance(inner, torch.nn.Module) else module
+
+
 def _transformers_of(target) -> tuple[list[torch.nn.Module], object]:
     if isinstance(target, torch.nn.Module):
-        return [target], None
-    found = [getattr(target, a) for a in _TRANSFORMER_ATTRS if isinstance(getattr(target, a, None), torch.nn.Module)]
+        return [_compiled_from(target)], None
+    found = [_compiled_from(getattr(target, a)) for a in _TRANSFORMER_ATTRS
+             if isinstance(getattr(target, a, None), torch.nn.Module)]
     if not found:
         raise ValueError(
             f"dit_attn.attach expects a diffusers pipeline with a `transformer` or a transformer model; "

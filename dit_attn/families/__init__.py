@@ -203,8 +203,10 @@ def family_of(transformer: torch.nn.Module) -> Family:
     inner = getattr(transformer, "_orig_mod", None)
     if isinstance(inner, torch.nn.Module):
         raise ValueError(
-            f"dit_attn cannot attach to a torch.compile'd {type(inner).__name__} (OptimizedModule): attach to the "
-            "transformer first, then compile it (`transformer = torch.compile(transformer)` after `attach`)")
+            f"dit_attn cannot build processors for a torch.compile'd {type(inner).__name__} (OptimizedModule): "
+            "attach to the transformer first, then compile it (`dit_attn.attach(pipe, ...)` then "
+            "`pipe.transformer.compile(fullgraph=True)`), or pass the module it compiles (`._orig_mod`); "
+            "dit_attn.attach itself unwraps a compiled transformer")
     by_class = {f.transformer_class: f for f in FAMILIES.values()}
     for cls in type(transformer).__mro__:
         if cls.__name__ in by_class:

@@ -1,0 +1,131 @@
+"""torch.compile of an attached transformer: one graph per forward, the eager output, no recompile per step.
+
+Graph capture and guards are checked with the ``"eager"`` backend (Dynamo traces and guards exactly as with
+inductor, but runs the captured graph with PyTorch's own kernels, so a test costs tracing time only; inductor's
+C++ compilation would take minutes on a CPU). Steps are counted with the pipeline's ``callback_on_step_end``,
+graphs with ``torch._dynamo.utils.counters["stats"]["unique_graphs"]``; from the second step on, Dynamo is also
+told to raise on any recompile (``error_on_recompile``). The measured compiled/eager step times are in
+``docs/compile.md`` (``python -m dit_attn.bench.compile``).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch._dynamo
+from torch._dynamo.utils import counters
+
+import dit_attn
+from dit_attn.testing import cpu_threads, tiny_call_kwargs, tiny_pipeline
+
+PROMPT = "a (red:1.5) circle above a [blue] square"
+# One block of each kind: tracing time grows with the number of attention modules, what is checked does not.
+SMALLEST = {"flux": dict(num_layers=1, num_single_layers=1), "wan": dict(num_layers=1)}
+HEADS = {"flux": "transformer_blocks.0:*", "wan": "blocks.0:*"}
+CONTROLS = {
+    "emphasis": lambda family: dit_attn.Emphasis(),
+    "softpag": lambda family: dit_attn.SoftPAG(HEADS[family], strength=0.5, scale=2.0),
+    "sparse": lambda family: dit_attn.RectifiedSparse(sparsity=0.5, block_size=16),
+    "entropy": lambda family: dit_attn.EntropyScale(train_tokens=64),
+}
+
+
+@pytest.fixture(autouse=True)
+def _fresh_dynamo():
+    torch._dynamo.reset()
+    counters.clear()
+    with cpu_threads(1):
+        yield
+    torch._dynamo.reset()
+
+
+def _output(result) -> np.ndarray:
+    return np.asarray(result.images if hasattr(result, "images") else result.frames)
+
+
+def _generate(pipe, family: str, steps: int, guidance: bool, graphs: list | None = None, strict_from: int = 1):
+    """One generation; with ``graphs``, the number of compiled graphs after each step, and Dynamo raising on any
+    recompile from step ``strict_from`` (0-based) on."""
+    kwargs = tiny_call_kwargs(family, steps=steps, guidance=guidance)
+    kwargs["prompt"] = PROMPT
+    if graphs is not None:
+        def on_step_end(pipe, i, t, callback_kwargs):
+            graphs.append(counters["stats"]["unique_graphs"])
+            if i + 1 == strict_from:
+                torch._dynamo.config.error_on_recompile = True
+            return {}
+
+        kwargs["callback_on_step_end"] = on_step_end
+    try:
+        return _output(pipe(**kwargs))
+    finally:
+        torch._dynamo.config.error_on_recompile = False
+
+
+def _compiled_matches_eager(family: str, controls: list, steps: int = 3, guidance: bool = False,
+                            strict_from: int = 1) -> list[int]:
+    """Eager then compiled (fullgraph, in place: the diffusers habit) generation with ``controls`` attached; asserts
+    equal outputs and returns the graphs compiled after each step."""
+    pipe = tiny_pipeline(family, **SMALLEST[family])
+    dit_attn.attach(pipe, *controls)
+    eager = _generate(pipe, family, steps, guidance)
+    pipe.transformer.compile(fullgraph=True, backend="eager")
+    graphs: list[int] = []
+    compiled = _generate(pipe, family, steps, guidance, graphs, strict_from)
+    np.testing.assert_allclose(compiled, eager, atol=1e-5, rtol=0)
+    return graphs
+
+
+@pytest.mark.parametrize("family", ["flux", "wan"])
+def test_all_controls_compile_fullgraph_without_recompiles(family):
+    """Emphasis + SoftPAG + RectifiedSparse + EntropyScale, classifier-free guidance on (cond and uncond forwards:
+    two graphs, both made at the first step); Wan passes its step index in ``cache_context``, FLUX does not."""
+    controls = [make(family) for make in CONTROLS.values()]
+    graphs = _compiled_matches_eager(family, controls, steps=3, guidance=True)
+    assert graphs[0] == 2, graphs  # cond and uncond forwards
+    assert graphs[-1] == graphs[0], f"recompiled after the first step: graphs per step {graphs}"
+
+
+@pytest.mark.parametrize("name", ["emphasis", "softpag", "entropy"])
+def test_each_control_compiles_fullgraph_without_recompiles(name):
+    """RectifiedSparse alone: test_sparse_warmup_end_costs_one_graph."""
+    graphs = _compiled_matches_eager("flux", [CONTROLS[name]("flux")])
+    assert graphs == [1, 1, 1], graphs
+
+
+def test_softpag_window_start_costs_one_graph():
+    """SoftPAG's step window is read as a step phase (a bool): one graph outside the window, one inside."""
+    pag = dit_attn.SoftPAG(HEADS["flux"], strength=0.5, scale=2.0, steps=(0.3, 1.0))
+    assert _compiled_matches_eager("flux", [pag], strict_from=2) == [1, 2, 2]
+
+
+def test_sparse_warmup_end_costs_one_graph():
+    """RectifiedSparse's dense warm-up is read as a step phase (a bool): the graph of the warm-up and the sparse
+    one, and nothing else, whatever the step count (Dynamo raises on a recompile from the third step on)."""
+    pipe = tiny_pipeline("wan", **SMALLEST["wan"])
+    dit_attn.attach(pipe, dit_attn.RectifiedSparse(sparsity=0.5, block_size=16, dense_steps=0.25))
+    eager = _generate(pipe, "wan", 4, False)
+    pipe.transformer.compile(fullgraph=True, backend="eager")
+    graphs: list[int] = []
+    compiled = _generate(pipe, "wan", 4, False, graphs, strict_from=2)
+    np.testing.assert_allclose(compiled, eager, atol=1e-5, rtol=0)
+    assert graphs == [1, 2, 2, 2], graphs
+
+
+def test_attach_to_compiled_module_works_or_says_why():
+    """``torch.compile(transformer)`` returns an OptimizedModule: ``attach`` acts on the module it compiles (its
+    compiled code is re-traced at the next call); ``make_processors`` refuses it with a message saying to attach
+    first."""
+    pipe = tiny_pipeline("flux", **SMALLEST["flux"])
+    expected_pipe = tiny_pipeline("flux", **SMALLEST["flux"])
+    emphasis = dit_attn.Emphasis()
+    with dit_attn.attach(expected_pipe, dit_attn.Emphasis()):
+        expected = _generate(expected_pipe, "flux", 2, False)
+    inner = pipe.transformer
+    pipe.transformer = torch.compile(inner, fullgraph=True, backend="eager")
+    with dit_attn.attach(pipe, emphasis) as attachment:
+        assert attachment.transformers == [inner]
+        np.testing.assert_allclose(_generate(pipe, "flux", 2, False), expected, atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="attach to the transformer first, then compile"):
+        dit_attn.make_processors(pipe.transformer, dit_attn.PassThrough())
