@@ -381,10 +381,18 @@ def _prepare_context_parallel(transformer: torch.nn.Module, controls: list) -> b
     from .state import HOOK_NAME
 
     config = getattr(transformer, "_parallel_config", None)
+    where = type(transformer).__name__
+    if getattr(config, "tensor_parallel_config", None) is not None:
+        changing = sorted({type(c).__name__ for c in controls
+                           if not isinstance(c, (parallel.PassThrough, parallel.Recorder))})
+        if changing:  # each process would hold some heads, unknown to the layouts (head sets would be wrong)
+            raise NotImplementedError(
+                f"{', '.join(changing)} cannot run under diffusers' tensor parallelism ({where}) yet; use context "
+                "parallelism (ContextParallelConfig(ulysses_degree=N)), where every dit_attn control but "
+                "MultiCondition is exact")
     cp_mode = parallel.mode(config)
     if cp_mode is None:
         return None
-    where = type(transformer).__name__
     if cp_mode != "ulysses":
         refused = sorted({type(c).__name__ for c in controls if not c.ring_parallel})
         if cp_mode == "unified":

@@ -211,3 +211,14 @@ def test_uneven_ulysses_splits_refuse_controls_by_name_and_allow_passthrough():
         dit_attn.attach(model, dit_attn.EntropyScale(train_tokens=64))
     with dit_attn.attach(model, dit_attn.PassThrough()):
         pass
+
+
+def test_tensor_parallelism_refuses_controls_by_name():
+    """diffusers' tensor parallelism gives each process some of the heads without telling the processors: head
+    sets would name the wrong heads, so controls are refused (observers are fine)."""
+    model = tiny_transformer("flux")
+    model._parallel_config = SimpleNamespace(tensor_parallel_config=object(), context_parallel_config=None)
+    with pytest.raises(NotImplementedError, match="SoftPAG cannot run under diffusers' tensor parallelism"):
+        dit_attn.attach(model, dit_attn.SoftPAG("0:0"))
+    with dit_attn.attach(model, dit_attn.Recorder()):
+        pass
