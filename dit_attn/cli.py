@@ -84,16 +84,16 @@ def _generate(args) -> int:
     dit_attn.controls_from_config(controls)  # validate before loading any model
     from dit_attn.testing import ALL_FAMILIES
 
-    if args.model.startswith("tiny:") and args.model[len("tiny:"):] in ALL_FAMILIES:
-        print(f"note: {args.model} has random weights (for tests): the output is noise; the bundled trained "
-              "models are shapes:t2i, shapes:t2v and shapes:flux", file=sys.stderr)
-    item = Item("generate", 0, args.seed, params, "command line")
     rank, device = 0, args.device
     if args.cp is not None:  # one generation split over the launch's processes; process 0 writes the file
         from dit_attn.pipelines.context_parallel import start
 
         rank, cp_device = start(args.cp)
         device = device or cp_device
+    if rank == 0 and args.model.startswith("tiny:") and args.model[len("tiny:"):] in ALL_FAMILIES:
+        print(f"note: {args.model} has random weights (for tests): the output is noise; the bundled trained "
+              "models are shapes:t2i, shapes:t2v and shapes:flux", file=sys.stderr)
+    item = Item("generate", 0, args.seed, params, "command line")
     kind, media = Generator(device=device, context_parallel=args.cp)(item)
     if rank != 0:
         return 0
