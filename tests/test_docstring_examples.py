@@ -33,6 +33,7 @@ MODULES = {
     "dit_attn.pipelines.conditions.train": 23,
     "dit_attn.tensor_memo": 7,
     "dit_attn.bench.sparse_quality": 5,
+    "dit_attn.bench.timing": 1,
 }
 TRITON_MODULES = {
     "dit_attn.kernels": 14,

@@ -108,6 +108,25 @@ def test_missed_targets_are_marked(tmp_path, monkeypatch):
     assert bench_report._verdict(3.2, 3.5, True) == "**MISSED**" and bench_report._verdict(0.95, 0.9, True) == "met"
 
 
+def test_guidance_and_emphasis_sections_mark_their_targets(tmp_path, monkeypatch):
+    from dit_attn.bench import emphasis as bench_emphasis
+    from dit_attn.bench import guidance as bench_guidance
+
+    def measure(family, steps, repeats, device):
+        return [{"family": family, "mode": mode, "step_ms": 10.0 * ratio, "peak_mib": None, "time_ratio": ratio,
+                 "mem_ratio": None}
+                for mode, ratio in (("CFG only", 1.0), ("CFG + SoftPAG batched", 1.6), ("CFG + SoftPAG uncond", 1.0))]
+
+    monkeypatch.setattr(bench_guidance, "measure", measure)
+    md = bench_report._guidance(tmp_path, True)
+    assert "| sd3 | CFG + SoftPAG batched | 16.0 | 1.60 | ≤ 1.55x | **MISSED** |" in md
+    assert "| sd3 | CFG + SoftPAG uncond | 10.0 | 1.00 | ≤ 1.05x | met |" in md and "**missed** by sd3" in md
+    monkeypatch.setattr(bench_emphasis, "main", lambda argv: [
+        {"shape": "flux", "label": "FLUX", "plain_ms": 1.0, "emphasis_ms": 1.2, "ratio": 1.2}])
+    md = bench_report._emphasis(tmp_path, False)
+    assert "| FLUX | 1.000 | 1.200 | 1.200 | **MISSED** |" in md and "**missed** at flux" in md
+
+
 def test_speed_section_marks_targets_and_says_when_not_measured(tmp_path, monkeypatch):
     from dit_attn.bench import sparse_speed as sparse_bench
 

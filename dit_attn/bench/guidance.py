@@ -15,11 +15,30 @@ import statistics
 import torch
 
 import dit_attn
-from dit_attn.testing import FAMILIES, tiny_call_kwargs, tiny_pipeline
+from dit_attn.families import FAMILIES as FAMILY_DATA
+from dit_attn.families import family_of
+from dit_attn.families.support import support
+from dit_attn.heads import HeadSet
+from dit_attn.testing import FAMILIES as TINY_FAMILIES
+from dit_attn.testing import tiny_call_kwargs, tiny_pipeline
+
+# The tiny pipelines whose family SoftPAG supports (the others refuse it with a clear error: see the support matrix).
+FAMILIES = tuple(f for f in TINY_FAMILIES if support(FAMILY_DATA[f])["SoftPAG"] == "yes")
 
 from .timing import seconds
 
-HEADS = {"wan": "blocks.1:*", "hunyuan_video": "transformer_blocks.0:*"}
+# Perturbed heads: every head of the second layer of the family's main block list (the first where there is only
+# one); Wan VACE's main list is its control branch, so its base model's blocks are named here.
+HEADS = {"wan_vace": "blocks.1:*"}
+
+
+def perturbed_heads(family: str, transformer) -> str:
+    """The head spec SoftPAG perturbs in this benchmark, for ``family``'s tiny ``transformer``."""
+    if family in HEADS:
+        return HEADS[family]
+    block_list, attr = family_of(transformer).sites[0][:2]
+    layers = [i for bl, i, at, _, _ in HeadSet.model_layers(transformer) if bl == block_list and at == attr]
+    return f"{block_list}.{layers[min(1, len(layers) - 1)]}:*"
 
 
 def _once(pipe, kwargs, device, control):
@@ -40,7 +59,7 @@ def measure(family: str, steps: int = 4, repeats: int = 5, device: str = "cpu") 
     """Configurations run round-robin (one call each per repeat), so machine load drifts hit all alike."""
     dev = torch.device(device)
     pipe = tiny_pipeline(family).to(dev)
-    heads = HEADS.get(family, "transformer_blocks.1:*")
+    heads = perturbed_heads(family, pipe.transformer)
     configs = (("CFG only", None), ("CFG + SoftPAG batched", dit_attn.SoftPAG(heads, strength=0.5)),
                ("CFG + SoftPAG uncond", dit_attn.SoftPAG(heads, strength=0.5, mode="uncond")))
     times = {name: [] for name, _ in configs}

@@ -276,6 +276,8 @@ def _conditions(out: Path, quick: bool) -> str:
 
 
 def _guidance(out: Path, quick: bool) -> str:
+    from dit_attn.testing import FAMILIES as TINY_FAMILIES
+
     from . import guidance as bench_guidance
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -293,9 +295,12 @@ def _guidance(out: Path, quick: bool) -> str:
         lines.append(f"| {r['family']} | {r['mode']} | {r['step_ms']:.1f} | {r['time_ratio']:.2f} | "
                      f"{'-' if target is None else f'≤ {target}x'} | {verdict} |")
     targets = ", ".join(f"{mode} ≤ {t}x" for mode, t in GUIDANCE_TARGETS.items())
+    unsupported = [f for f in TINY_FAMILIES if f not in bench_guidance.FAMILIES]
     return ("SoftPAG (one perturbed term) vs CFG only, per denoising step of the tiny pipelines (text encoding and "
             f"decoding included, so on CPU the ratios are dominated by overheads). Targets: {targets}: "
             + (f"**missed** by {', '.join(missed)}." if missed else "met by every pipeline.")
+            + (f" Not measured (SoftPAG does not support the family): {', '.join(unsupported)}."
+               if unsupported and not quick else "")
             + "\n\n" + "\n".join(lines))
 
 
