@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # CPU machines get the CPU build of PyTorch (a plain `torch` requirement would pull a multi-GB CUDA build).
 CPU_TORCH := torch==2.13.0
 
-.PHONY: test demo bench install clean gpu-wheels
+.PHONY: test test-slow demo bench install clean gpu-wheels
 
 $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV)
@@ -23,9 +23,14 @@ $(VENV)/.installed: $(BIN)/activate pyproject.toml
 
 install: $(VENV)/.installed
 
-# Triton kernels run on CPU tensors through the Triton interpreter in the tests.
+# Triton kernels run on CPU tensors through the Triton interpreter in the tests. Two tiers: `make test` skips the
+# long regression checks (@pytest.mark.slow: the published scores of the bundled models and the like, minutes on
+# one CPU thread), `make test-slow` runs only those; CI runs both (.ci/run).
 test: $(VENV)/.installed
-	TRITON_INTERPRET=1 $(BIN)/pytest -q
+	TRITON_INTERPRET=1 $(BIN)/pytest -q -m "not slow"
+
+test-slow: $(VENV)/.installed
+	TRITON_INTERPRET=1 $(BIN)/pytest -q -m slow
 
 demo: $(VENV)/.installed
 	$(BIN)/python -m dit_attn.demo

@@ -8,7 +8,44 @@ import os
 
 os.environ.setdefault("TRITON_INTERPRET", "1")
 
+import random  # noqa: E402
+import zlib  # noqa: E402
+
 import pytest  # noqa: E402
+
+_BASE_SEED = pytest.StashKey[int]()
+
+
+def pytest_addoption(parser):
+    parser.addoption("--seed", type=int, default=None,
+                     help="base seed of every test's global RNGs (default: a fresh one per run, shown in the header)")
+
+
+def pytest_configure(config):
+    seed = config.getoption("--seed")
+    config.stash[_BASE_SEED] = seed if seed is not None else random.SystemRandom().randrange(2**31)
+
+
+def pytest_report_header(config):
+    seed = config.stash[_BASE_SEED]
+    return f"global RNG base seed: {seed} (reproduce a run with --seed {seed})"
+
+
+@pytest.fixture(autouse=True)
+def _seed_global_rngs(request):
+    """Seed torch's, numpy's and Python's global RNGs before every test from the run's base seed and the test's id,
+    and print it: tests that draw from the global RNG (``torch.randn`` without a generator, seeds drawn with
+    ``torch.randint``) then vary from run to run yet every failure shows (captured output) how to replay it, and
+    a test's draws do not depend on which tests ran before it."""
+    import numpy as np
+    import torch
+
+    base = request.config.stash[_BASE_SEED]
+    seed = zlib.crc32(f"{base}:{request.node.nodeid}".encode())
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+    random.seed(seed)
+    print(f"global RNG seed {seed} (test id + base seed {base}; replay with --seed {base})")
 
 
 @pytest.fixture(autouse=True)

@@ -46,6 +46,8 @@ def test_edge_adapter_draws_the_edges(flux):
     assert scores["pka"]["mask_iou"] > scores["none"]["mask_iou"] + 0.1, scores
 
 
+# slow: 16 scenes twice; test_subject_adapter_runs_in_every_mode is the fast check
+@pytest.mark.slow
 def test_subject_adapter_draws_the_reference_sprite_where_its_keyword_says(flux):
     """On held-out scenes the bundled subject adapter (pka) puts the sprite in its keyword's region more often
     than the stock model, and with another subject's reference it draws the reference's sprite, not the

@@ -294,6 +294,8 @@ def _gap_after_training(steps: int, other_captions: list[str], **contrast) -> fl
     return float(((err[1] - err[0]) / err[0]).mean())
 
 
+# slow: 40 optimiser steps; the hinge's definition is tested fast above
+@pytest.mark.slow
 def test_sign_contrast_training_makes_the_reversed_caption_predict_worse():
     """20 optimiser steps with the contrast open a loss gap between a clip's caption and its time-reversed one on a
     fresh noise draw; the same steps without it leave the gap near zero."""
@@ -338,6 +340,8 @@ def test_colour_and_sign_contrasts_add_one_hinge_each_over_the_clips_they_change
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)
 
 
+# slow: 40 optimiser steps; the hinge's definition is tested fast above
+@pytest.mark.slow
 def test_colour_contrast_training_makes_the_colour_swapped_caption_predict_worse():
     """40 optimiser steps with the colour contrast open a loss gap between a clip's caption and a colour-swapped
     one (fresh noise, swaps not drawn in training); the same steps without it leave the gap near zero. (Seven
@@ -391,6 +395,8 @@ def test_decoder_only_needs_a_trained_vae(tmp_path):
                     vae_decoder_only=True)
 
 
+# slow: a whole CLI run on the bundled t2v; decoder-only training and the flag mapping are tested fast
+@pytest.mark.slow
 def test_cli_decoder_fine_tune_of_an_exported_pipeline_keeps_its_encoder_and_transformer(tmp_path):
     """``train --init-from DIR --vae-decoder-only --vae-minutes M --minutes M``: the VAE phase runs on the exported
     pipeline's VAE (not skipped as for a plain --init-from), the flow phase gets no time, and the export is the
