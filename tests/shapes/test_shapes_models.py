@@ -248,3 +248,23 @@ def test_direction_sign_tells_models_that_use_the_sign_from_ones_that_cannot():
             block.attn2.to_out[0].bias.zero_()
     blind = direction_sign(pipe, n=8, levels=(0.7,))["0.7"]
     assert abs(blind["sign_gap"]) < 1e-6 and abs(blind["colour_gap"]) < 1e-6, blind
+
+
+def test_the_wheel_ships_the_bundled_models_but_not_their_logs_or_cards():
+    """Package data: configs, tokenizers and safetensors of every bundled model; the training logs and model cards
+    beside them stay in the repository (the cards cite the logs)."""
+    import fnmatch
+    import tomllib
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    patterns = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"][
+        "dit_attn.pipelines.shapes"]
+    shapes = root / "pipelines" / "shapes"
+    files = [str(f.relative_to(shapes)) for f in (shapes / "models").rglob("*") if f.is_file()]
+    shipped = {f for f in files if any(fnmatch.fnmatch(f, p) for p in patterns)}
+    assert {f for f in files if f.endswith(".safetensors")} <= shipped
+    assert not {f for f in shipped if f.endswith((".jsonl", ".log", ".md"))}, shipped
+    for kind in ("t2i", "t2v", "flux"):
+        assert f"models/{kind}/training_log.jsonl" in files and f"models/{kind}/model_index.json" in shipped
+        assert "training_log.jsonl" in (shapes / "models" / kind / "README.md").read_text()
