@@ -36,14 +36,17 @@ def _quoted(value: float, digits: int) -> str:
 
 
 def test_docs_quote_the_numbers_of_the_json_they_cite():
-    """Every guarded number is the one the prose states: the evaluator tables of docs/shapesworld.md, README's
-    headline percentages, and the edges adapter's F1 in README.md and docs/multi_condition.md."""
+    """Every guarded number is the one the prose states: the evaluator tables of docs/shapesworld.md and the model
+    cards, README's headline percentages, and the edges adapter's F1 in README.md, docs/multi_condition.md and the
+    flux card."""
     shapesworld, readme = doc_text("docs/shapesworld.md"), doc_text("README.md")
     for kind, (n, _) in EVALUATED.items():
         run = evaluator_scores(kind)
         assert run["n"] == n and run["seed"] == 0 and run["settings"]["num_inference_steps"] == 20, kind
+        card = doc_text(f"pipelines/shapes/models/{kind}/README.md")
         for name, value in published_heldout(kind).items():
             assert f"{_quoted(100 * value, 1)}%" in shapesworld, (kind, name, value)
+            assert f"{_quoted(100 * value, 1)}%" in card, (kind, name, value)
     t2i, t2v, flux = (published_heldout(k) for k in ("t2i", "t2v", "flux"))
     headlines = (f"accuracy {_quoted(100 * t2i['object_accuracy'], 0)}% on held-out",
                  f"({_quoted(100 * t2v['direction'], 0)}% of held-out",
@@ -54,8 +57,11 @@ def test_docs_quote_the_numbers_of_the_json_they_cite():
     edges, multi_condition = published_edge_f1(), doc_text("docs/multi_condition.md")
     assert f"{_quoted(edges['rendered_tol1'], 2)} on rendered maps (1-px tolerance)" in readme
     assert f"{_quoted(edges['hand_tol2'], 2)} on hand-drawn maps (2-px tolerance)" in readme
+    flux_card = doc_text("pipelines/shapes/models/flux/README.md")
     for name in ("rendered_tol2", "hand_tol2"):
         assert f"**{_quoted(edges[name], 3)}**" in multi_condition, name
+    for name in EDGE_F1:
+        assert f"{_quoted(edges[name], 3)}" in flux_card, name
 
 
 def test_band_check_accepts_the_bundled_t2i_and_rejects_it_with_noisy_weights():
