@@ -175,3 +175,12 @@ def test_no_import_cycles(graph):
 def test_cycle_finder_finds_a_cycle():
     assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
     assert _cycles({"a": {"b"}, "b": set()}) == []
+
+
+def test_a_broken_control_module_fails_loudly(monkeypatch):
+    # Every control is part of every install: a module that does not import is a bug to see, not a control to drop.
+    from dit_attn import controls
+
+    monkeypatch.setitem(controls.REGISTRY, "broken", ("dit_attn.controls.no_such_module", "Broken"))
+    with pytest.raises(ModuleNotFoundError, match="no_such_module"):
+        controls.available_controls()
