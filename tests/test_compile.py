@@ -44,11 +44,12 @@ def _output(result) -> np.ndarray:
     return np.asarray(result.images if hasattr(result, "images") else result.frames)
 
 
-def _generate(pipe, family: str, steps: int, guidance: bool, graphs: list | None = None, strict_from: int = 1):
+def _generate(pipe, family: str, steps: int, guidance: bool, graphs: list | None = None, strict_from: int = 1,
+              prompt: str = PROMPT):
     """One generation; with ``graphs``, the number of compiled graphs after each step, and Dynamo raising on any
     recompile from step ``strict_from`` (0-based) on."""
     kwargs = tiny_call_kwargs(family, steps=steps, guidance=guidance)
-    kwargs["prompt"] = PROMPT
+    kwargs["prompt"] = prompt
     if graphs is not None:
         def on_step_end(pipe, i, t, callback_kwargs):
             graphs.append(counters["stats"]["unique_graphs"])
@@ -56,6 +57,7 @@ def _generate(pipe, family: str, steps: int, guidance: bool, graphs: list | None
                 torch._dynamo.config.error_on_recompile = True
             return {}
 
+        torch._dynamo.config.error_on_recompile = strict_from == 0
         kwargs["callback_on_step_end"] = on_step_end
     try:
         return _output(pipe(**kwargs))
@@ -64,9 +66,9 @@ def _generate(pipe, family: str, steps: int, guidance: bool, graphs: list | None
 
 
 def _compiled_matches_eager(family: str, controls: list, steps: int = 3, guidance: bool = False,
-                            strict_from: int = 1) -> list[int]:
+                            strict_from: int = 1, keep: bool = False):
     """Eager then compiled (fullgraph, in place: the diffusers habit) generation with ``controls`` attached; asserts
-    equal outputs and returns the graphs compiled after each step."""
+    equal outputs and returns the graphs compiled after each step (and the pipeline, with ``keep``)."""
     pipe = tiny_pipeline(family, **SMALLEST[family])
     dit_attn.attach(pipe, *controls)
     eager = _generate(pipe, family, steps, guidance)
@@ -74,7 +76,7 @@ def _compiled_matches_eager(family: str, controls: list, steps: int = 3, guidanc
     graphs: list[int] = []
     compiled = _generate(pipe, family, steps, guidance, graphs, strict_from)
     np.testing.assert_allclose(compiled, eager, atol=1e-5, rtol=0)
-    return graphs
+    return (pipe, graphs) if keep else graphs
 
 
 @pytest.mark.parametrize("family", ["flux", "wan"])
@@ -82,9 +84,13 @@ def test_all_controls_compile_fullgraph_without_recompiles(family):
     """Emphasis + SoftPAG + RectifiedSparse + EntropyScale, classifier-free guidance on (cond and uncond forwards:
     two graphs, both made at the first step); Wan passes its step index in ``cache_context``, FLUX does not."""
     controls = [make(family) for make in CONTROLS.values()]
-    graphs = _compiled_matches_eager(family, controls, steps=3, guidance=True)
+    pipe, graphs = _compiled_matches_eager(family, controls, steps=3, guidance=True, keep=True)
     assert graphs[0] == 2, graphs  # cond and uncond forwards
     assert graphs[-1] == graphs[0], f"recompiled after the first step: graphs per step {graphs}"
+    # Another generation with another emphasised prompt: new text tensors, the same graphs.
+    more: list[int] = []
+    _generate(pipe, family, 2, True, more, strict_from=0, prompt="a (green:2) square below a [red] circle")
+    assert more == [graphs[-1]] * 2, more
 
 
 @pytest.mark.parametrize("name", ["emphasis", "softpag", "entropy"])

@@ -131,8 +131,11 @@ def token_plan(grid: tuple[int, int, int], vis: tuple[int, int], text: tuple[int
         >>> p.n_vblocks, p.n_tblocks, p.kv_index.shape[0]       # 105 visual -> 7 blocks of 16 (112), + 6 text
         (7, 1, 118)
     """
-    return _token_plan(tuple(int(g) for g in grid), tuple(vis), None if text is None else tuple(text),
-                       int(n_tokens), int(block_size), str(torch.device(device)), curve)
+    # Traced by torch.compile, the plan becomes constants of the graph: call the function itself (Dynamo would
+    # ignore the cache anyway, with a warning).
+    plan = _token_plan.__wrapped__ if torch.compiler.is_compiling() else _token_plan
+    return plan(tuple(int(g) for g in grid), tuple(vis), None if text is None else tuple(text),
+                int(n_tokens), int(block_size), str(torch.device(device)), curve)
 
 
 @lru_cache(maxsize=32)
