@@ -273,13 +273,9 @@ def _available_control_names() -> str:
     from .controls import available_controls
     from .controls.base import PassThrough, Recorder
 
-    names = [cls.__name__ for cls in available_controls().values()]
-    try:
-        from .controls.conditions import MultiCondition
+    from .controls.conditions import MultiCondition
 
-        names.append(MultiCondition.__name__)
-    except ImportError:
-        pass
+    names = [cls.__name__ for cls in available_controls().values()] + [MultiCondition.__name__]
     return ", ".join(f"{n}(...)" for n in [*names, PassThrough.__name__, Recorder.__name__])
 
 

@@ -112,11 +112,12 @@ class ForwardStateHook(ModelHook):
         """Whether this hook's processors are in the transformer (a user who put the stock processors back with
         ``set_attn_processor`` leaves the hook behind: it then does nothing, and ``attach`` replaces it)."""
         from .families import attention_sites
-        from .processor import DitAttnProcessor
 
         site = next(attention_sites(module, self.family), None)
         processor = getattr(site.module, "processor", None) if site is not None else None
-        return isinstance(processor, DitAttnProcessor) and processor.state_box is self.box
+        # Only dit_attn's processors hold this hook's box (compared by identity: the processor module imports
+        # this one, so this one does not import it back).
+        return getattr(processor, "state_box", None) is self.box
 
     def pre_forward(self, module, *args, **kwargs):
         if not self.installed(module):
