@@ -50,3 +50,18 @@ def test_report_sections_of_sparse_and_conditions_on_cpu(tmp_path):
     assert "| full |" in report and "concat/pka" in report and "CFG + SoftPAG batched" in report
     if not torch.cuda.is_available():
         assert "needs a CUDA GPU" in status["sparse_speed"]
+
+
+def test_context_parallel_section_says_what_it_needs_and_its_cpu_run_measures(tmp_path, monkeypatch):
+    """Without two GPUs the section says so; the benchmark itself runs on 2 CPU processes (plumbing check)."""
+    run_report(tmp_path, only=["context_parallel"])
+    status = json.loads((tmp_path / "report.json").read_text())["sections"]
+    if torch.cuda.device_count() < 2:
+        assert "needs" in status["context_parallel"] and "GPU" in status["context_parallel"]
+    from dit_attn.bench import context_parallel
+
+    assert "skipped" in context_parallel.run(degree=2) or torch.cuda.device_count() >= 2
+    result = context_parallel.run(degree=2, tokens=64, text_len=8, repeats=1, cpu=True)
+    assert set(result["ratios"]) == {"ulysses:2 / one process (stock)", "controls / stock (one process)",
+                                     "controls / stock (ulysses:2)"}
+    assert all(value > 0 for value in result["ratios"].values())

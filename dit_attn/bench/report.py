@@ -41,6 +41,7 @@ class Section:
     title: str
     run: Callable[[Path, bool], str]  # (report folder, quick) -> markdown
     needs_gpu: bool = False
+    min_gpus: int = 0  # sections that split one generation over several GPUs
 
 
 def _plot_bars(labels, values, ylabel, path: Path, reference: float | None = None) -> Path | None:
@@ -304,6 +305,21 @@ def _guidance(out: Path, quick: bool) -> str:
             + "\n\n" + "\n".join(lines))
 
 
+def _context_parallel(out: Path, quick: bool) -> str:
+    from . import context_parallel
+
+    result = context_parallel.run(degree=2, tokens=1024 if quick else 4096, repeats=3 if quick else 10)
+    (out / "context_parallel.json").write_text(json.dumps(result, indent=2))
+    lines = ["| configuration | ms per forward |", "|---|---|"]
+    lines += [f"| {name} | {ms:.1f} |" for name, ms in result.items() if name != "ratios"]
+    lines += ["", "| ratio | value |", "|---|---|"]
+    lines += [f"| {name} | {value:.2f}x |" for name, value in result["ratios"].items()]
+    return ("One FLUX-shaped transformer forward (8 heads of 64, 2 double + 4 single blocks) on one GPU and split "
+            "over 2 with diffusers' Ulysses context parallelism, stock and with Emphasis + EntropyScale + "
+            "RectifiedSparse(0.5); every control equals one process there (docs/scaling_out.md).\n\n"
+            + "\n".join(lines))
+
+
 SECTIONS: list[Section] = [
     Section("overhead", "Processor overhead (attached, no controls, vs stock)", _overhead),
     Section("kernels", "Block-sparse attention kernels vs SDPA (cuDNN, flash)", _kernels, needs_gpu=True),
@@ -314,6 +330,8 @@ SECTIONS: list[Section] = [
             _sparse_density),
     Section("sparse_speed", "Rectified sparse attention: speed at real video shapes", _sparse_speed, needs_gpu=True),
     Section("conditions", "Multi-condition attention: scaling with the number of conditions", _conditions),
+    Section("context_parallel", "One generation over 2 GPUs (Ulysses context parallelism), stock and with controls",
+            _context_parallel, needs_gpu=True, min_gpus=2),
 ]
 
 
@@ -321,6 +339,8 @@ def _available(section: Section) -> str | None:
     """None when the section can run here, else the reason it cannot."""
     if section.needs_gpu and not torch.cuda.is_available():
         return "needs a CUDA GPU: not run on this machine"
+    if torch.cuda.device_count() < section.min_gpus:
+        return f"needs {section.min_gpus} GPUs: this machine has {torch.cuda.device_count()}"
     return None
 
 
