@@ -146,8 +146,7 @@ def gilbert_order(grid: tuple[int, int, int], major: str = "longest") -> torch.T
     Cached per grid (a shared tensor: do not modify it in place).
     """
     t, h, w = (int(g) for g in grid)
-    order = _gilbert_order_cpu.__wrapped__ if torch.compiler.is_compiling() else _gilbert_order_cpu  # see token_plan
-    return order(t, h, w, major)
+    return _gilbert_order_cpu(t, h, w, major)
 
 
 def inverse_permutation(perm: torch.Tensor) -> torch.Tensor:

@@ -131,15 +131,31 @@ def token_plan(grid: tuple[int, int, int], vis: tuple[int, int], text: tuple[int
         >>> p.n_vblocks, p.n_tblocks, p.kv_index.shape[0]       # 105 visual -> 7 blocks of 16 (112), + 6 text
         (7, 1, 118)
     """
-    # Traced by torch.compile, the plan becomes constants of the graph: call the function itself (Dynamo would
-    # ignore the cache anyway, with a warning).
-    plan = _token_plan.__wrapped__ if torch.compiler.is_compiling() else _token_plan
-    return plan(tuple(int(g) for g in grid), tuple(vis), None if text is None else tuple(text),
-                int(n_tokens), int(block_size), str(torch.device(device)), curve)
+    key = (tuple(int(g) for g in grid), tuple(int(x) for x in vis), None if text is None else tuple(int(x) for x in text),
+           int(n_tokens), int(block_size), str(torch.device(device)), curve)
+    n_vis, n_text = _check_plan(*key[:4])
+    if torch.compiler.is_compiling():
+        # The tables depend on the shapes only. While torch.compile traces, _plan_while_tracing runs for real (it
+        # is not traced) and keeps the plan in _TRACED_PLANS; the compiled code then reads its tables as inputs
+        # instead of tracing the curve and rebuilding the tables at every call.
+        _plan_while_tracing(key)
+        return _TRACED_PLANS[key]
+    return _token_plan(*key)
 
 
-@lru_cache(maxsize=32)
-def _token_plan(grid, vis, text, n_tokens, block_size, device, curve="longest") -> TokenPlan:
+#: Plans built for compiled code, by key (kept for the process: one per token layout and block size).
+_TRACED_PLANS: dict = {}
+
+
+@torch._dynamo.assume_constant_result
+def _plan_while_tracing(key: tuple) -> bool:
+    if key not in _TRACED_PLANS:
+        _TRACED_PLANS[key] = _token_plan(*key)
+    return True
+
+
+def _check_plan(grid, vis, text, n_tokens) -> tuple[int, int]:
+    """Visual and text token counts of a plan, or a ValueError when the grid or the segments do not fit."""
     v0, v1 = vis
     n_vis = v1 - v0
     if grid[0] * grid[1] * grid[2] != n_vis:
@@ -149,6 +165,14 @@ def _token_plan(grid, vis, text, n_tokens, block_size, device, curve="longest") 
     n_text = t1 - t0
     if n_vis + n_text != n_tokens:
         raise ValueError(f"visual ({n_vis}) + text ({n_text}) tokens do not cover the sequence ({n_tokens})")
+    return n_vis, n_text
+
+
+@lru_cache(maxsize=32)
+def _token_plan(grid, vis, text, n_tokens, block_size, device, curve="longest") -> TokenPlan:
+    v0, v1 = vis
+    n_vis, n_text = _check_plan(grid, vis, text, n_tokens)
+    t0, t1 = text if text is not None else (0, 0)
     order = gilbert_order(grid, curve)
     nvb = -(-n_vis // block_size)
     pad = nvb * block_size - n_vis
