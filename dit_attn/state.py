@@ -144,12 +144,15 @@ class ForwardStateHook(ModelHook):
             batch = len(hidden_states) if isinstance(hidden_states, (list, tuple)) else None
         state.batch_roles = self._roles(state.context, batch, facts)
         family, kw, known = self.family, dict(inputs), self._known_grids
-        if torch.compiler.is_compiling():
-            # Reading a grid from a tensor's contents (FLUX's ``img_ids``) cannot be traced: take the grid read
-            # outside the graph for this very tensor, if there is one.
-            state.grid_fn = lambda: _known_grid(known, kw) or family.grid(module, kw, hidden_states)
-        else:
-            state.grid_fn = lambda: family.grid(module, kw, hidden_states)
+
+        def grid():
+            if torch.compiler.is_compiling():  # asked for by compiled code (the whole model or its blocks)
+                # Reading a grid from a tensor's contents (FLUX's ``img_ids``) cannot be traced: take the grid
+                # read outside the graph for this very tensor, if there is one.
+                return _known_grid(known, kw) or family.grid(module, kw, hidden_states)
+            return family.grid(module, kw, hidden_states)
+
+        state.grid_fn = grid
         state.in_forward = True
         for control in self.controls:
             args, kwargs = control.before_forward(state, args, kwargs)

@@ -66,13 +66,16 @@ def _generate(pipe, family: str, steps: int, guidance: bool, graphs: list | None
 
 
 def _compiled_matches_eager(family: str, controls: list, steps: int = 3, guidance: bool = False,
-                            strict_from: int = 1, keep: bool = False):
+                            strict_from: int = 1, keep: bool = False, regional: bool = False):
     """Eager then compiled (fullgraph, in place: the diffusers habit) generation with ``controls`` attached; asserts
     equal outputs and returns the graphs compiled after each step (and the pipeline, with ``keep``)."""
     pipe = tiny_pipeline(family, **SMALLEST[family])
     dit_attn.attach(pipe, *controls)
     eager = _generate(pipe, family, steps, guidance)
-    pipe.transformer.compile(fullgraph=True, backend="eager")
+    if regional:  # diffusers' regional compilation: each repeated block class, the forward hook stays eager
+        pipe.transformer.compile_repeated_blocks(fullgraph=True, backend="eager")
+    else:
+        pipe.transformer.compile(fullgraph=True, backend="eager")
     graphs: list[int] = []
     compiled = _generate(pipe, family, steps, guidance, graphs, strict_from)
     np.testing.assert_allclose(compiled, eager, atol=1e-5, rtol=0)
@@ -91,6 +94,14 @@ def test_all_controls_compile_fullgraph_without_recompiles(family):
     more: list[int] = []
     _generate(pipe, family, 2, True, more, strict_from=0, prompt="a (green:2) square below a [red] circle")
     assert more == [graphs[-1]] * 2, more
+
+
+def test_regional_compile_of_blocks():
+    """``compile_repeated_blocks``: the blocks (and our processors in them) are compiled, the forward hook is not;
+    FLUX's double and single blocks, each at batch 2 (cond + SoftPAG's rows) and 1 (uncond): four graphs."""
+    controls = [make("flux") for make in CONTROLS.values()]
+    graphs = _compiled_matches_eager("flux", controls, guidance=True, regional=True)
+    assert graphs == [4, 4, 4], graphs
 
 
 @pytest.mark.parametrize("name", ["emphasis", "softpag", "entropy"])
