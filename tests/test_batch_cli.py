@@ -124,6 +124,9 @@ def test_resume_after_kill_9(tmp_path):
     assert not [f for f in os.listdir(out) if f.startswith(".tmp-")]
 
 
+# slow: two accelerate-launched processes plus a single-process run; the context-parallel batch test keeps a
+# two-process batch in the default tier
+@pytest.mark.slow
 def test_two_processes_make_the_same_files_as_one(tmp_path):
     jobs = _jobs(tmp_path)
     one, two = tmp_path / "one", tmp_path / "two"

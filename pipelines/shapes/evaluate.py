@@ -3,7 +3,7 @@
 ``python -m dit_attn.pipelines.shapes.evaluate --kind t2i --n 200 --out docs/shapesworld`` writes
 ``<kind>_scores.json`` (scores, 95% intervals, chance levels, the call settings) and ``<kind>_samples.png``.
 The scoring itself lives in :mod:`.scoring` (pure functions of pixels and scenes) and generate-then-score in
-:mod:`.generate`; this module only wires them to a command line, so nothing imports it but the command.
+:mod:`.generate`; this module only wires them to a command line, and nothing in the package imports it.
 
 The scorer's names are re-exported here because code written before the split imports them from this module
 (``from dit_attn.pipelines.shapes.evaluate import score_image``): a module ``__getattr__`` forwards them to
@@ -18,9 +18,9 @@ import numpy as np
 
 from dit_attn.pipelines.loading import dtype_kwargs
 
+from . import scoring
 from .generate import evaluate_pipeline, generate, shapes_call_kwargs
 from .geometry import SHAPES
-from . import scoring
 from .scoring import direction_confusion, intervals
 from .world import COLOURS, eval_prompts
 
@@ -32,7 +32,6 @@ def _chance_levels(kind: str) -> dict[str, float]:
     if kind == "t2v":
         out["direction"] = 1.0 / 4
     return out
-
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
