@@ -99,6 +99,12 @@ class ForwardStateHook(ModelHook):
         self.box.current = ForwardState(family=self.family.name)
         return module
 
+    def initialize_hook(self, module):
+        # Read the forward's parameter names now (when the hook is registered), not in the first forward: a
+        # compiled forward that sets them would be recompiled at the next call.
+        self._params = list(inspect.signature(type(module).forward).parameters)[1:]
+        return module
+
     # ------------------------------------------------------------------------------------------------------------
     def _bind(self, module, args, kwargs) -> dict[str, Any]:
         if self._params is None:

@@ -136,13 +136,15 @@ def test_attach_to_compiled_module_works_or_says_why():
     first."""
     pipe = tiny_pipeline("flux", **SMALLEST["flux"])
     expected_pipe = tiny_pipeline("flux", **SMALLEST["flux"])
-    emphasis = dit_attn.Emphasis()
-    with dit_attn.attach(expected_pipe, dit_attn.Emphasis()):
-        expected = _generate(expected_pipe, "flux", 2, False)
+    controls = [CONTROLS["emphasis"]("flux"), CONTROLS["softpag"]("flux")]
+    with dit_attn.attach(expected_pipe, CONTROLS["emphasis"]("flux"), CONTROLS["softpag"]("flux")):
+        expected = _generate(expected_pipe, "flux", 3, False)
     inner = pipe.transformer
     pipe.transformer = torch.compile(inner, fullgraph=True, backend="eager")
-    with dit_attn.attach(pipe, emphasis) as attachment:
+    with dit_attn.attach(pipe, *controls) as attachment:
         assert attachment.transformers == [inner]
-        np.testing.assert_allclose(_generate(pipe, "flux", 2, False), expected, atol=1e-5, rtol=0)
+        graphs: list[int] = []  # compiled first, with no eager generation before: still no recompile
+        np.testing.assert_allclose(_generate(pipe, "flux", 3, False, graphs), expected, atol=1e-5, rtol=0)
+        assert graphs == [1, 1, 1], graphs
     with pytest.raises(ValueError, match="attach to the transformer first, then compile"):
         dit_attn.make_processors(pipe.transformer, dit_attn.PassThrough())

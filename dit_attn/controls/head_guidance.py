@@ -309,6 +309,10 @@ class SoftPAG(Control):
         self._pipeline = attachment.pipeline
         self._pending.clear()
         self._head_cache.clear()
+        self._fill_head_cache(attachment)
+        if self._pipeline is not None:
+            # Now, outside any compiled forward (the forward hook only checks that it is still there).
+            self._ensure_step_wrapper()
 
     def on_detach(self, attachment) -> None:
         self._attachment = None  # the attachment restores scheduler.step itself
@@ -415,21 +419,38 @@ class SoftPAG(Control):
 
     # --- per attention call ---------------------------------------------------------------------------------
     def _heads_of(self, layout: Layout) -> list[int]:
-        key = (layout.module_name, layout.heads, layout.head_offset)
+        key = (layout.module_name, layout.heads)
         heads = self._head_cache.get(key)
         if heads is None:
-            from ..families import FAMILIES
-
-            site = layout.site
-            main = None
-            family = FAMILIES.get(layout.family)
-            if family is not None and site is not None:
-                main = next((a for bl, a, _ in family.sites if bl == site.block_list), None)
-            attr = site.module_name.rsplit(".", 1)[1] if site is not None else None
-            heads = [] if site is None else layout.local_heads(self.heads.heads_for(
-                site.block_list, site.block_index, site.layer_index, attr, main, layout.model_heads))
-            self._head_cache[key] = heads
+            heads = self._head_cache[key] = self._heads_at(layout.site, layout.family, layout.heads)
         return heads
+
+    def _heads_at(self, site, family_name: str | None, n_heads: int) -> list[int]:
+        """The heads this control perturbs in the attention module at ``site`` (which has ``n_heads`` heads)."""
+        from ..families import FAMILIES
+
+        if site is None:
+            return []
+        main = None
+        family = FAMILIES.get(family_name)
+        if family is not None:
+            main = next((a for bl, a, _ in family.sites if bl == site.block_list), None)
+        attr = site.module_name.rsplit(".", 1)[1]
+        return self.heads.heads_for(site.block_list, site.block_index, site.layer_index, attr, main, n_heads)
+
+    def _fill_head_cache(self, attachment) -> None:
+        """The heads of every attached attention module, now: a compiled forward then reads the cache and never
+        adds to it (a dict that grows would be a guard that fails)."""
+        from ..families import attention_modules
+        from ..processor import DitAttnProcessor
+
+        for transformer in attachment.transformers:
+            for _, module in attention_modules(transformer):
+                processor = getattr(module, "processor", None)
+                n_heads = getattr(module, "heads", None)
+                if isinstance(processor, DitAttnProcessor) and processor.site is not None and isinstance(n_heads, int):
+                    key = (processor.site.module_name, n_heads)
+                    self._head_cache[key] = self._heads_at(processor.site, processor.family.name, n_heads)
 
     def applies_to(self, layout: Layout) -> bool:
         return (id(self) in layout.state.extra and layout.kind not in ("cross", "cross_image")
