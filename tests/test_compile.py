@@ -31,6 +31,10 @@ CONTROLS = {
 }
 
 
+def _every_control(family: str) -> list:
+    return [make(family) for make in CONTROLS.values()]
+
+
 @pytest.fixture(autouse=True)
 def _fresh_dynamo():
     torch._dynamo.reset()
@@ -65,13 +69,16 @@ def _generate(pipe, family: str, steps: int, guidance: bool, graphs: list | None
         torch._dynamo.config.error_on_recompile = False
 
 
-def _compiled_matches_eager(family: str, controls: list, steps: int = 3, guidance: bool = False,
+def _compiled_matches_eager(family: str, make_controls, steps: int = 3, guidance: bool = False,
                             strict_from: int = 1, keep: bool = False, regional: bool = False):
-    """Eager then compiled (fullgraph, in place: the diffusers habit) generation with ``controls`` attached; asserts
-    equal outputs and returns the graphs compiled after each step (and the pipeline, with ``keep``)."""
+    """A generation with ``make_controls()`` attached, eager, against one on another pipeline compiled (fullgraph,
+    in place: the diffusers habit) before its first generation; asserts equal outputs and returns the graphs
+    compiled after each step (and the compiled pipeline, with ``keep``)."""
+    reference = tiny_pipeline(family, **SMALLEST[family])
+    dit_attn.attach(reference, *make_controls())
+    eager = _generate(reference, family, steps, guidance)
     pipe = tiny_pipeline(family, **SMALLEST[family])
-    dit_attn.attach(pipe, *controls)
-    eager = _generate(pipe, family, steps, guidance)
+    dit_attn.attach(pipe, *make_controls())
     if regional:  # diffusers' regional compilation: each repeated block class, the forward hook stays eager
         pipe.transformer.compile_repeated_blocks(fullgraph=True, backend="eager")
     else:
@@ -86,8 +93,7 @@ def _compiled_matches_eager(family: str, controls: list, steps: int = 3, guidanc
 def test_all_controls_compile_fullgraph_without_recompiles(family):
     """Emphasis + SoftPAG + RectifiedSparse + EntropyScale, classifier-free guidance on (cond and uncond forwards:
     two graphs, both made at the first step); Wan passes its step index in ``cache_context``, FLUX does not."""
-    controls = [make(family) for make in CONTROLS.values()]
-    pipe, graphs = _compiled_matches_eager(family, controls, steps=3, guidance=True, keep=True)
+    pipe, graphs = _compiled_matches_eager(family, lambda: _every_control(family), steps=3, guidance=True, keep=True)
     assert graphs[0] == 2, graphs  # cond and uncond forwards
     assert graphs[-1] == graphs[0], f"recompiled after the first step: graphs per step {graphs}"
     # Another generation with another emphasised prompt: new text tensors, the same graphs.
@@ -99,35 +105,32 @@ def test_all_controls_compile_fullgraph_without_recompiles(family):
 def test_regional_compile_of_blocks():
     """``compile_repeated_blocks``: the blocks (and our processors in them) are compiled, the forward hook is not;
     FLUX's double and single blocks, each at batch 2 (cond + SoftPAG's rows) and 1 (uncond): four graphs."""
-    controls = [make("flux") for make in CONTROLS.values()]
-    graphs = _compiled_matches_eager("flux", controls, guidance=True, regional=True)
+    graphs = _compiled_matches_eager("flux", lambda: _every_control("flux"), guidance=True, regional=True)
     assert graphs == [4, 4, 4], graphs
 
 
 @pytest.mark.parametrize("name", ["emphasis", "softpag", "entropy"])
 def test_each_control_compiles_fullgraph_without_recompiles(name):
     """RectifiedSparse alone: test_sparse_warmup_end_costs_one_graph."""
-    graphs = _compiled_matches_eager("flux", [CONTROLS[name]("flux")])
+    graphs = _compiled_matches_eager("flux", lambda: [CONTROLS[name]("flux")])
     assert graphs == [1, 1, 1], graphs
 
 
 def test_softpag_window_start_costs_one_graph():
     """SoftPAG's step window is read as a step phase (a bool): one graph outside the window, one inside."""
-    pag = dit_attn.SoftPAG(HEADS["flux"], strength=0.5, scale=2.0, steps=(0.3, 1.0))
-    assert _compiled_matches_eager("flux", [pag], strict_from=2) == [1, 2, 2]
+    def pag():
+        return [dit_attn.SoftPAG(HEADS["flux"], strength=0.5, scale=2.0, steps=(0.3, 1.0))]
+
+    assert _compiled_matches_eager("flux", pag, strict_from=2) == [1, 2, 2]
 
 
 def test_sparse_warmup_end_costs_one_graph():
     """RectifiedSparse's dense warm-up is read as a step phase (a bool): the graph of the warm-up and the sparse
     one, and nothing else, whatever the step count (Dynamo raises on a recompile from the third step on)."""
-    pipe = tiny_pipeline("wan", **SMALLEST["wan"])
-    dit_attn.attach(pipe, dit_attn.RectifiedSparse(sparsity=0.5, block_size=16, dense_steps=0.25))
-    eager = _generate(pipe, "wan", 4, False)
-    pipe.transformer.compile(fullgraph=True, backend="eager")
-    graphs: list[int] = []
-    compiled = _generate(pipe, "wan", 4, False, graphs, strict_from=2)
-    np.testing.assert_allclose(compiled, eager, atol=1e-5, rtol=0)
-    assert graphs == [1, 2, 2, 2], graphs
+    def sparse():
+        return [dit_attn.RectifiedSparse(sparsity=0.5, block_size=16, dense_steps=0.25)]
+
+    assert _compiled_matches_eager("wan", sparse, steps=4, strict_from=2) == [1, 2, 2, 2]
 
 
 def test_attach_to_compiled_module_works_or_says_why():
