@@ -419,14 +419,16 @@ class SoftPAG(Control):
 
     # --- per attention call ---------------------------------------------------------------------------------
     def _heads_of(self, layout: Layout) -> list[int]:
-        key = (layout.module_name, layout.heads)
+        key = (layout.module_name, layout.heads, layout.head_offset)
         heads = self._head_cache.get(key)
         if heads is None:
-            heads = self._head_cache[key] = self._heads_at(layout.site, layout.family, layout.heads)
+            heads = layout.local_heads(self._heads_at(layout.site, layout.family, layout.model_heads))
+            self._head_cache[key] = heads
         return heads
 
     def _heads_at(self, site, family_name: str | None, n_heads: int) -> list[int]:
-        """The heads this control perturbs in the attention module at ``site`` (which has ``n_heads`` heads)."""
+        """The (global) heads this control perturbs in the attention module at ``site``, which has ``n_heads``
+        heads."""
         from ..families import FAMILIES
 
         if site is None:
@@ -439,8 +441,9 @@ class SoftPAG(Control):
         return self.heads.heads_for(site.block_list, site.block_index, site.layer_index, attr, main, n_heads)
 
     def _fill_head_cache(self, attachment) -> None:
-        """The heads of every attached attention module, now: a compiled forward then reads the cache and never
-        adds to it (a dict that grows would be a guard that fails)."""
+        """The heads of every attached attention module on one process (all heads, offset 0), now: a compiled
+        forward then reads the cache and never adds to it (a dict that grows would be a guard that fails). Under
+        context parallelism each process fills its own entries at its first forward."""
         from ..families import attention_modules
         from ..processor import DitAttnProcessor
 
@@ -449,7 +452,7 @@ class SoftPAG(Control):
                 processor = getattr(module, "processor", None)
                 n_heads = getattr(module, "heads", None)
                 if isinstance(processor, DitAttnProcessor) and processor.site is not None and isinstance(n_heads, int):
-                    key = (processor.site.module_name, n_heads)
+                    key = (processor.site.module_name, n_heads, 0)
                     self._head_cache[key] = self._heads_at(processor.site, processor.family.name, n_heads)
 
     def applies_to(self, layout: Layout) -> bool:
