@@ -21,8 +21,8 @@ from dit_attn.testing import cpu_threads, tiny_call_kwargs, tiny_pipeline
 
 PROMPT = "a (red:1.5) circle above a [blue] square"
 # One block of each kind: tracing time grows with the number of attention modules, what is checked does not.
-SMALLEST = {"flux": dict(num_layers=1, num_single_layers=1), "wan": dict(num_layers=1)}
-HEADS = {"flux": "transformer_blocks.0:*", "wan": "blocks.0:*"}
+SMALLEST = {"flux": dict(num_layers=1, num_single_layers=1), "wan": dict(num_layers=1), "sd3": {}}
+HEADS = {"flux": "transformer_blocks.0:*", "wan": "blocks.0:*", "sd3": "transformer_blocks.0:*"}
 CONTROLS = {
     "emphasis": lambda family: dit_attn.Emphasis(),
     "softpag": lambda family: dit_attn.SoftPAG(HEADS[family], strength=0.5, scale=2.0),
@@ -100,6 +100,14 @@ def test_all_controls_compile_fullgraph_without_recompiles(family):
     more: list[int] = []
     _generate(pipe, family, 2, True, more, strict_from=0, prompt="a (green:2) square below a [red] circle")
     assert more == [graphs[-1]] * 2, more
+
+
+def test_pipeline_without_cache_context_compiles_fullgraph():
+    """SD3 enters no ``cache_context``: the hook reads the step inside the compiled forward, which is specialised
+    on it for the first two steps before torch.compile treats it as dynamic (documented). Its joint and
+    image-only attention give two sparse plans in one graph."""
+    graphs = _compiled_matches_eager("sd3", lambda: _every_control("sd3"), steps=4, guidance=True, strict_from=3)
+    assert graphs == [1, 2, 3, 3], graphs
 
 
 def test_regional_compile_of_blocks():

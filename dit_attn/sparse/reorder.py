@@ -36,6 +36,7 @@ First-frame tables (Wan's rule; :class:`dit_attn.RectifiedSparse` ``first_frame`
 from __future__ import annotations
 
 from dataclasses import dataclass
+import hashlib
 from functools import lru_cache
 
 import torch
@@ -136,22 +137,28 @@ def token_plan(grid: tuple[int, int, int], vis: tuple[int, int], text: tuple[int
     n_vis, n_text = _check_plan(*key[:4])
     if torch.compiler.is_compiling():
         # The tables depend on the shapes only. While torch.compile traces, _plan_while_tracing runs for real (it
-        # is not traced) and keeps the plan in _TRACED_PLANS; the compiled code then reads its tables as inputs
-        # instead of tracing the curve and rebuilding the tables at every call.
-        _plan_while_tracing(key)
-        return _TRACED_PLANS[key]
+        # is not traced) and keeps the plan as an attribute of _TRACED_PLANS; the compiled code then reads its
+        # tables as inputs instead of tracing the curve and rebuilding the tables at every call.
+        return getattr(_TRACED_PLANS, _plan_while_tracing(key))
     return _token_plan(*key)
 
 
-#: Plans built for compiled code, by key (kept for the process: one per token layout and block size).
-_TRACED_PLANS: dict = {}
+class _TracedPlans:
+    """Plans built for compiled code, one attribute per key, kept for the process (one per token layout and block
+    size). Attributes, not a dict: the tracer reads a dict once per trace, so it would not see a key added by a
+    later call of the same trace; each attribute is read when it is asked for."""
+
+
+_TRACED_PLANS = _TracedPlans()
 
 
 @torch._dynamo.assume_constant_result
-def _plan_while_tracing(key: tuple) -> bool:
-    if key not in _TRACED_PLANS:
-        _TRACED_PLANS[key] = _token_plan(*key)
-    return True
+def _plan_while_tracing(key: tuple) -> str:
+    """The name of the attribute of _TRACED_PLANS holding the plan of ``key`` (built if needed)."""
+    name = "plan_" + hashlib.sha1(repr(key).encode()).hexdigest()
+    if not hasattr(_TRACED_PLANS, name):
+        setattr(_TRACED_PLANS, name, _token_plan(*key))
+    return name
 
 
 def _check_plan(grid, vis, text, n_tokens) -> tuple[int, int]:
