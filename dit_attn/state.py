@@ -19,7 +19,8 @@ Under ``torch.compile`` of the transformer this hook runs inside the compiled gr
 step index, count, and each control's step phase) are therefore computed when the pipeline enters
 ``cache_context``, which happens outside the transformer call; the compiled forward reads only the phases, so it
 is not recompiled at every step. Pipelines without ``cache_context`` (SD3) get the facts computed in the forward
-itself: exact, but a compiled transformer is then specialised on the step index.
+itself: exact, but a compiled transformer is then specialised on the step index for its first steps (see
+``docs/compile.md``).
 """
 
 from __future__ import annotations

@@ -117,10 +117,17 @@ def test_regional_compile_of_blocks():
     assert graphs == [4, 4, 4], graphs
 
 
-@pytest.mark.parametrize("name", ["emphasis", "softpag", "entropy"])
+@pytest.mark.parametrize("name", ["emphasis", "emphasis with a schedule", "softpag", "entropy"])
 def test_each_control_compiles_fullgraph_without_recompiles(name):
-    """RectifiedSparse alone: test_sparse_warmup_end_costs_one_graph."""
-    graphs = _compiled_matches_eager("flux", lambda: [CONTROLS[name]("flux")])
+    """RectifiedSparse alone: test_sparse_warmup_end_costs_one_graph. An emphasis schedule changes its multiplier
+    at every step: a tensor input, not a constant of the graph."""
+    if name == "emphasis with a schedule":
+        def controls():
+            return [dit_attn.Emphasis(schedule=lambda progress: 1.0 - progress)]
+    else:
+        def controls():
+            return [CONTROLS[name]("flux")]
+    graphs = _compiled_matches_eager("flux", controls)
     assert graphs == [1, 1, 1], graphs
 
 
