@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 # Public names, imported on first use (PEP 562): ``import dit_attn`` stays cheap (no diffusers hooks, peft or
 # attention dispatch until something is used), so the CLI's ``--help`` and tools that only read a name are fast.
 _PUBLIC = {
-    "attach": "attach", "Attachment": "attach",
+    "attach": "attachment", "Attachment": "attachment",
     "AttentionCall": "call", "KeySet": "call", "SparsePlan": "call", "execute": "call",
     "available_controls": "controls", "controls_from_config": "controls",
     "Control": "controls.base", "PassThrough": "controls.base", "Recorder": "controls.base",
@@ -48,7 +48,7 @@ def __dir__():
 
 
 if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerly
-    from .attach import Attachment, attach
+    from .attachment import Attachment, attach
     from .call import AttentionCall, KeySet, SparsePlan, execute
     from .controls import available_controls, controls_from_config
     from .controls.base import Control, PassThrough, Recorder

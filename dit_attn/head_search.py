@@ -198,7 +198,7 @@ def search_heads(pipe, candidates=None, objective: Callable | None = None, promp
         >>> files
         ['heads.json', 'heatmap.png', 'scores.rank0.json']
     """
-    from .attach import attach
+    from .attachment import attach
     from .controls.head_guidance import SoftPAG
 
     if objective is None:

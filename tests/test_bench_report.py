@@ -41,6 +41,8 @@ def test_emphasis_benchmark_smoke_on_cpu(tmp_path, capsys):
     assert json.loads((tmp_path / "e.json").read_text())["results"][0]["shape"] == "small"
 
 
+# slow tier: four report sections end to end; each benchmark has its own fast smoke test
+@pytest.mark.slow
 def test_report_sections_of_sparse_and_conditions_on_cpu(tmp_path):
     with cpu_threads(1):
         run_report(tmp_path, quick=True, only=["sparse_quality", "conditions", "sparse_speed", "guidance"])
@@ -52,6 +54,8 @@ def test_report_sections_of_sparse_and_conditions_on_cpu(tmp_path):
         assert "needs a CUDA GPU" in status["sparse_speed"]
 
 
+# slow tier: two CPU processes time a transformer; tests/test_context_parallel.py checks the same plumbing fast
+@pytest.mark.slow
 def test_context_parallel_section_says_what_it_needs_and_its_cpu_run_measures(tmp_path, monkeypatch):
     """Without two GPUs the section says so; the benchmark itself runs on 2 CPU processes (plumbing check)."""
     run_report(tmp_path, only=["context_parallel"])

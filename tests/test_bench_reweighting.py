@@ -49,6 +49,8 @@ def test_negative_weight_refused():
         bench_reweighting.main(["--weights", "-1"])
 
 
+# slow tier: the experiment on the trained model; tests/test_head_guidance.py covers SoftPAG itself
+@pytest.mark.slow
 def test_guidance_effect_script_on_the_trained_model(tmp_path):
     """(On a random-weight model the evaluator scores every head 0 and the search refuses it: trained model.)"""
     from dit_attn.bench import guidance_effect as bench_guidance_effect

@@ -174,6 +174,8 @@ def _cli(args, launch=False):
                           text=True, timeout=600)
 
 
+# slow tier: two processes of the real command line; the 2-process equality tests above stay fast
+@pytest.mark.slow
 def test_batch_with_cp_writes_each_file_once_and_equal_to_one_process(tmp_path):
     jobs = tmp_path / "jobs.jsonl"
     jobs.write_text(
@@ -195,11 +197,16 @@ def test_batch_with_cp_writes_each_file_once_and_equal_to_one_process(tmp_path):
             assert np.abs(a.astype(int) - b.astype(int)).max() <= 1, name
 
 
-def test_cp_needs_a_launch_with_that_many_processes_and_a_valid_value():
-    wrong = _cli(["generate", "x", "--model", "tiny:flux", "--cp", "ulysses:2"])
-    assert wrong.returncode != 0 and "torchrun --nproc-per-node 2" in wrong.stderr
-    bad = _cli(["generate", "x", "--model", "tiny:flux", "--cp", "ulysses"])
-    assert bad.returncode == 2 and "--cp takes 'ulysses:N' or 'ring:N'" in bad.stderr
+def test_cp_needs_a_launch_with_that_many_processes_and_a_valid_value(monkeypatch, capsys):
+    from dit_attn import cli
+    from dit_attn.pipelines.context_parallel import ContextParallel, start
+
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    with pytest.raises(ValueError, match="torchrun --nproc-per-node 2"):
+        start(ContextParallel.parse("ulysses:2"))
+    with pytest.raises(SystemExit) as exit_code:
+        cli.main(["generate", "x", "--model", "tiny:flux", "--cp", "ulysses"])
+    assert exit_code.value.code == 2 and "--cp takes 'ulysses:N' or 'ring:N'" in capsys.readouterr().err
 
 
 def test_uneven_ulysses_splits_refuse_controls_by_name_and_allow_passthrough():

@@ -20,7 +20,7 @@ MODULES = {
     "dit_attn.heads": 8,
     "dit_attn.head_search": 9,
     "dit_attn.call": 24,
-    "dit_attn.attach": 13,
+    "dit_attn.attachment": 13,
     "dit_attn.processor": 12,
     "dit_attn.pipelines": 13,
     "dit_attn.pipelines.shapes.bundled": 6,

@@ -21,8 +21,17 @@ def test_import_costs_at_most_1_3x_diffusers_and_torch():
 
 def test_public_names_load_on_first_use_and_unknown_names_fail():
     code = ("import sys, dit_attn; assert 'dit_attn.processor' not in sys.modules; "
-            "assert dit_attn.attach.__module__ == 'dit_attn.attach'; assert 'dit_attn.processor' in sys.modules; "
+            "assert dit_attn.attach.__module__ == 'dit_attn.attachment'; assert 'dit_attn.processor' in sys.modules; "
             "assert 'attach' in dir(dit_attn)\n"
             "try:\n    dit_attn.nope\nexcept AttributeError as e:\n    assert 'nope' in str(e)\n"
             "else:\n    raise SystemExit('no AttributeError')")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_attach_stays_a_function_whatever_is_imported_first():
+    """A submodule named like a public function would replace it on the package once imported: none is."""
+    code = ("import dit_attn.attachment, dit_attn.processor, dit_attn.head_search, dit_attn.state; import dit_attn; "
+            "assert callable(dit_attn.attach) and dit_attn.attach.__name__ == 'attach'; "
+            "import pkgutil; names = {m.name for m in pkgutil.iter_modules(dit_attn.__path__)}; "
+            "clash = sorted(names & set(dit_attn.__all__)); assert not clash, clash")
     subprocess.run([sys.executable, "-c", code], check=True)

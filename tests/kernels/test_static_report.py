@@ -67,6 +67,8 @@ def test_problem_gate():
     assert len(problems(rows, include_autotune=True)) == 4
 
 
+# slow tier: every shipped config compiled for two architectures (about 30 s of ptxas)
+@pytest.mark.slow
 def test_static_compile_report_sm80_sm90(tmp_path):
     why = _nvidia_toolchain()
     if why:

@@ -61,6 +61,8 @@ def test_fresh_pipeline_round_trips_and_has_the_right_output_shape(kind, tmp_pat
         np.testing.assert_allclose(out[0].images, out[1].images, atol=1e-5)
 
 
+# slow tier: a training run with resume; the TrainConfig checks and one-step training stay fast
+@pytest.mark.slow
 def test_training_loop_exports_checkpoints_and_resumes(tmp_path):
     from diffusers import DiffusionPipeline
     from safetensors.torch import load_file

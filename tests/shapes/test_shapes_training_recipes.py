@@ -365,6 +365,8 @@ def test_sign_contrast_errors(tmp_path):
     assert not (tmp_path / "o").exists()
 
 
+# slow tier: a decoder fine-tune; the option's refusals stay fast
+@pytest.mark.slow
 def test_decoder_only_vae_training_keeps_the_latents_and_changes_the_decoder(tmp_path):
     from dit_attn.pipelines.shapes.train import _Log, decoder_parameters, train_vae
 
