@@ -157,6 +157,7 @@ class Layout:
     # ``head_offset`` (global head h is local head h - head_offset); on one process: 0 and ``heads``.
     head_offset: int = 0
     total_heads: int | None = None
+    heads_group: object = field(default=None, compare=False, repr=False)  # the process group holding the others
 
     # --- heads -------------------------------------------------------------------------------------------------
     @property

@@ -179,6 +179,23 @@ def ulysses_attention(query, key, value, attn_mask, scale, parallel_config, atte
         forward_op=forward_op, backward_op=backward_op, _parallel_config=parallel_config)
 
 
+def ulysses_group(parallel_config):
+    """The process group of a Ulysses all-to-all (the processes that hold the other heads)."""
+    mesh = getattr(parallel_config.context_parallel_config, "_ulysses_mesh", None)
+    return mesh.get_group() if mesh is not None else None
+
+
+def mean_over_heads(local_mean: torch.Tensor, layout) -> torch.Tensor:
+    """A mean over heads that this process computed over its own heads (``layout.heads``), as the mean over all
+    the module's heads (a sum over the processes of a Ulysses group); unchanged on one process."""
+    if layout.heads_group is None:
+        return local_mean
+    import torch.distributed._functional_collectives as funcol
+
+    total = funcol.all_reduce(local_mean * layout.heads, "sum", layout.heads_group)
+    return funcol.wait_tensor(total) / layout.model_heads
+
+
 def gather_keys(x: torch.Tensor, parallel_config, dim: int = 1) -> torch.Tensor:
     """Every process's ``x`` of the ring group, concatenated along ``dim`` in rank order (as diffusers' ring
     gathers its key/value buffer)."""
@@ -194,7 +211,7 @@ def refuse_ring(names: list[str], where: str) -> None:
         f"{', '.join(names)} cannot run under diffusers' ring attention ({where}): no process holds the queries "
         "and keys of the whole sequence in one order there (dit_attn runs per-key controls such as Emphasis and "
         "EntropyScale under ring). Use Ulysses context parallelism (ContextParallelConfig(ulysses_degree=N)), "
-        "where every dit_attn control but MultiCondition is exact")
+        "where every dit_attn control is exact")
 
 
 def refuse_unified(names: list[str], where: str) -> None:

@@ -232,7 +232,8 @@ class DitAttnProcessor:
             queries = parallel.shard_plan(call.layout.query_segments, shard, call.query.device)
             heads = call.query.shape[2] // shard.world
             layout = replace(call.layout, query_segments=queries.global_segments, key_segments=keys.global_segments,
-                             heads=heads, head_offset=shard.rank * heads, total_heads=call.query.shape[2])
+                             heads=heads, head_offset=shard.rank * heads, total_heads=call.query.shape[2],
+                             heads_group=parallel.ulysses_group(call.parallel_config))
         else:  # ring: this process's queries against every key
             layout = replace(call.layout, key_segments=keys.global_segments)
         active = [c for c in self.controls if c.applies_to(layout)]
@@ -388,8 +389,7 @@ def _prepare_context_parallel(transformer: torch.nn.Module, controls: list) -> b
         if changing:  # each process would hold some heads, unknown to the layouts (head sets would be wrong)
             raise NotImplementedError(
                 f"{', '.join(changing)} cannot run under diffusers' tensor parallelism ({where}) yet; use context "
-                "parallelism (ContextParallelConfig(ulysses_degree=N)), where every dit_attn control but "
-                "MultiCondition is exact")
+                "parallelism (ContextParallelConfig(ulysses_degree=N)), where every dit_attn control is exact")
     cp_mode = parallel.mode(config)
     if cp_mode is None:
         return None

@@ -138,13 +138,37 @@ def run_pipeline(family: str, control: str, kind: str = "ulysses") -> dict:
             "heads": [layout.heads, layout.model_heads]}
 
 
+def run_conditions(family: str, variant: str = "pka") -> dict:
+    """MultiCondition (an edge map and a subject sprite) on a whole tiny pipeline: the condition pass runs under
+    parallelism too, its caches hold this process's heads, keyword masks average over every head. ``variant``:
+    the mode (Ulysses), or ``"ring"`` (pka under ring attention, which refuses it)."""
+    kind, mode = ("ring", "pka") if variant == "ring" else ("ulysses", variant)
+    from dit_attn.testing import tiny_call_kwargs, tiny_pipeline
+
+    pipe = tiny_pipeline(family)
+    g = torch.Generator().manual_seed(SEED)
+    edges, sprite = torch.rand(3, 48, 64, generator=g) * 2 - 1, torch.rand(3, 32, 32, generator=g) * 2 - 1
+
+    def generate(controls):
+        with dit_attn.attach(pipe, *controls):
+            return torch.as_tensor(pipe(**tiny_call_kwargs(family, steps=3))[0])
+
+    control = lambda: dit_attn.MultiCondition(spatial=[edges], subjects=[(sprite, "circle")], mode=mode)  # noqa: E731
+    plain = generate([])
+    expected = generate([control()])
+    pipe.transformer.enable_parallelism(config=ContextParallelConfig(**{f"{kind}_degree": dist.get_world_size()}))
+    got = generate([control()])
+    return {"error": float((got - expected).abs().max()), "effect": float((expected - plain).abs().max())}
+
+
 def main(out_path: str, cases: list[str]) -> None:
     dist.init_process_group("gloo")
     results = {}
     for case in cases:
         family, control, *kind = case.split(":")
         try:
-            results[case] = (run_pipeline if control == "pipeline" else run_case)(family, control, *kind)
+            run = {"pipeline": run_pipeline, "conditions": run_conditions}.get(control, run_case)
+            results[case] = run(family, *kind) if control == "conditions" else run(family, control, *kind)
         except Exception as error:  # reported per case, so one failure does not hide the others
             results[case] = f"{type(error).__name__}: {error}\n{traceback.format_exc(limit=4)}"
     if dist.get_rank() == 0:

@@ -2,8 +2,9 @@
 
 Two processes (``torchrun``, gloo, CPU) run ``tests/context_parallel_worker.py``: every control on tiny FLUX
 (joint + single-stream), Wan (self + cross attention, text not split) and Qwen-Image (text split inside the
-model) transformers, and two whole tiny pipelines with Emphasis + SoftPAG + RectifiedSparse under CFG, each with
-Ulysses degree 2 against one process; the per-key controls (Emphasis, EntropyScale) with ring degree 2 the same
+model) transformers, two whole tiny pipelines with Emphasis + SoftPAG + RectifiedSparse under CFG, and
+MultiCondition (edge map + subject, each mode) on a tiny FLUX pipeline, each with Ulysses degree 2 against one
+process; the per-key controls (Emphasis, EntropyScale) with ring degree 2 the same
 way, and the others refused under ring by name. The rest checks the token bookkeeping and the refusals on one
 process.
 """
@@ -40,8 +41,9 @@ CASES = ([f"{family}:{control}" for family in ("flux", "wan", "qwenimage") for c
          # returns the log-sum-exp: none on CPU; Emphasis leaves Wan's self-attention alone, so it is not run alone)
          + [f"{family}:{control}:ring" for family in ("flux", "wan", "qwenimage")
             for control in ("entropy", "emphasis", "keywise") if (family, control) != ("wan", "emphasis")]
-         + ["flux:none", "flux:pipeline", "wan:pipeline", "flux:pipeline:ring"])
-RING_REFUSED = ("flux:sparse:ring", "flux:softpag:ring")
+         + ["flux:none", "flux:pipeline", "wan:pipeline", "flux:pipeline:ring"]
+         + ["flux:conditions", "flux:conditions:cached-full", "flux:conditions:concat"])
+RING_REFUSED = ("flux:sparse:ring", "flux:softpag:ring", "flux:conditions:ring")
 
 
 def _free_port() -> int:
@@ -161,7 +163,6 @@ def test_a_control_without_context_parallel_support_is_refused_by_name():
     with dit_attn.attach(model, ShardBlind()):
         with pytest.raises(NotImplementedError, match="ShardBlind cannot run under diffusers' context parallelism"):
             model(**_flux_inputs())
-    assert dit_attn.MultiCondition.context_parallel is False  # its condition caches are not sharded by head
 
 
 def _cli(args, launch=False):

@@ -41,6 +41,7 @@ from typing import Any, Sequence
 
 import torch
 
+from .. import parallel
 from ..call import AttentionCall, execute
 from ..conditions.adapters import adapter_scope, latent_adapters
 from ..conditions.attention import COMBINES, MODES, SpatialKV, SubjectKV, condition_attention, keyword_mask, \
@@ -234,8 +235,6 @@ class MultiCondition(Control):
         """The KSA masks (``[B, N]`` bool, ``None`` = unmasked) the next denoising forward uses at ``layer``."""
         return [self._state["masks_cur"].get(layer, {}).get(k) for k in range(len(self.subjects))]
 
-    # Its condition caches hold every head of every condition token; sharding them over processes is not done yet.
-    context_parallel = False
     pipeline_level = ("encodes its conditions and runs the condition pass when the pipeline is called (it wraps "
                       "check_inputs) and installs its own processors")
 
@@ -519,7 +518,9 @@ class MultiCondition(Control):
                     raise ValueError(f"keyword weights of subject {k} are {tuple(w.shape)} but this forward has batch "
                                      f"{call.key.shape[0]} and {t} text tokens")
                 with torch.no_grad():
-                    now[k] = keyword_mask(keyword_scores(q_img, call.key[:, :t], w), self.epsilon)
+                    # the mean over every head, also when this process holds some of them (Ulysses)
+                    scores = parallel.mean_over_heads(keyword_scores(q_img, call.key[:, :t], w), call.layout)
+                    now[k] = keyword_mask(scores, self.epsilon)
             st["masks_cur"][layer] = now
         for c, p in enumerate(info["prepared"]):
             key, value = self._kv.get(layer, c, dtype)
@@ -551,6 +552,7 @@ class ConditionProcessor(DitAttnProcessor):
 
     def __init__(self, base: DitAttnProcessor, control: MultiCondition):
         super().__init__(base.family, base.stock, base.controls, base.site, base.state_box)
+        self._cp_text_split = base._cp_text_split  # what build_processors found about context parallelism
         self.condition_control = control
 
     def _takes_over(self, active: list) -> bool:
