@@ -2,7 +2,7 @@
 
 Modules already doctested elsewhere: ``dit_attn.kernels.{ops, reference, merge}`` (tests/kernels/test_ops.py),
 ``dit_attn.conditions.adapters`` and ``dit_attn.checkpoint`` (tests/test_conditions_train.py),
-``dit_attn.testing`` (tests/test_testing.py), ``dit_attn.pipelines.shapes.evaluate`` (tests/shapes).
+``dit_attn.testing`` (tests/test_testing.py), ``dit_attn.pipelines.shapes.scoring`` (tests/shapes).
 
 The Triton examples (``dit_attn.kernels`` and its launcher modules) run on CPU tensors through the Triton
 interpreter: TRITON_INTERPRET=1 must be set before triton is first imported (tests/conftest.py does it).
