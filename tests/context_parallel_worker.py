@@ -62,7 +62,8 @@ def qwenimage():
                                         axes_dims_rope=(2, 2, 4))
     inputs = dict(hidden_states=torch.randn(2, 48, 16, generator=g),
                   encoder_hidden_states=torch.randn(2, 6, 16, generator=g),
-                  encoder_hidden_states_mask=torch.ones(2, 6, dtype=torch.long), timestep=torch.tensor([0.5, 0.5]),
+                  encoder_hidden_states_mask=torch.tensor([[1] * 6, [1] * 4 + [0] * 2]),  # row 2: padded text
+                  timestep=torch.tensor([0.5, 0.5]),
                   img_shapes=[[(1, 6, 8)]] * 2)
     return model, inputs
 
