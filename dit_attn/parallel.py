@@ -71,7 +71,7 @@ def text_is_split(transformer: torch.nn.Module, parallel_config, controls: list 
     """Whether ``transformer``'s ``_cp_plan`` splits its text over processes; refuses ``controls`` that change
     attention under uneven splits (``ulysses_anything`` / ``ring_anything``)."""
     cp = parallel_config.context_parallel_config
-    changing = sorted({type(c).__name__ for c in controls if not isinstance(c, (PassThrough, Recorder))})
+    changing = changing_names(controls)
     uneven = [name for name in ("ulysses_anything", "ring_anything") if getattr(cp, name, False)]
     if uneven and changing:
         raise NotImplementedError(
@@ -206,7 +206,28 @@ def gather_keys(x: torch.Tensor, parallel_config, dim: int = 1) -> torch.Tensor:
     return funcol.wait_tensor(gathered).movedim(0, dim)
 
 
-def refuse_ring(names: list[str], where: str) -> None:
+def changing_names(controls) -> list[str]:
+    """Names of the controls that change attention (all but the observers PassThrough and Recorder)."""
+    return sorted({type(c).__name__ for c in controls if not isinstance(c, (PassThrough, Recorder))})
+
+
+def refuse(controls, cp_mode: str, where: str) -> None:
+    """Raise, naming them, if some of ``controls`` cannot run exactly under ``cp_mode`` (see :func:`mode`)."""
+    if cp_mode == "ulysses":
+        refused = sorted({type(c).__name__ for c in controls if not c.context_parallel})
+        if refused:
+            raise NotImplementedError(
+                f"{', '.join(refused)} cannot run under diffusers' context parallelism yet ({where}); generate on "
+                "one process, or leave it out")
+    elif cp_mode == "ring":
+        refused = sorted({type(c).__name__ for c in controls if not c.ring_parallel})
+        if refused:
+            _refuse_ring(refused, where)
+    elif cp_mode == "unified" and changing_names(controls):
+        _refuse_unified(changing_names(controls), where)
+
+
+def _refuse_ring(names: list[str], where: str) -> None:
     raise NotImplementedError(
         f"{', '.join(names)} cannot run under diffusers' ring attention ({where}): no process holds the queries "
         "and keys of the whole sequence in one order there (dit_attn runs per-key controls such as Emphasis and "
@@ -214,7 +235,7 @@ def refuse_ring(names: list[str], where: str) -> None:
         "where every dit_attn control is exact")
 
 
-def refuse_unified(names: list[str], where: str) -> None:
+def _refuse_unified(names: list[str], where: str) -> None:
     raise NotImplementedError(
         f"{', '.join(names)} cannot run under diffusers' unified (ring + Ulysses) attention ({where}) yet; use "
         "ContextParallelConfig(ulysses_degree=N) alone")

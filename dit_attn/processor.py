@@ -226,6 +226,10 @@ class DitAttnProcessor:
             raise RuntimeError(
                 f"{where}: context parallelism was enabled after dit_attn was attached, so dit_attn sees one "
                 "process's part of the inputs; call transformer.enable_parallelism(...) first, then attach")
+        if cp_mode == "unified":  # only observers may run here (refused otherwise): diffusers' own attention
+            active = [c for c in self.controls if c.applies_to(call.layout)]
+            parallel.refuse(active, cp_mode, where)
+            return self._controlled(call, active, stock, (call.query, call.key, call.value))
         shard = parallel.shard_of(call.parallel_config, self._cp_text_split)
         keys = parallel.shard_plan(call.layout.key_segments, shard, call.query.device)
         if cp_mode == "ulysses":
@@ -239,16 +243,7 @@ class DitAttnProcessor:
         active = [c for c in self.controls if c.applies_to(layout)]
         if not active:
             return stock()
-        refused = sorted({type(c).__name__ for c in active
-                          if not (c.context_parallel if cp_mode == "ulysses" else c.ring_parallel)})
-        if refused and cp_mode == "ulysses":
-            raise NotImplementedError(
-                f"{', '.join(refused)} cannot run under diffusers' context parallelism yet ({where}); generate on "
-                "one process, or leave it out")
-        if cp_mode == "unified":
-            parallel.refuse_unified(sorted({type(c).__name__ for c in active}), where)
-        if refused:
-            parallel.refuse_ring(refused, where)
+        parallel.refuse(active, cp_mode, where)
 
         def attend(q, k, v, mask, q_plan):
             """Controls and attention on single-process-order keys (and queries, for Ulysses)."""
@@ -384,8 +379,7 @@ def _prepare_context_parallel(transformer: torch.nn.Module, controls: list) -> b
     config = getattr(transformer, "_parallel_config", None)
     where = type(transformer).__name__
     if getattr(config, "tensor_parallel_config", None) is not None:
-        changing = sorted({type(c).__name__ for c in controls
-                           if not isinstance(c, (parallel.PassThrough, parallel.Recorder))})
+        changing = parallel.changing_names(controls)
         if changing:  # each process would hold some heads, unknown to the layouts (head sets would be wrong)
             raise NotImplementedError(
                 f"{', '.join(changing)} cannot run under diffusers' tensor parallelism ({where}) yet; use context "
@@ -393,13 +387,8 @@ def _prepare_context_parallel(transformer: torch.nn.Module, controls: list) -> b
     cp_mode = parallel.mode(config)
     if cp_mode is None:
         return None
-    if cp_mode != "ulysses":
-        refused = sorted({type(c).__name__ for c in controls if not c.ring_parallel})
-        if cp_mode == "unified":
-            refused = sorted({type(c).__name__ for c in controls
-                              if not isinstance(c, (parallel.PassThrough, parallel.Recorder))})
-        if refused:
-            (parallel.refuse_ring if cp_mode == "ring" else parallel.refuse_unified)(refused, where)
+    if cp_mode != "ulysses":  # Ulysses refusals wait for the call: the control list may change until then
+        parallel.refuse(controls, cp_mode, where)
     registry = getattr(transformer, "_diffusers_hook", None)
     if registry is not None and registry.get_hook(HOOK_NAME) is not None and registry._hook_order[-1] != HOOK_NAME:
         hook = registry.get_hook(HOOK_NAME)
