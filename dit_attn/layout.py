@@ -166,7 +166,14 @@ class Layout:
         return self.total_heads if self.total_heads is not None else self.heads
 
     def local_heads(self, heads) -> list[int]:
-        """The local indices of those of the global ``heads`` this process holds."""
+        """The local indices of those of the global ``heads`` this process holds.
+
+        Example (process 1 of 2 under Ulysses holds heads 4-7 of 8):
+            >>> layout = Layout(family="flux", site=None, kind="joint", heads=4, head_dim=8, query_segments={},
+            ...                 key_segments={}, batch_size=1, head_offset=4, total_heads=8)
+            >>> layout.local_heads([0, 5, 7]), layout.model_heads
+            ([1, 3], 8)
+        """
         lo, hi = self.head_offset, self.head_offset + self.heads
         return [h - lo for h in heads if lo <= h < hi]
 

@@ -107,7 +107,16 @@ class ShardPlan:
 
 def shard_plan(local_segments: dict, shard: Shard, device) -> ShardPlan:
     """The :class:`ShardPlan` for one side (queries or keys) whose local segments are ``local_segments`` (built
-    once per layout and device: every layer of a forward shares it)."""
+    once per layout and device: every layer of a forward shares it).
+
+    Example (FLUX joint attention on 2 processes, each holding 2 text and 3 image tokens):
+        >>> from dit_attn.parallel import Shard, shard_plan
+        >>> plan = shard_plan({"text": (0, 2), "image": (2, 5)}, Shard(rank=0, world=2, text_split=True), "cpu")
+        >>> plan.global_segments
+        {'text': (0, 4), 'image': (4, 10)}
+        >>> plan.scatter.tolist()  # one-process position of each gathered token [t0 t0 i0 i0 i0 t1 t1 i1 i1 i1]
+        [0, 1, 4, 5, 6, 2, 3, 7, 8, 9]
+    """
     ordered = tuple(sorted(local_segments.items(), key=lambda item: item[1][0]))
     return _shard_plan(ordered, shard, str(torch.device(device)))
 

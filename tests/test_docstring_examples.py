@@ -32,6 +32,9 @@ MODULES = {
     "dit_attn.controls.conditions": 10,
     "dit_attn.pipelines.conditions.train": 23,
     "dit_attn.tensor_memo": 7,
+    "dit_attn.parallel": 3,
+    "dit_attn.layout": 4,
+    "dit_attn.pipelines.context_parallel": 1,
     "dit_attn.bench.sparse_quality": 5,
     "dit_attn.bench.timing": 1,
 }
