@@ -10,6 +10,8 @@ from dit_attn.bench.report import SECTIONS, run_report
 from dit_attn.testing import FAMILIES, cpu_threads
 
 
+# slow tier: the overhead section over every family; tests/test_bench_report.py's refusal test stays fast
+@pytest.mark.slow
 def test_report_on_cpu(tmp_path):
     with cpu_threads(1):
         code = cli.main(["bench", "--out", str(tmp_path), "--quick", "--only", "overhead,kernels"])

@@ -102,6 +102,8 @@ def test_all_controls_compile_fullgraph_without_recompiles(family):
     assert more == [graphs[-1]] * 2, more
 
 
+# slow tier: the SD3 special case (no cache_context); the FLUX and Wan compile tests above stay fast
+@pytest.mark.slow
 def test_pipeline_without_cache_context_compiles_fullgraph():
     """SD3 enters no ``cache_context``: the hook reads the step inside the compiled forward, which is specialised
     on it for the first two steps before torch.compile treats it as dynamic (documented). Its joint and
